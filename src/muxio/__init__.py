@@ -1,0 +1,32 @@
+"""muxio: event-driven TCP servers in pure Python, one thread, any poller."""
+
+from __future__ import annotations
+
+from .errors import MuxioError, RuntimeFailure, UsageError
+from .loop import EventLoop, Handle, LoopStats, TimerHandle
+from .pollers import Poller, available, get_poller_class, new_poller
+from .protocol import BaseProtocol, Protocol
+from .server import Server, bind_tcp, bind_unix
+from .transport import Transport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseProtocol",
+    "EventLoop",
+    "Handle",
+    "LoopStats",
+    "MuxioError",
+    "Poller",
+    "Protocol",
+    "RuntimeFailure",
+    "Server",
+    "TimerHandle",
+    "Transport",
+    "UsageError",
+    "available",
+    "bind_tcp",
+    "bind_unix",
+    "get_poller_class",
+    "new_poller",
+]

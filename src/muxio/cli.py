@@ -1,0 +1,189 @@
+"""The `muxio` command: serve, connect, bench, compare.
+
+Every user mistake ends as one line on stderr and exit code 2; every runtime
+failure as one line and exit code 1.  Tracebacks are for muxio's own bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import NoReturn
+
+from . import __version__
+from .errors import MuxioError, UsageError
+from .pollers import BACKENDS
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line that says where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid port {text!r}: use a number from 0 to 65535"
+        ) from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {value}: use a number from 0 to 65535")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a whole number above 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a number of 0 or more")
+    return value
+
+
+def add_address_arguments(p: argparse.ArgumentParser, default_port: int = 8080) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to use (default 127.0.0.1)")
+    p.add_argument("--port", type=port_number, default=default_port, help="TCP port (default 8080)")
+    p.add_argument("--unix", metavar="PATH", help="use a Unix socket instead of TCP")
+
+
+def build_parser(argv: list[str] | None = None) -> Parser:
+    """The tools' own options are loaded only when that tool is asked for."""
+    parser = Parser(prog="muxio", description="Event-driven TCP servers in pure Python.")
+    parser.add_argument("--version", action="version", version=f"muxio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run a server (the uppercase echo by default)")
+    add_address_arguments(serve)
+    serve.add_argument(
+        "--poller",
+        default="auto",
+        metavar="NAME",
+        help=f"auto or one of {', '.join(BACKENDS)} (default auto: the best this OS has)",
+    )
+    serve.add_argument("--backlog", type=positive_int, default=1024, help="listen backlog")
+    serve.add_argument("--service", default="upper", help="the service to run (default upper)")
+    serve.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="close new connections at once past N open ones",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=non_negative_float,
+        default=None,
+        metavar="S",
+        help="close connections silent in both directions for S seconds",
+    )
+    serve.add_argument(
+        "--slow-callback-ms",
+        type=non_negative_float,
+        default=100.0,
+        metavar="MS",
+        help="warn when a callback holds the loop longer (0 turns the watchdog off)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=non_negative_float,
+        default=10.0,
+        metavar="S",
+        help="on SIGINT/SIGTERM, abort connections still flushing after S seconds",
+    )
+    serve.add_argument(
+        "--log-level", default="info", choices=LOG_LEVELS, type=str.lower, help="default info"
+    )
+
+    connect = sub.add_parser(
+        "connect", help="talk to a server: interactive on a terminal, like nc when piped"
+    )
+    add_address_arguments(connect)
+
+    for name, summary in (
+        ("bench", "load-test an uppercase-echo server"),
+        ("compare", "measure muxio against asyncio, uvloop, threads and a naive select loop"),
+    ):
+        tool = sub.add_parser(name, help=summary, description=summary)
+        if argv and name in argv[:1]:
+            importlib.import_module(f"muxio.tools.{name}").configure_parser(tool)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s muxio %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .pollers import get_poller_class
+    from .runner import ServeConfig, serve
+    from .services import build_service
+
+    get_poller_class(args.poller)
+    factory = build_service(args.service, args)
+    setup_logging(args.log_level)
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        unix=args.unix,
+        poller=args.poller,
+        backlog=args.backlog,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout or None,
+        slow_callback_ms=args.slow_callback_ms,
+        shutdown_timeout=args.shutdown_timeout,
+        service_name=args.service,
+    )
+    serve(factory, config)
+    return 0
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    from .tools.client import run
+
+    return run(args.host, args.port, args.unix)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "connect":
+            return cmd_connect(args)
+        tool = importlib.import_module(f"muxio.tools.{args.command}")
+        result: int = tool.main(args)
+        return result
+    except MuxioError as exc:
+        print(f"muxio: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["UsageError", "main"]

@@ -1,0 +1,372 @@
+"""Listening sockets, the accept path, connection limits and graceful shutdown.
+
+`Server` takes sockets that are already bound and listening, so where they
+come from — `bind_tcp`, `bind_unix`, systemd's socket activation, a parent
+process sharing one port between workers — is not its concern.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RuntimeFailure
+from .loop import EventLoop, TimerHandle
+from .pollers import FdTooLargeError
+from .protocol import Protocol
+from .transport import Transport
+
+log = logging.getLogger("muxio")
+
+ProtocolFactory = Callable[[], Protocol]
+
+_OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ACCEPT_RETRY = 0.5
+
+
+class RateLimitedWarning:
+    """Log a warning at most once per `interval` seconds, counting the rest."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last = -interval
+        self.suppressed = 0
+        self.total = 0
+
+    def warn(self, msg: str, *args: object) -> None:
+        self.total += 1
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            msg += f" ({self.suppressed} more since the last warning)"
+            self.suppressed = 0
+        self._last = now
+        log.warning(msg, *args)
+
+
+@dataclass
+class ServerStats:
+    """Totals for the shutdown summary; live connections are added on demand."""
+
+    accepted: int = 0
+    refused: int = 0
+    idle_closed: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+def _explain(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (stop the other server or choose another --port)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (choose a port above 1023 or run with the needed privilege)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine (check --host)"
+    return exc.strerror or str(exc)
+
+
+def bind_tcp(
+    host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False
+) -> list[socket.socket]:
+    """Bind and listen on every address `host` resolves to (IPv4 and IPv6)."""
+    try:
+        infos = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise RuntimeFailure(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, type_, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                host_text = f"[{addr[0]!s}]" if family == socket.AF_INET6 else str(addr[0])
+                where = f"{host_text}:{addr[1]}"
+                raise RuntimeFailure(f"cannot listen on {where}: {_explain(exc)}") from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+            if port == 0 and len(sockets) == 1:
+                port = sock.getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def bind_unix(path: str, *, backlog: int = 1024) -> socket.socket:
+    """Listen on a Unix socket, replacing a stale socket file but nothing else."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+        else:
+            raise RuntimeFailure(f"cannot listen on {path}: a file that is not a socket is there")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise RuntimeFailure(f"cannot listen on {path}: {_explain(exc)}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def format_address(sock: socket.socket) -> str:
+    addr = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return str(addr)
+    if sock.family == socket.AF_INET6:
+        return f"[{addr[0]}]:{addr[1]}"
+    return f"{addr[0]}:{addr[1]}"
+
+
+class Server:
+    """Accepts connections on listening sockets and runs a protocol on each.
+
+    `max_connections` refuses (closes at once) what comes past the limit,
+    `idle_timeout` closes connections silent in both directions, and running
+    out of descriptors pauses accepting instead of spinning on a listening
+    socket that stays readable.
+    """
+
+    accepts_per_event = 128
+    """Accepts per readiness event: a burst of connects cannot starve reads."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        protocol_factory: ProtocolFactory,
+        sockets: list[socket.socket],
+        *,
+        max_connections: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> None:
+        self.loop = loop
+        self.protocol_factory = protocol_factory
+        self.sockets = sockets
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.connections: set[Transport] = set()
+        self.stats = ServerStats()
+        self._listening = False
+        self._accept_paused = False
+        self._resume_timer: TimerHandle | None = None
+        self._refused_warning = RateLimitedWarning()
+        self._fd_warning = RateLimitedWarning()
+        self._shutdown_deadline = 0.0
+        self._on_closed: Callable[[], object] | None = None
+
+    @property
+    def addresses(self) -> list[str]:
+        return [format_address(s) for s in self.sockets]
+
+    def start(self) -> None:
+        self._listening = True
+        self._watch_listeners()
+
+    def _watch_listeners(self) -> None:
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._make_acceptor(sock))
+
+    def _unwatch_listeners(self) -> None:
+        for sock in self.sockets:
+            self.loop.remove_reader(sock.fileno())
+
+    def _make_acceptor(self, lsock: socket.socket) -> Callable[[], None]:
+        accept = lsock.accept
+        is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
+
+        def on_acceptable() -> None:
+            for _ in range(self.accepts_per_event):
+                try:
+                    conn, addr = accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                        continue
+                    self._accept_failed(exc)
+                    return
+                self._new_connection(conn, addr, is_tcp)
+
+        return on_acceptable
+
+    def _new_connection(self, conn: socket.socket, addr: Any, is_tcp: bool) -> None:
+        self.stats.accepted += 1
+        if self.max_connections is not None and len(self.connections) >= self.max_connections:
+            self.stats.refused += 1
+            conn.close()
+            self._refused_warning.warn(
+                "refused a connection: %d connections open, the --max-connections limit",
+                len(self.connections),
+            )
+            return
+        conn.setblocking(False)
+        if is_tcp:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport = Transport(self.loop, conn, self.protocol_factory(), extra={"peername": addr})
+        try:
+            transport.start(self._connection_lost)
+        except FdTooLargeError as exc:
+            self.stats.refused += 1
+            conn.close()
+            self._fd_warning.warn(
+                "closed a new connection: %s; use --poller poll or --poller epoll "
+                "to serve more than %d connections",
+                exc,
+                self.loop.poller.max_fd or 0,
+            )
+            return
+        self.connections.add(transport)
+        if self.idle_timeout:
+            transport.idle_mark = (0, self.loop.time())
+            self.loop.call_later(self.idle_timeout / 2, self._check_idle, transport)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno in _OUT_OF_FDS:
+            self._fd_warning.warn(
+                "cannot accept: %s (%d connections open); pausing accepts until "
+                "descriptors are free (raise the limit with ulimit -n)",
+                exc.strerror,
+                len(self.connections),
+            )
+        else:
+            log.error("accept failed: %s; retrying in %.1f s", exc, _ACCEPT_RETRY)
+        self._pause_accepting()
+
+    def _pause_accepting(self) -> None:
+        if self._accept_paused:
+            return
+        self._accept_paused = True
+        self._unwatch_listeners()
+        self._resume_timer = self.loop.call_later(_ACCEPT_RETRY, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        if self._accept_paused and self._listening:
+            self._accept_paused = False
+            self._watch_listeners()
+
+    def _connection_lost(self, transport: Transport) -> None:
+        self.connections.discard(transport)
+        self.stats.bytes_in += transport.bytes_in
+        self.stats.bytes_out += transport.bytes_out
+        if self._accept_paused:
+            self._resume_accepting()
+        if self._on_closed is not None and not self.connections:
+            self._finish_shutdown()
+
+    def _check_idle(self, transport: Transport) -> None:
+        if transport.is_closing() or transport not in self.connections:
+            return
+        assert self.idle_timeout
+        now = self.loop.time()
+        total = transport.bytes_in + transport.bytes_out
+        mark, since = transport.idle_mark
+        if total != mark:
+            transport.idle_mark = (total, now)
+        elif now - since >= self.idle_timeout:
+            self.stats.idle_closed += 1
+            log.debug("closing %s: idle for %.1f s", transport, now - since)
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
+            return
+        self.loop.call_later(self.idle_timeout / 2, self._check_idle, transport)
+
+    # -- totals and shutdown -------------------------------------------------
+
+    def totals(self) -> dict[str, int]:
+        live_in = sum(t.bytes_in for t in self.connections)
+        live_out = sum(t.bytes_out for t in self.connections)
+        return {
+            "connections": self.stats.accepted,
+            "refused": self.stats.refused,
+            "open": len(self.connections),
+            "bytes_in": self.stats.bytes_in + live_in,
+            "bytes_out": self.stats.bytes_out + live_out,
+        }
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets."""
+        if not self._listening:
+            return
+        self._listening = False
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+        if not self._accept_paused:
+            self._unwatch_listeners()
+        for sock in self.sockets:
+            path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+            sock.close()
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+    def is_shutting_down(self) -> bool:
+        return self._on_closed is not None
+
+    def shutdown(self, timeout: float, on_closed: Callable[[], object]) -> None:
+        """Stop accepting, flush every pending reply, close, then `on_closed()`.
+
+        Connections that cannot finish within `timeout` seconds (a peer that
+        never reads) are aborted, so shutdown always ends.
+        """
+        if self._on_closed is not None:
+            return
+        self.close()
+        self._on_closed = on_closed
+        self._shutdown_deadline = self.loop.time() + timeout
+        for transport in list(self.connections):
+            transport.drain()
+        self._shutdown_tick()
+
+    def _shutdown_tick(self) -> None:
+        if self._on_closed is None:
+            return
+        if self.loop.time() >= self._shutdown_deadline:
+            if self.connections:
+                log.warning(
+                    "shutdown timeout: aborting %d connections that did not finish",
+                    len(self.connections),
+                )
+            for transport in list(self.connections):
+                transport.abort()
+        else:
+            for transport in list(self.connections):
+                transport.finish_drain()
+        if not self.connections:
+            self._finish_shutdown()
+        else:
+            self.loop.call_later(0.02, self._shutdown_tick)
+
+    def _finish_shutdown(self) -> None:
+        callback, self._on_closed = self._on_closed, None
+        if callback is not None:
+            self.loop.call_soon(callback)

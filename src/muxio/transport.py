@@ -1,0 +1,415 @@
+"""A stream transport over a non-blocking socket.
+
+The write path follows libuv and asyncio's selector transport: `write()` calls
+`send()` at once and buffers only what the kernel did not take, and the loop
+watches the socket for writability only while that buffer is non-empty, so a
+connection that keeps up costs no `epoll_ctl` calls at all.  Both directions
+have flow control: the protocol is paused past the write buffer's high-water
+mark, and `pause_reading()` takes the socket out of the poller so unread bytes
+stay in the kernel, where TCP's window pushes back on the sender.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .loop import EventLoop
+    from .protocol import Protocol
+
+log = logging.getLogger("muxio")
+
+_HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
+_IOV_MAX = 64
+_QUIET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+_QUIET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
+
+Buffer = bytes | memoryview
+
+
+class Transport:
+    """One connection's socket, buffers and flow control.
+
+    The class attributes are the defaults a subclass or a server may tune.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_buffer",
+        "_buffered",
+        "_closing",
+        "_conn_lost",
+        "_draining",
+        "_eof",
+        "_eof_requested",
+        "_extra",
+        "_fd",
+        "_high_water",
+        "_loop",
+        "_low_water",
+        "_on_lost",
+        "_protocol",
+        "_protocol_paused",
+        "_reading_paused",
+        "_sock",
+        "bytes_in",
+        "bytes_out",
+        "idle_mark",
+    )
+
+    read_size = 65536
+    """Largest single `recv`; a shorter read means the socket is drained."""
+    max_reads_per_event = 16
+    """Reads per readiness event, so one busy peer cannot starve the rest."""
+    high_water = 64 * 1024
+    low_water = 16 * 1024
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        sock: socket.socket,
+        protocol: Protocol,
+        *,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._extra: dict[str, Any] = {"socket": sock}
+        if extra:
+            self._extra.update(extra)
+        self._buffer: deque[Buffer] = deque()
+        self._buffered = 0
+        self._high_water = self.high_water
+        self._low_water = self.low_water
+        self._closing = False
+        self._conn_lost = False
+        self._draining = False
+        self._eof = False
+        self._eof_requested = False
+        self._reading_paused = False
+        self._protocol_paused = False
+        self._on_lost: Any = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.idle_mark: Any = None
+
+    def start(self, on_lost: Any = None) -> None:
+        """Watch the socket, then announce the connection to the protocol.
+
+        Registration comes first so a poller that refuses the descriptor
+        (select's FD_SETSIZE) fails before the protocol hears of it.
+        """
+        self._loop.add_reader(self._fd, self._on_read)
+        self._on_lost = on_lost
+        try:
+            self._protocol.connection_made(self)
+        except Exception as exc:
+            log.exception("exception in %s.connection_made", type(self._protocol).__name__)
+            self._force_close(exc)
+
+    # -- reading -------------------------------------------------------------
+
+    def _on_read(self) -> None:
+        recv = self._sock.recv
+        size = self.read_size
+        data_received = self._protocol.data_received
+        for _ in range(self.max_reads_per_event):
+            try:
+                data = recv(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fatal_error(exc, "recv")
+                return
+            if not data:
+                self._on_eof()
+                return
+            self.bytes_in += len(data)
+            try:
+                data_received(data)
+            except Exception as exc:
+                self._protocol_failed(exc, "data_received")
+                return
+            if len(data) < size or self._reading_paused or self._closing:
+                return
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        self._loop.remove_reader(self._fd)
+        try:
+            keep_open = self._protocol.eof_received()
+        except Exception as exc:
+            self._protocol_failed(exc, "eof_received")
+            return
+        if not keep_open:
+            self.close()
+
+    def pause_reading(self) -> None:
+        """Stop reading until `resume_reading()`; calling it twice is harmless."""
+        if self._reading_paused or self._closing:
+            return
+        self._reading_paused = True
+        if not self._eof:
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if not self._reading_paused or self._closing or self._draining:
+            return
+        self._reading_paused = False
+        if not self._eof:
+            self._loop.add_reader(self._fd, self._on_read)
+
+    def is_reading(self) -> bool:
+        return not (self._reading_paused or self._closing or self._eof)
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send now what the kernel takes; buffer the rest.
+
+        Writing to a transport that is closing or lost is a silent no-op, as
+        in asyncio: the peer is gone or going, and the caller learns that
+        from `connection_lost`.
+        """
+        if self._buffer:
+            if self._closing or self._eof_requested:
+                return
+            if type(data) is not bytes:
+                data = bytes(data)
+            if not data:
+                return
+        else:
+            if self._closing or self._eof_requested or not data:
+                return
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._fatal_error(exc, "send")
+                return
+            self.bytes_out += n
+            if n == len(data):
+                return
+            if type(data) is not bytes:
+                data = bytes(data)
+            if n:
+                data = memoryview(data)[n:]
+            self._loop.add_writer(self._fd, self._on_write)
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > self._high_water and not self._protocol_paused:
+            self._protocol_paused = True
+            try:
+                self._protocol.pause_writing()
+            except Exception as exc:
+                self._protocol_failed(exc, "pause_writing")
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def _on_write(self) -> None:
+        buf = self._buffer
+        try:
+            if len(buf) == 1 or not _HAS_SENDMSG:
+                n = self._sock.send(buf[0])
+            else:
+                n = self._sock.sendmsg(list(buf)[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal_error(exc, "send")
+            return
+        self.bytes_out += n
+        self._buffered -= n
+        while n:
+            head = buf[0]
+            size = len(head)
+            if size <= n:
+                buf.popleft()
+                n -= size
+            else:
+                buf[0] = memoryview(head)[n:]
+                n = 0
+        if self._protocol_paused and self._buffered <= self._low_water:
+            self._protocol_paused = False
+            try:
+                self._protocol.resume_writing()
+            except Exception as exc:
+                self._protocol_failed(exc, "resume_writing")
+                return
+        if not buf:
+            self._loop.remove_writer(self._fd)
+            if self._closing:
+                self._lose(None)
+            elif self._eof_requested:
+                self._shutdown_write()
+
+    def write_eof(self) -> None:
+        """Half-close: send FIN once the buffer is flushed; reading goes on."""
+        if self._closing or self._eof_requested:
+            return
+        self._eof_requested = True
+        if not self._buffer:
+            self._shutdown_write()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def _shutdown_write(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal_error(exc, "shutdown")
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 4 * low if low is not None else self.high_water
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+
+    # -- closing -------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading, flush every pending reply, then close."""
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        if not self._buffer:
+            self._lose(None)
+
+    def abort(self) -> None:
+        """Close now, dropping whatever is still buffered."""
+        self._force_close(None)
+
+    def drain(self) -> None:
+        """Begin a graceful goodbye: no new requests, replies still flushed.
+
+        Reading stops (unread bytes were never accepted); once the protocol
+        is idle and the buffer empty, `finish_drain()` half-closes.
+        """
+        if self._closing or self._draining:
+            return
+        self._draining = True
+        self._reading_paused = True
+        if not self._eof:
+            self._loop.remove_reader(self._fd)
+
+    def finish_drain(self) -> bool:
+        """Half-close a drained, idle connection; True once that has begun.
+
+        After our FIN the peer's remaining bytes are read and discarded until
+        it closes too, so the final close() sends no RST that could destroy
+        replies still in flight.
+        """
+        if self._closing:
+            return True
+        if self._buffer or self._protocol.is_busy():
+            return False
+        self._eof_requested = True
+        self._closing = True
+        self._shutdown_write()
+        if self._conn_lost:
+            return True
+        if self._eof:
+            self._lose(None)
+        else:
+            self._loop.add_reader(self._fd, self._discard)
+        return True
+
+    def _discard(self) -> None:
+        try:
+            while self._sock.recv(self.read_size):
+                pass
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._force_close(None)
+
+    def _protocol_failed(self, exc: Exception, method: str) -> None:
+        log.error(
+            "%s.%s raised %s: %s; closing the connection",
+            type(self._protocol).__name__,
+            method,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        self._force_close(exc)
+
+    def _fatal_error(self, exc: OSError, op: str) -> None:
+        if isinstance(exc, _QUIET_ERRORS) or exc.errno in _QUIET_ERRNOS:
+            log.debug("%s on fd %d failed: %s", op, self._fd, exc)
+        else:
+            log.warning("%s on fd %d failed: %s", op, self._fd, exc)
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        if self._buffer:
+            self._buffer.clear()
+            self._buffered = 0
+        self._closing = True
+        self._lose(exc)
+
+    def _lose(self, exc: BaseException | None) -> None:
+        """Leave the poller now; tell the protocol on the next loop turn."""
+        if self._conn_lost:
+            return
+        self._conn_lost = True
+        self._loop.forget_fd(self._fd)
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            if self._on_lost is not None:
+                self._on_lost(self)
+
+    # -- introspection -------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """`peername`, `sockname`, `socket`, or what the server attached."""
+        if name not in self._extra and name in ("peername", "sockname"):
+            try:
+                value = (
+                    self._sock.getpeername() if name == "peername" else self._sock.getsockname()
+                )
+            except OSError:
+                return default
+            self._extra[name] = value
+        return self._extra.get(name, default)
+
+    def get_protocol(self) -> Protocol:
+        return self._protocol
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "open"
+        return f"<Transport fd={self._fd} {state} buffered={self._buffered}>"
