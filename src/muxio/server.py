@@ -88,10 +88,11 @@ def bind_tcp(
     sockets: list[socket.socket] = []
     seen = set()
     try:
-        for family, type_, proto, _, addr in infos:
-            if (family, addr) in seen:
+        for family, type_, proto, _, sockaddr in infos:
+            ip = str(sockaddr[0])
+            if (family, ip) in seen:
                 continue
-            seen.add((family, addr))
+            seen.add((family, ip))
             sock = socket.socket(family, type_, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -100,14 +101,14 @@ def bind_tcp(
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
-                sock.bind(addr)
+                # port 0 on a name with several addresses: all share the first one's port
+                sock.bind((ip, port, *sockaddr[2:]))
             except OSError as exc:
-                host_text = f"[{addr[0]!s}]" if family == socket.AF_INET6 else str(addr[0])
-                where = f"{host_text}:{addr[1]}"
+                where = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
                 raise RuntimeFailure(f"cannot listen on {where}: {_explain(exc)}") from None
             sock.listen(backlog)
             sock.setblocking(False)
-            if port == 0 and len(sockets) == 1:
+            if port == 0:
                 port = sock.getsockname()[1]
     except BaseException:
         for sock in sockets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
 
 from .base import READ, WRITE, Poller
@@ -38,10 +39,8 @@ class EpollPoller(Poller):
         self._ep.modify(fd, _MASKS[events & (READ | WRITE)])
 
     def unregister(self, fd: int) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._ep.unregister(fd)
-        except (OSError, ValueError):
-            pass
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         if timeout is None:
