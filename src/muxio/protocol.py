@@ -8,11 +8,10 @@ number of `data_received`, maybe `eof_received`, then exactly one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
     from .transport import Transport
-
 
 class BaseProtocol:
     """No-op defaults, so a service overrides only what it uses."""

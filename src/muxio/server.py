@@ -15,8 +15,6 @@ import socket
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from .errors import RuntimeFailure
 from .loop import EventLoop, TimerHandle
@@ -54,15 +52,17 @@ class RateLimitedWarning:
         log.warning(msg, *args)
 
 
-@dataclass
 class ServerStats:
     """Totals for the shutdown summary; live connections are added on demand."""
 
-    accepted: int = 0
-    refused: int = 0
-    idle_closed: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
+    __slots__ = ("accepted", "bytes_in", "bytes_out", "idle_closed", "refused")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.refused = 0
+        self.idle_closed = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
 
 def _explain(exc: OSError) -> str:
@@ -203,7 +203,7 @@ class Server:
         def on_acceptable() -> None:
             for _ in range(self.accepts_per_event):
                 try:
-                    conn, addr = accept()
+                    conn, _ = accept()
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:
@@ -211,11 +211,11 @@ class Server:
                         continue
                     self._accept_failed(exc)
                     return
-                self._new_connection(conn, addr, is_tcp)
+                self._new_connection(conn, is_tcp)
 
         return on_acceptable
 
-    def _new_connection(self, conn: socket.socket, addr: Any, is_tcp: bool) -> None:
+    def _new_connection(self, conn: socket.socket, is_tcp: bool) -> None:
         self.stats.accepted += 1
         if self.max_connections is not None and len(self.connections) >= self.max_connections:
             self.stats.refused += 1
@@ -228,7 +228,7 @@ class Server:
         conn.setblocking(False)
         if is_tcp:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = Transport(self.loop, conn, self.protocol_factory(), extra={"peername": addr})
+        transport = Transport(self.loop, conn, self.protocol_factory())
         try:
             transport.start(self._connection_lost)
         except FdTooLargeError as exc:

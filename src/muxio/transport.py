@@ -15,12 +15,15 @@ import contextlib
 import errno
 import logging
 import socket
-from collections import deque
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .loop import EventLoop
     from .protocol import Protocol
+
 
 log = logging.getLogger("muxio")
 
@@ -44,6 +47,7 @@ class Transport:
         "_buffered",
         "_closing",
         "_conn_lost",
+        "_data_received",
         "_draining",
         "_eof",
         "_eof_requested",
@@ -56,6 +60,8 @@ class Transport:
         "_protocol",
         "_protocol_paused",
         "_reading_paused",
+        "_recv",
+        "_send",
         "_sock",
         "bytes_in",
         "bytes_out",
@@ -80,11 +86,12 @@ class Transport:
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
+        self._recv = sock.recv
+        self._send = sock.send
         self._protocol = protocol
-        self._extra: dict[str, Any] = {"socket": sock}
-        if extra:
-            self._extra.update(extra)
-        self._buffer: deque[Buffer] = deque()
+        self._data_received = protocol.data_received
+        self._extra: dict[str, Any] | None = extra
+        self._buffer: list[Buffer] = []
         self._buffered = 0
         self._high_water = self.high_water
         self._low_water = self.low_water
@@ -117,10 +124,33 @@ class Transport:
     # -- reading -------------------------------------------------------------
 
     def _on_read(self) -> None:
-        recv = self._sock.recv
+        # The common case, one recv that drains the socket, stays straight-line.
+        try:
+            data = self._recv(self.read_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal_error(exc, "recv")
+            return
+        if not data:
+            self._on_eof()
+            return
+        self.bytes_in += len(data)
+        try:
+            self._data_received(data)
+        except Exception as exc:
+            self._protocol_failed(exc, "data_received")
+            return
+        if len(data) == self.read_size and self.max_reads_per_event > 1:
+            self._read_more()
+
+    def _read_more(self) -> None:
+        """A full read: keep reading, up to the per-event cap."""
+        recv = self._recv
         size = self.read_size
-        data_received = self._protocol.data_received
-        for _ in range(self.max_reads_per_event):
+        for _ in range(self.max_reads_per_event - 1):
+            if self._reading_paused or self._closing:
+                return
             try:
                 data = recv(size)
             except (BlockingIOError, InterruptedError):
@@ -133,11 +163,11 @@ class Transport:
                 return
             self.bytes_in += len(data)
             try:
-                data_received(data)
+                self._data_received(data)
             except Exception as exc:
                 self._protocol_failed(exc, "data_received")
                 return
-            if len(data) < size or self._reading_paused or self._closing:
+            if len(data) < size:
                 return
 
     def _on_eof(self) -> None:
@@ -189,7 +219,7 @@ class Transport:
             if self._closing or self._eof_requested or not data:
                 return
             try:
-                n = self._sock.send(data)
+                n = self._send(data)
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as exc:
@@ -222,7 +252,7 @@ class Transport:
             if len(buf) == 1 or not _HAS_SENDMSG:
                 n = self._sock.send(buf[0])
             else:
-                n = self._sock.sendmsg(list(buf)[:_IOV_MAX])
+                n = self._sock.sendmsg(buf[:_IOV_MAX])
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -230,15 +260,17 @@ class Transport:
             return
         self.bytes_out += n
         self._buffered -= n
-        while n:
-            head = buf[0]
+        done = 0
+        for head in buf:
             size = len(head)
-            if size <= n:
-                buf.popleft()
-                n -= size
-            else:
-                buf[0] = memoryview(head)[n:]
-                n = 0
+            if size > n:
+                break
+            n -= size
+            done += 1
+        if done:
+            del buf[:done]
+        if n:
+            buf[0] = memoryview(buf[0])[n:]
         if self._protocol_paused and self._buffered <= self._low_water:
             self._protocol_paused = False
             try:
@@ -396,16 +428,24 @@ class Transport:
     # -- introspection -------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """`peername`, `sockname`, `socket`, or what the server attached."""
-        if name not in self._extra and name in ("peername", "sockname"):
+        """`peername`, `sockname`, `socket`, or what the server attached.
+
+        Addresses are looked up on first use and kept: most connections are
+        never asked, and an idle connection should cost as little as possible.
+        """
+        if name == "socket":
+            return self._sock
+        extra = self._extra
+        if extra is None:
+            extra = self._extra = {}
+        if name not in extra and name in ("peername", "sockname"):
             try:
-                value = (
+                extra[name] = (
                     self._sock.getpeername() if name == "peername" else self._sock.getsockname()
                 )
             except OSError:
                 return default
-            self._extra[name] = value
-        return self._extra.get(name, default)
+        return extra.get(name, default)
 
     def get_protocol(self) -> Protocol:
         return self._protocol

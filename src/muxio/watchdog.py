@@ -62,7 +62,7 @@ class Watchdog:
             self._thread.join(timeout=2)
 
     def _run(self) -> None:
-        interval = max(self.threshold / 4, 0.005)
+        interval = max(self.threshold / 2, 0.005)
         long_block = max(self.threshold * 10, 1.0)
         while not self._stop.wait(interval):
             started = self.loop._busy_since

@@ -1,0 +1,24 @@
+"""Reference servers that speak muxio's uppercase-echo protocol.
+
+`muxio compare` runs each as a subprocess so that its CPU time and memory can
+be measured in isolation; keeping them tiny keeps the comparison about the
+I/O design rather than about how much code sits around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """Give every peer the same command line so compare can start them uniformly."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    return p.parse_args(argv)
+
+
+def announce(host: str, port: int) -> None:
+    """Tell the parent the real port; it waits for exactly this line on stderr."""
+    print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
