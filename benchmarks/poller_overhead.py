@@ -50,11 +50,11 @@ def main() -> None:
     ap.add_argument("--ready", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2000)
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * args.fds + 64), hard))
     pairs = [socket.socketpair() for _ in range(args.fds)]
-    for a, _b in pairs[: args.ready]:
-        _b.send(b"x")
+    for _a, b in pairs[: args.ready]:
+        b.send(b"x")
     fds = [a.fileno() for a, _ in pairs]
     print(f"{args.fds} descriptors watched, {args.ready} ready; best of 5 x {args.rounds} waits")
     print(f"{'backend':8} {'muxio us/wait':>14} {'selectors us/wait':>18} {'ratio':>6}")

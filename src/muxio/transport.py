@@ -373,8 +373,11 @@ class Transport:
 
     def _discard(self) -> None:
         try:
-            while self._sock.recv(self.read_size):
-                pass
+            for _ in range(self.max_reads_per_event):
+                if not self._recv(self.read_size):
+                    break
+            else:
+                return  # a peer still sending: wait for the next event
         except (BlockingIOError, InterruptedError):
             return
         except OSError:

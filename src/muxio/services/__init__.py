@@ -7,13 +7,17 @@ service can take options of its own without the CLI knowing them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ..errors import UsageError
 from ..protocol import Protocol
 
+TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+
+if TYPE_CHECKING:
+    from typing import Any
+
 ProtocolFactory = Callable[[], Protocol]
-ServiceBuilder = Callable[[Any], ProtocolFactory]
+ServiceBuilder = Callable[["Any"], ProtocolFactory]
 
 
 def _upper(options: Any) -> ProtocolFactory:
@@ -22,7 +26,13 @@ def _upper(options: Any) -> ProtocolFactory:
     return UpperEcho
 
 
-SERVICES: dict[str, ServiceBuilder] = {"upper": _upper}
+def _work(options: Any) -> ProtocolFactory:
+    from .work import build
+
+    return build(options)
+
+
+SERVICES: dict[str, ServiceBuilder] = {"upper": _upper, "work": _work}
 
 
 def build_service(name: str, options: Any) -> ProtocolFactory:

@@ -1,0 +1,526 @@
+"""Run blocking or CPU-heavy functions off the loop and get the result back on it.
+
+A callback that computes for 300 ms stops every connection for 300 ms: the
+loop has one thread.  An `Offloader` hands such a function to a thread pool
+or a process pool and, when it finishes, schedules the caller's callback on
+the loop with `call_soon_threadsafe`, so protocol code never runs on a
+worker thread and needs no locks::
+
+    offloader = Offloader("processes", max_workers=4)
+    offloader.start(loop)                      # pre-warms the pool
+    offloader.submit(checksum, data, callback=on_checksum)
+    ...
+    offloader.close()                          # when the loop has stopped
+
+`callback` receives an `Outcome`: `outcome.error` is the worker's exception
+(or None) and `outcome.result()` returns the value or raises that exception.
+
+Mode ``"none"`` runs the function inline, on the loop, and exists to show
+what offloading saves: the loop's slow-callback warning names the culprit.
+
+Processes start with ``forkserver`` on Linux and ``spawn`` elsewhere, never
+``fork``: the loop runs beside a watchdog thread and the executors' own
+threads, and forking a multi-threaded process can copy a lock some other
+thread was holding.  Both methods cost a fresh interpreter start per
+worker (forkserver pays most of it once), so `start()` pre-warms the pool
+before the server accepts its first connection.
+
+A worker process that dies (a segfault, `os._exit`, the OOM killer) breaks
+a `ProcessPoolExecutor` for good: every job still pending on it fails with
+`BrokenProcessPool`.  The offloader reports that error to each of those
+callers and replaces the pool, so later submits work again.
+
+`OrderedReplies` keeps a connection's replies in request order while the
+results that feed them complete in any order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+from .errors import RuntimeFailure
+from .loop import EventLoop
+
+log = logging.getLogger("muxio")
+
+T = TypeVar("T")
+Mode = Literal["none", "threads", "processes"]
+MODES: tuple[Mode, ...] = ("none", "threads", "processes")
+
+__all__ = [
+    "MODES",
+    "BrokenProcessPool",
+    "Job",
+    "Mode",
+    "OffloadStats",
+    "Offloader",
+    "OrderedReplies",
+    "Outcome",
+    "ReplySlot",
+    "default_start_method",
+]
+
+
+def default_start_method() -> str:
+    """``forkserver`` on Linux, ``spawn`` elsewhere: never ``fork`` beside threads."""
+    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[T]):
+    """How an offloaded call ended: a value, or the exception it raised."""
+
+    value: T | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def result(self) -> T:
+        """The value, or raise the worker's exception here, on the loop."""
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+@dataclass
+class OffloadStats:
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    pools_replaced: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "offload_submitted": self.submitted,
+            "offload_completed": self.completed,
+            "offload_failed": self.failed,
+            "offload_cancelled": self.cancelled,
+            "offload_pools_replaced": self.pools_replaced,
+        }
+
+
+class Job:
+    """One submitted call; `cancel()` drops its callback (and the call, if queued)."""
+
+    __slots__ = ("_cancelled", "_executor", "_future", "callback")
+
+    def __init__(self, callback: Callable[[Outcome[Any]], object]) -> None:
+        self.callback = callback
+        self._cancelled = False
+        self._future: concurrent.futures.Future[Any] | None = None
+        self._executor: concurrent.futures.Executor | None = None
+
+    def cancel(self) -> None:
+        """The callback will not run; a call not yet started will not run either."""
+        self._cancelled = True
+        if self._future is not None:
+            self._future.cancel()
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+def _worker_init(modules: tuple[str, ...]) -> None:
+    """In each worker process: leave Ctrl-C to the server, die with it, import.
+
+    A terminal's SIGINT reaches the whole process group.  The server answers
+    it with a graceful shutdown that waits for running jobs, so a worker must
+    not die of it (that would break the pool mid-drain).
+
+    A server that is killed outright (SIGKILL, the OOM killer) cannot shut
+    its pool down, and an idle worker would wait on the job queue forever:
+    it holds that queue's write end itself, so it never sees EOF.  A watcher
+    thread waits on the parent's sentinel instead and ends the worker.
+    """
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_exit_with_parent, args=(parent,), name="muxio-parent-watch", daemon=True
+        ).start()
+    for name in modules:
+        importlib.import_module(name)
+
+
+def _exit_with_parent(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns once the parent's end of the sentinel pipe is closed
+    os._exit(1)
+
+
+def _warm(delay: float) -> int:
+    """A no-op job that lasts long enough for every warm-up job to get its own worker."""
+    time.sleep(delay)
+    return os.getpid()
+
+
+class Offloader:
+    """Runs functions in a thread or process pool; results come back on the loop.
+
+    Everything but the workers themselves belongs to the loop's thread:
+    call `start`, `submit` and `close` from there (or before the loop runs).
+    """
+
+    warm_timeout = 30.0
+    """How long `start()` may wait for the process pool's first workers."""
+
+    def __init__(
+        self,
+        mode: Mode = "threads",
+        *,
+        max_workers: int | None = None,
+        start_method: str | None = None,
+        preload: Iterable[str] = (),
+        loop: EventLoop | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown offload mode {mode!r} (choose one of: {', '.join(MODES)})")
+        if max_workers is not None and max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self.mode: Mode = mode
+        self.max_workers = max_workers
+        self.start_method = start_method or default_start_method()
+        self.preload = tuple(preload)
+        self.loop = loop
+        self.stats = OffloadStats()
+        self._executor: concurrent.futures.Executor | None = None
+        self._pending: set[Job] = set()
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @property
+    def workers(self) -> int:
+        """The pool's size (0 for ``none``)."""
+        if self.mode == "none":
+            return 0
+        if self.max_workers is not None:
+            return self.max_workers
+        if self.mode == "processes":
+            return os.cpu_count() or 1
+        return min(32, (os.cpu_count() or 1) + 4)
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted whose callback has not run yet."""
+        return len(self._pending)
+
+    def start(self, loop: EventLoop | None = None) -> None:
+        """Bind to `loop` and create the pool; a process pool is pre-warmed.
+
+        Blocks (for up to `warm_timeout` seconds) until every worker process
+        has started and imported `preload`, so call it before the loop runs:
+        the first request then finds the pool ready.
+        """
+        if self._closed:
+            raise RuntimeError("the offloader is closed")
+        if loop is not None:
+            self.loop = loop
+        if self.loop is None:
+            raise RuntimeError("Offloader.start() needs the loop that receives the results")
+        if self._started:
+            return
+        self._started = True
+        if self.mode == "none":
+            return
+        began = time.monotonic()
+        self._executor = self._new_executor()
+        if self.mode == "threads":
+            log.info("offload: a pool of %d worker threads", self.workers)
+            return
+        try:
+            pids = self._warm_up(self._executor, wait=True)
+        except BaseException:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+            self._started = False
+            raise
+        log.info(
+            "offload: %d worker processes ready (%s) in %.0f ms, pids %s",
+            self.workers,
+            self.start_method,
+            (time.monotonic() - began) * 1000,
+            " ".join(map(str, sorted(pids))),
+        )
+
+    def _new_executor(self) -> concurrent.futures.Executor:
+        if self.mode == "threads":
+            return concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.workers, thread_name_prefix="muxio-offload"
+            )
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context(self.start_method),
+            initializer=_worker_init,
+            initargs=(self.preload,),
+        )
+
+    def _warm_up(self, executor: concurrent.futures.Executor, *, wait: bool) -> set[int]:
+        """Start every worker now rather than on the first requests; their pids.
+
+        The pool spawns a worker per submit while none is idle, so one short
+        job per worker, submitted together, starts them all.  A worker that
+        came up first may take two of them, so with `wait` rounds repeat
+        until every worker has answered: only then has each one imported
+        what the jobs need.
+        """
+        n = self.workers
+        if not wait:
+            for _ in range(n):
+                executor.submit(_warm, 0.05)
+            return set()
+        deadline = time.monotonic() + self.warm_timeout
+        pids: set[int] = set()
+        while len(pids) < n:
+            futures = [executor.submit(_warm, 0.05) for _ in range(n)]
+            remaining = max(0.0, deadline - time.monotonic())
+            done, not_done = concurrent.futures.wait(futures, timeout=remaining)
+            if not_done:
+                raise RuntimeFailure(
+                    f"offload: the process pool did not start within {self.warm_timeout:.0f} s"
+                )
+            for future in done:
+                exc = future.exception()
+                if exc is not None:
+                    raise RuntimeFailure(
+                        f"offload: the process pool failed to start: {exc}"
+                    ) from exc
+                pids.add(future.result())
+        return pids
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Shut the pool down: queued jobs are cancelled, running ones get `timeout`.
+
+        Callbacks do not run after `close()`: the loop is stopping.  Worker
+        processes still busy after `timeout` are terminated; worker threads
+        cannot be, and are left to finish.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        pending, self._pending = self._pending, set()
+        self.stats.cancelled += len(pending)
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        futures = [job._future for job in pending if job._future is not None]
+        # Taken before shutdown(): the executor's manager thread may clear it meanwhile.
+        workers = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        _, running = concurrent.futures.wait(futures, timeout=timeout)
+        if running:
+            if isinstance(executor, concurrent.futures.ProcessPoolExecutor):
+                log.warning("offload: terminating workers: %d jobs still busy", len(running))
+                for process in workers:
+                    with contextlib.suppress(Exception):
+                        process.terminate()
+            else:
+                log.warning(
+                    "offload: %d jobs still running in threads; not waiting for them",
+                    len(running),
+                )
+                return
+        executor.shutdown(wait=True)
+        s = self.stats
+        log.info(
+            "offload: pool closed (mode %s: %d jobs, %d failed, %d cancelled, %d pools replaced)",
+            self.mode,
+            s.submitted,
+            s.failed,
+            s.cancelled,
+            s.pools_replaced,
+        )
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    # -- submitting ----------------------------------------------------------
+
+    def submit(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        callback: Callable[[Outcome[T]], object],
+    ) -> Job:
+        """Run `fn(*args)` off the loop; then, on the loop, `callback(outcome)`.
+
+        The callback never runs inside `submit` itself, in any mode.  For a
+        process pool `fn`, its arguments and its result must pickle (a
+        module-level function, say); a pickling error comes back as the
+        outcome's error like any other.
+        """
+        if self._closed:
+            raise RuntimeError("the offloader is closed")
+        if not self._started:
+            self.start()
+        loop = self.loop
+        assert loop is not None
+        job = Job(callback)
+        self._pending.add(job)
+        self.stats.submitted += 1
+        if self.mode == "none":
+            try:
+                outcome: Outcome[T] = Outcome(value=fn(*args))
+            except Exception as exc:
+                outcome = Outcome(error=exc)
+            loop.call_soon(self._deliver, job, outcome)
+            return job
+        executor = self._executor
+        assert executor is not None
+        try:
+            future = executor.submit(fn, *args)
+        except BrokenProcessPool:
+            # broken since the last delivery: replace it now and try once more
+            executor = self._replace_pool(executor, "a broken pool refused a job")
+            future = executor.submit(fn, *args)
+        job._future = future
+        job._executor = executor
+        future.add_done_callback(lambda f: self._done_in_worker(job, f))
+        return job
+
+    def _done_in_worker(self, job: Job, future: concurrent.futures.Future[Any]) -> None:
+        """Runs in a pool thread (or the pool's manager thread): hand over to the loop."""
+        if self._closed:
+            return
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        if future.cancelled():
+            outcome: Outcome[Any] = Outcome(error=concurrent.futures.CancelledError())
+        else:
+            exc = future.exception()
+            outcome = Outcome(error=exc) if exc is not None else Outcome(value=future.result())
+        loop.call_soon_threadsafe(self._deliver, job, outcome)
+
+    def _deliver(self, job: Job, outcome: Outcome[Any]) -> None:
+        """On the loop: account, replace a broken pool, run the caller's callback."""
+        if self._closed:
+            return
+        self._pending.discard(job)
+        if isinstance(outcome.error, BrokenProcessPool) and job._executor is self._executor:
+            assert job._executor is not None
+            self._replace_pool(job._executor, "a worker process died")
+        if job._cancelled:
+            self.stats.cancelled += 1
+            return
+        if outcome.error is None:
+            self.stats.completed += 1
+        else:
+            self.stats.failed += 1
+        try:
+            job.callback(outcome)
+        except Exception:
+            log.exception("exception in offload callback %r", job.callback)
+
+    def _replace_pool(
+        self, broken: concurrent.futures.Executor, why: str
+    ) -> concurrent.futures.Executor:
+        """Swap in a fresh pool once per broken one; jobs on the old one have failed."""
+        if self._executor is not broken:
+            assert self._executor is not None
+            return self._executor
+        self.stats.pools_replaced += 1
+        log.warning(
+            "offload: %s; its pending jobs failed with BrokenProcessPool; "
+            "starting a fresh pool of %d workers",
+            why,
+            self.workers,
+        )
+        broken.shutdown(wait=False, cancel_futures=True)
+        fresh = self._new_executor()
+        self._executor = fresh
+        # start the workers now, without waiting on the loop for them
+        self._warm_up(fresh, wait=False)
+        return fresh
+
+
+class ReplySlot:
+    """A reserved place in a connection's reply order; `fill()` it once."""
+
+    __slots__ = ("_owner", "data")
+
+    def __init__(self, owner: OrderedReplies, data: bytes | None = None) -> None:
+        self._owner = owner
+        self.data = data
+
+    def fill(self, data: bytes) -> None:
+        if self.data is not None:
+            raise RuntimeError("reply slot filled twice")
+        self.data = data
+        self._owner._flush()
+
+
+class OrderedReplies:
+    """Writes one connection's replies in request order.
+
+    Each request either `reply()`s at once or `reserve()`s a slot to fill
+    when its result arrives; a reply waits until every earlier one has been
+    written, so pipelined requests are answered in the order they came.
+    """
+
+    __slots__ = ("_queue", "_write", "on_written")
+
+    def __init__(
+        self,
+        write: Callable[[bytes], object],
+        on_written: Callable[[], object] | None = None,
+    ) -> None:
+        self._write = write
+        self._queue: deque[ReplySlot] = deque()
+        self.on_written = on_written
+        """Called after a filled slot let replies be written (a chance to resume)."""
+
+    def __len__(self) -> int:
+        """Replies promised but not yet written."""
+        return len(self._queue)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def reply(self, data: bytes) -> None:
+        """Answer now, or as soon as the earlier replies are written."""
+        if self._queue:
+            self._queue.append(ReplySlot(self, data))
+        else:
+            self._write(data)
+
+    def reserve(self) -> ReplySlot:
+        slot = ReplySlot(self)
+        self._queue.append(slot)
+        return slot
+
+    def clear(self) -> None:
+        """Forget every pending reply (the connection is gone)."""
+        self._queue.clear()
+
+    def _flush(self) -> None:
+        queue = self._queue
+        wrote = False
+        while queue and queue[0].data is not None:
+            data = queue.popleft().data
+            assert data is not None
+            self._write(data)
+            wrote = True
+        if wrote and self.on_written is not None:
+            self.on_written()
