@@ -17,6 +17,7 @@ import pytest
 
 from muxio.errors import UsageError
 from muxio.tools.compare import (
+    DEFAULT_WORKLOADS,
     ProcessTree,
     RunRecord,
     ServerProcess,
@@ -129,7 +130,7 @@ def test_workload_forms() -> None:
     assert parse_workload("100x64k") == Workload(100, 65536)
     assert parse_workload("1x1024").name == "1x1024"
     assert Workload(50, 1024, 5000).name == "50x1024+5000idle"
-    assert len(parse_workloads("default")) == 6
+    assert [w.name for w in parse_workloads("default")] == DEFAULT_WORKLOADS.split(",")
     for bad in ("", "10", "0x1024", "10x0", "10x1024+idle", "ax1"):
         with pytest.raises(UsageError):
             parse_workloads(bad) if bad == "" else parse_workload(bad)

@@ -47,7 +47,6 @@ class Transport:
         "_buffered",
         "_closing",
         "_conn_lost",
-        "_data_received",
         "_draining",
         "_eof",
         "_eof_requested",
@@ -59,9 +58,8 @@ class Transport:
         "_on_lost",
         "_protocol",
         "_protocol_paused",
+        "_read_size",
         "_reading_paused",
-        "_recv",
-        "_send",
         "_sock",
         "bytes_in",
         "bytes_out",
@@ -70,8 +68,13 @@ class Transport:
 
     read_size = 65536
     """Largest single `recv`; a shorter read means the socket is drained."""
-    max_reads_per_event = 16
-    """Reads per readiness event, so one busy peer cannot starve the rest."""
+    max_reads_per_event = 1
+    """Reads per readiness event, so one busy peer cannot starve the rest.
+
+    One is cheapest: a full read is simply reported again by the (level-
+    triggered) poller in the next iteration, where a second `recv` now would
+    often just find EAGAIN — a 64 KiB request fills one read exactly.
+    """
     high_water = 64 * 1024
     low_water = 16 * 1024
 
@@ -86,12 +89,10 @@ class Transport:
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
-        self._recv = sock.recv
-        self._send = sock.send
         self._protocol = protocol
-        self._data_received = protocol.data_received
+        self._read_size = self.read_size
         self._extra: dict[str, Any] | None = extra
-        self._buffer: list[Buffer] = []
+        self._buffer: list[Buffer] | None = None
         self._buffered = 0
         self._high_water = self.high_water
         self._low_water = self.low_water
@@ -126,7 +127,7 @@ class Transport:
     def _on_read(self) -> None:
         # The common case, one recv that drains the socket, stays straight-line.
         try:
-            data = self._recv(self.read_size)
+            data = self._sock.recv(self._read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -137,16 +138,16 @@ class Transport:
             return
         self.bytes_in += len(data)
         try:
-            self._data_received(data)
+            self._protocol.data_received(data)
         except Exception as exc:
             self._protocol_failed(exc, "data_received")
             return
-        if len(data) == self.read_size and self.max_reads_per_event > 1:
+        if len(data) == self._read_size and self.max_reads_per_event > 1:
             self._read_more()
 
     def _read_more(self) -> None:
         """A full read: keep reading, up to the per-event cap."""
-        recv = self._recv
+        recv = self._sock.recv
         size = self.read_size
         for _ in range(self.max_reads_per_event - 1):
             if self._reading_paused or self._closing:
@@ -163,7 +164,7 @@ class Transport:
                 return
             self.bytes_in += len(data)
             try:
-                self._data_received(data)
+                self._protocol.data_received(data)
             except Exception as exc:
                 self._protocol_failed(exc, "data_received")
                 return
@@ -208,7 +209,8 @@ class Transport:
         in asyncio: the peer is gone or going, and the caller learns that
         from `connection_lost`.
         """
-        if self._buffer:
+        buf = self._buffer
+        if buf:
             if self._closing or self._eof_requested:
                 return
             if type(data) is not bytes:
@@ -219,7 +221,7 @@ class Transport:
             if self._closing or self._eof_requested or not data:
                 return
             try:
-                n = self._send(data)
+                n = self._sock.send(data)
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as exc:
@@ -232,8 +234,10 @@ class Transport:
                 data = bytes(data)
             if n:
                 data = memoryview(data)[n:]
+            if buf is None:
+                buf = self._buffer = []  # most connections never need one
             self._loop.add_writer(self._fd, self._on_write)
-        self._buffer.append(data)
+        buf.append(data)
         self._buffered += len(data)
         if self._buffered > self._high_water and not self._protocol_paused:
             self._protocol_paused = True
@@ -248,6 +252,9 @@ class Transport:
 
     def _on_write(self) -> None:
         buf = self._buffer
+        if not buf:
+            self._loop.remove_writer(self._fd)
+            return
         try:
             if len(buf) == 1 or not _HAS_SENDMSG:
                 n = self._sock.send(buf[0])
@@ -374,7 +381,7 @@ class Transport:
     def _discard(self) -> None:
         try:
             for _ in range(self.max_reads_per_event):
-                if not self._recv(self.read_size):
+                if not self._sock.recv(self.read_size):
                     break
             else:
                 return  # a peer still sending: wait for the next event

@@ -13,14 +13,13 @@ from ..transport import Transport
 class UpperEcho(Protocol):
     """Uppercase echo with back-pressure: a peer that does not read stops being read."""
 
-    __slots__ = ("transport", "write")
+    __slots__ = ("transport",)
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
-        self.write = transport.write
 
     def data_received(self, data: bytes) -> None:
-        self.write(data.upper())
+        self.transport.write(data.upper())
 
     def pause_writing(self) -> None:
         self.transport.pause_reading()

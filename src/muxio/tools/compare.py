@@ -33,7 +33,7 @@ from typing import Any
 from muxio.errors import MuxioError, RuntimeFailure, UsageError
 from muxio.tools.bench import BenchHooks, Progress, raise_fd_limit, run_bench
 
-DEFAULT_WORKLOADS = "1x1024,10x1024,100x1024,1000x1024,100x65536,50x1024+5000idle"
+DEFAULT_WORKLOADS = "1x1024,10x1024,100x1024,1000x1024,100x65536,50x1024,50x1024+5000idle"
 _LISTENING = re.compile(rb"listening on (\S+):(\d+)")
 _WORKLOAD = re.compile(r"^(\d+)x(\d+)([kKmM]?)(?:\+(\d+)idle)?$")
 _START_TIMEOUT = 15.0
