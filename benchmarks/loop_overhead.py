@@ -17,11 +17,13 @@ import argparse
 import resource
 import socket
 import statistics
+import threading
 import time
 
 from muxio.loop import EventLoop
 from muxio.services.upper import UpperEcho
 from muxio.transport import Transport
+from muxio.watchdog import Watchdog
 
 
 def thread_cpu() -> tuple[float, float]:
@@ -36,8 +38,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2000)
     ap.add_argument("--poller", default="epoll")
     ap.add_argument("--family", choices=("tcp", "unix"), default="tcp")
+    ap.add_argument(
+        "--watchdog", action="store_true", help="run the slow-callback watchdog (100 ms) too"
+    )
     args = ap.parse_args()
-    loop = EventLoop(args.poller, slow_callback=None)
+    loop = EventLoop(args.poller, slow_callback=0.1 if args.watchdog else None)
+    if args.watchdog:
+        Watchdog(loop, 0.1).start()
+        loop._thread_id = threading.get_ident()
     clients = []
     listener = socket.create_server(("127.0.0.1", 0)) if args.family == "tcp" else None
     for _ in range(args.connections):
@@ -74,7 +82,8 @@ def main() -> None:
             assert got == expected
     n = args.rounds * args.connections
     print(
-        f"{args.connections} connections x {args.size} B, {args.poller}, {n} requests: "
+        f"{args.connections} connections x {args.size} B, {args.poller}, "
+        f"watchdog {'on' if args.watchdog else 'off'}, {n} requests: "
         f"median wall {statistics.median(walls) / args.connections * 1e6:.2f} us/req, "
         f"user {user / n * 1e6:.2f} us/req, sys {system / n * 1e6:.2f} us/req, "
         f"events/poll {loop.stats().events_per_poll:.1f}"
