@@ -68,13 +68,6 @@ class Transport:
 
     read_size = 65536
     """Largest single `recv`; a shorter read means the socket is drained."""
-    max_reads_per_event = 1
-    """Reads per readiness event, so one busy peer cannot starve the rest.
-
-    One is cheapest: a full read is simply reported again by the (level-
-    triggered) poller in the next iteration, where a second `recv` now would
-    often just find EAGAIN — a 64 KiB request fills one read exactly.
-    """
     high_water = 64 * 1024
     low_water = 16 * 1024
 
@@ -125,7 +118,12 @@ class Transport:
     # -- reading -------------------------------------------------------------
 
     def _on_read(self) -> None:
-        # The common case, one recv that drains the socket, stays straight-line.
+        """One read per readiness event: the cap that keeps a busy peer from starving others.
+
+        A peer with more to send is reported again by the level-triggered
+        poller next iteration, after everyone else; reading on now would
+        often just find EAGAIN (a 64 KiB request fills one read exactly).
+        """
         try:
             data = self._sock.recv(self._read_size)
         except (BlockingIOError, InterruptedError):
@@ -142,34 +140,6 @@ class Transport:
         except Exception as exc:
             self._protocol_failed(exc, "data_received")
             return
-        if len(data) == self._read_size and self.max_reads_per_event > 1:
-            self._read_more()
-
-    def _read_more(self) -> None:
-        """A full read: keep reading, up to the per-event cap."""
-        recv = self._sock.recv
-        size = self.read_size
-        for _ in range(self.max_reads_per_event - 1):
-            if self._reading_paused or self._closing:
-                return
-            try:
-                data = recv(size)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._fatal_error(exc, "recv")
-                return
-            if not data:
-                self._on_eof()
-                return
-            self.bytes_in += len(data)
-            try:
-                self._protocol.data_received(data)
-            except Exception as exc:
-                self._protocol_failed(exc, "data_received")
-                return
-            if len(data) < size:
-                return
 
     def _on_eof(self) -> None:
         self._eof = True
@@ -380,10 +350,7 @@ class Transport:
 
     def _discard(self) -> None:
         try:
-            for _ in range(self.max_reads_per_event):
-                if not self._sock.recv(self.read_size):
-                    break
-            else:
+            if self._sock.recv(self._read_size):
                 return  # a peer still sending: wait for the next event
         except (BlockingIOError, InterruptedError):
             return

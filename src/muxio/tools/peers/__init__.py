@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,3 +24,20 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
 def announce(host: str, port: int) -> None:
     """Tell the parent the real port; it waits for exactly this line on stderr."""
     print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+
+
+async def serve_until_sigterm(host: str, start: Callable[[], Awaitable[Any]]) -> None:
+    """Run an asyncio server from `start()` until SIGTERM (shared by the asyncio peers)."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    server = await start()
+    announce(host, server.sockets[0].getsockname()[1])
+    try:
+        await stop.wait()
+    finally:
+        # Not wait_closed(): since 3.12 it waits for every client to hang up.
+        server.close()

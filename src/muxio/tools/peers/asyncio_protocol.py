@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from muxio.tools.peers import announce
+from muxio.tools.peers import serve_until_sigterm
 
 
 class Upper(asyncio.Protocol):
@@ -29,15 +28,9 @@ class Upper(asyncio.Protocol):
 
 async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    server = await loop.create_server(Upper, host, port, backlog=1024, reuse_address=True)
-    announce(host, server.sockets[0].getsockname()[1])
-    try:
-        await stop.wait()
-    finally:
-        # Not wait_closed(): since 3.12 it waits for every client to hang up.
-        server.close()
+    await serve_until_sigterm(
+        host, lambda: loop.create_server(Upper, host, port, backlog=1024, reuse_address=True)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

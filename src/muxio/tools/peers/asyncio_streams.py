@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import sys
 
-from muxio.tools.peers import announce, parse_args
+from muxio.tools.peers import parse_args, serve_until_sigterm
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -28,16 +27,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 async def serve(host: str, port: int) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    server = await asyncio.start_server(handle, host, port, backlog=1024, reuse_address=True)
-    announce(host, server.sockets[0].getsockname()[1])
-    try:
-        await stop.wait()
-    finally:
-        # Not wait_closed(): since 3.12 it waits for every client to hang up.
-        server.close()
+    await serve_until_sigterm(
+        host, lambda: asyncio.start_server(handle, host, port, backlog=1024, reuse_address=True)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
