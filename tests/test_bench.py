@@ -131,7 +131,8 @@ def test_wrong_bytes_are_counted(broken_port: int) -> None:
         "--port", str(broken_port), "--connections", "4", "--duration", "0.5",
         "--warmup", "0", "--json",
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.strip(), f"no JSON result; stderr: {proc.stderr}"
     result = json.loads(proc.stdout)
     assert result["errors"]["wrong_bytes"] > 0
     assert result["ok"] is False

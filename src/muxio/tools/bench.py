@@ -711,6 +711,7 @@ def _run_workers(
         )
 
     pipes = [pipe for _proc, pipe in workers]
+    live = list(pipes)
     for pipe in pipes:
         pipe.send("go")
     t_go = time.monotonic()
@@ -726,6 +727,9 @@ def _run_workers(
         try:
             msg = pipe.recv()
         except (EOFError, OSError) as exc:
+            if id(pipe) in finals:
+                live.remove(pipe)  # reported, then exited: done, not a failure
+                return
             raise RuntimeFailure("bench worker exited unexpectedly") from exc
         if msg[0] == "progress":
             done[id(pipe)] = msg[1]
@@ -748,7 +752,7 @@ def _run_workers(
             n_errors = sum(errs_now.values())
             hooks.tick(Progress(phase, now - t_go, sum(done.values()), n_errors))
         wake = min(next_tick, t_end, t_measure if not in_window else t_end)
-        for ready in wait(pipes, timeout=max(0.0, wake - time.monotonic())):
+        for ready in wait(live, timeout=max(0.0, wake - time.monotonic())):
             handle(ready)
     hooks.window_end()
 
