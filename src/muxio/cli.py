@@ -12,7 +12,7 @@ import logging
 import sys
 
 from . import __version__
-from .errors import MuxioError, UsageError
+from .errors import UsageError, run_reporting
 from .pollers import BACKENDS
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
@@ -194,19 +194,17 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "serve":
-            return cmd_serve(args)
-        if args.command == "connect":
-            return cmd_connect(args)
-        tool = importlib.import_module(f"muxio.tools.{args.command}")
-        result: int = tool.main(args)
-        return result
-    except MuxioError as exc:
-        print(f"muxio: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run_reporting(lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return cmd_serve(args)
+    if args.command == "connect":
+        return cmd_connect(args)
+    tool = importlib.import_module(f"muxio.tools.{args.command}")
+    result: int = tool.main(args)
+    return result
 
 
 __all__ = ["UsageError", "main"]

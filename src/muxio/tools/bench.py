@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, TextIO
 
-from muxio.errors import MuxioError, RuntimeFailure, UsageError
+from muxio.errors import RuntimeFailure, UsageError, run_reporting
 
 _IN, _OUT, _ERR, _HUP = 0x001, 0x004, 0x008, 0x010
 _LOG_SCALE = 100.0  # histogram buckets are 1% wide
@@ -934,17 +934,7 @@ def main(args: argparse.Namespace) -> int:
 def _standalone(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="muxio bench", description=__doc__)
     configure_parser(parser)
-    try:
-        return main(parser.parse_args(argv))
-    except MuxioError as exc:
-        print(f"muxio: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # stdout closed early, as by `| head`: nothing left to say to anyone.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    return run_reporting(lambda: main(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

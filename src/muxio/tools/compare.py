@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from muxio.errors import MuxioError, RuntimeFailure, UsageError
+from muxio.errors import MuxioError, RuntimeFailure, UsageError, run_reporting
 from muxio.tools.bench import BenchHooks, Progress, raise_fd_limit, run_bench
 
 DEFAULT_WORKLOADS = "1x1024,10x1024,100x1024,1000x1024,100x65536,50x1024,50x1024+5000idle"
@@ -827,13 +827,7 @@ def main(args: argparse.Namespace) -> int:
 def _standalone(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="muxio compare", description=__doc__)
     configure_parser(parser)
-    try:
-        return main(parser.parse_args(argv))
-    except MuxioError as exc:
-        print(f"muxio: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    return run_reporting(lambda: main(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":
