@@ -262,11 +262,7 @@ def test_connect_pipe_100mib_binary_round_trip(tmp_path) -> None:  # type: ignor
         )
     assert result.returncode == 0, result.stderr
     assert dst.stat().st_size == src.stat().st_size
-    digest = hashlib.sha256()
-    with dst.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    assert digest.hexdigest() == expected
+    assert hashlib.sha256(dst.read_bytes()).hexdigest() == expected
 
 
 # -- connect, on a terminal ----------------------------------------------------------------
