@@ -22,7 +22,7 @@ import time
 
 from muxio.loop import EventLoop
 from muxio.services.upper import UpperEcho
-from muxio.transport import Transport
+from muxio.transports.stream import Transport
 from muxio.watchdog import Watchdog
 
 

@@ -7,7 +7,7 @@ from .loop import EventLoop, Handle, LoopStats, TimerHandle
 from .pollers import Poller, available, get_poller_class, new_poller
 from .protocol import BaseProtocol, Protocol
 from .server import Server, bind_tcp, bind_unix
-from .transport import Transport
+from .transports.stream import Transport
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
-    from .transport import Transport
+    from .transports.stream import Transport
 
 class BaseProtocol:
     """No-op defaults, so a service overrides only what it uses."""

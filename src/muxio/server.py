@@ -20,7 +20,7 @@ from .errors import RuntimeFailure
 from .loop import EventLoop, TimerHandle
 from .pollers import FdTooLargeError
 from .protocol import Protocol
-from .transport import Transport
+from .transports.stream import Transport
 
 log = logging.getLogger("muxio")
 

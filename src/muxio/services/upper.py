@@ -7,7 +7,7 @@ protocol is stateless and its whole hot path is one `write`.
 from __future__ import annotations
 
 from ..protocol import Protocol
-from ..transport import Transport
+from ..transports.stream import Transport
 
 
 class UpperEcho(Protocol):

@@ -24,7 +24,7 @@ from typing import Any
 from ..loop import EventLoop, TimerHandle
 from ..offload import MODES, Job, Mode, Offloader, OrderedReplies, Outcome, ReplySlot
 from ..protocol import Protocol
-from ..transport import Transport
+from ..transports.stream import Transport
 
 MAX_LINE = 64 * 1024
 MAX_WORK_MS = 10_000

@@ -21,8 +21,8 @@ TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RS
 if TYPE_CHECKING:
     from typing import Any
 
-    from .loop import EventLoop
-    from .protocol import Protocol
+    from ..loop import EventLoop
+    from ..protocol import Protocol
 
 
 log = logging.getLogger("muxio")
