@@ -42,7 +42,7 @@ def main() -> None:
         "--watchdog", action="store_true", help="run the slow-callback watchdog (100 ms) too"
     )
     args = ap.parse_args()
-    loop = EventLoop(args.poller, slow_callback=0.1 if args.watchdog else None)
+    loop = EventLoop(args.poller, slow_callback_ms=100 if args.watchdog else None)
     if args.watchdog:
         Watchdog(loop, 0.1).start()
         loop._thread_id = threading.get_ident()

@@ -73,7 +73,7 @@ class ServerThread:
     ) -> None:
         if sockets is None:
             sockets = bind_tcp("127.0.0.1", 0)
-        self.loop = EventLoop(poller, slow_callback=None)
+        self.loop = EventLoop(poller, slow_callback_ms=None)
         self.server = Server(self.loop, protocol_factory, sockets, **server_kwargs)
         self.sockets = sockets
         self.family = sockets[0].family

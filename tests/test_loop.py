@@ -159,7 +159,7 @@ def test_call_at_runs_at_the_given_loop_time_never_early(loop, run_loop) -> None
         loop.stop()
 
     handle = loop.call_at(when, cb, "tag")
-    assert handle.when == when
+    assert handle.when() == when
     run_loop(loop)
     assert len(ran_at) == 1
     assert ran_at[0] >= when
@@ -288,7 +288,7 @@ def test_close_while_running_raises(loop, run_loop) -> None:
 def test_exception_in_callback_is_logged_and_loop_keeps_running(
     loop, run_loop, sockpair, caplog
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="muxio")
+    caplog.set_level(logging.ERROR, logger="asyncio")
     a, b = sockpair
     ran: list[str] = []
 
@@ -311,7 +311,7 @@ def test_exception_in_callback_is_logged_and_loop_keeps_running(
     loop.call_later(0.04, loop.stop)
     run_loop(loop)
     assert ran == ["after call_soon", "after timer"]
-    failures = [r for r in caplog.records if "exception in callback" in r.getMessage()]
+    failures = [r for r in caplog.records if "Exception in callback" in r.getMessage()]
     assert len(failures) == 3
     messages = " ".join(r.getMessage() for r in failures)
     for name in ("soon_fails", "timer_fails", "reader_fails"):
@@ -461,10 +461,11 @@ def test_cancelled_timers_are_compacted(loop, run_loop) -> None:
     for i, handle in enumerate(handles):
         if i % 10:
             handle.cancel()
-    assert len(loop._timers) < 1000
-    assert len(loop._timers) <= 2 * len(kept) + 64
-    live = [entry for entry in loop._timers if not entry[2].cancelled()]
-    assert len(live) == len(kept)
+    loop.call_soon(loop.stop)
+    run_loop(loop)  # one iteration: more than half the heap is cancelled, so it is rebuilt
+    # what is left: the live timers and run_loop's safety timer, cancelled after the run
+    assert len(loop._timers) == len(kept) + 1
+    assert sum(not entry[2].cancelled() for entry in loop._timers) == len(kept)
     loop.call_later(0.2, loop.stop)
     run_loop(loop)
     assert fired == kept  # the heap kept its order through compaction
@@ -489,7 +490,7 @@ def test_cancelling_timers_that_already_ran_is_harmless(loop, run_loop) -> None:
 
 
 def test_stats_count_iterations_events_callbacks_and_lag(run_loop, sockpair) -> None:
-    lp = EventLoop(slow_callback=None)
+    lp = EventLoop(slow_callback_ms=None)
     try:
         a, b = sockpair
         reads: list[bytes] = []
@@ -534,7 +535,7 @@ def slow_callback_under_test() -> None:
 
 def test_slow_callback_sampled_by_watchdog_is_named_in_warning(run_loop, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="muxio")
-    lp = EventLoop(slow_callback=0.05)
+    lp = EventLoop(slow_callback_ms=50)
     watchdog = Watchdog(lp, 0.05)
     watchdog.start()
     try:
@@ -553,19 +554,19 @@ def test_slow_callback_sampled_by_watchdog_is_named_in_warning(run_loop, caplog)
     assert any("slow_callback_under_test" in r.getMessage() for r in slow)
 
 
-def test_slow_callback_without_watchdog_is_reported_unsampled(run_loop, caplog) -> None:
+def test_slow_callback_in_c_code_is_named_by_the_watchdog(run_loop, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="muxio")
-    lp = EventLoop(slow_callback=0.05)
+    lp = EventLoop(slow_callback_ms=50)
     try:
-        lp.call_soon(time.sleep, 0.08)
-        lp.call_later(0.1, lp.stop)
+        lp.call_soon(time.sleep, 0.3)
+        lp.call_later(0.35, lp.stop)
         run_loop(lp)
     finally:
         lp.close()
     assert lp.stats().slow_callbacks >= 1
     slow = [r.getMessage() for r in caplog.records if "slow callback" in r.getMessage()]
     assert len(slow) == lp.stats().slow_callbacks
-    assert all("not sampled" in message for message in slow)
+    assert any("callback sleep (not Python code)" in message for message in slow), slow
 
 
 # -- signals ---------------------------------------------------------------
@@ -671,8 +672,9 @@ def test_close_closes_the_poller_and_refuses_run_forever(any_loop: EventLoop) ->
     if kernel_fd != -1:
         with pytest.raises(OSError):
             os.fstat(kernel_fd)
-    # The self-pipe is gone too: waking a closed loop is silently ignored.
-    lp.call_soon_threadsafe(lambda: None)
+    # As in asyncio, scheduling on a closed loop is an error, from any thread.
+    with pytest.raises(RuntimeError, match="closed"):
+        lp.call_soon_threadsafe(lambda: None)
 
 
 def test_due_timer_runs_once_when_an_io_callback_compacts_the_heap(

@@ -164,7 +164,7 @@ def one_iteration(loop: EventLoop) -> None:
 
 @pytest.fixture
 def loop() -> Iterator[EventLoop]:
-    lp = EventLoop("auto", slow_callback=None)
+    lp = EventLoop("auto", slow_callback_ms=None)
     try:
         yield lp
     finally:
@@ -530,12 +530,17 @@ class WriteAfterClose(Protocol):
         self.done.set()
 
 
-def test_write_after_close_is_a_no_op(server_with: Callable[..., ServerThread]) -> None:
+def test_write_after_close_is_flushed_while_closing_and_dropped_once_lost(
+    server_with: Callable[..., ServerThread],
+) -> None:
+    # asyncio's contract: close() stops reading and flushes; writes made while
+    # the buffer still drains go out with it, write_eof() is a no-op, and
+    # writes after connection_lost are dropped without an error.
     factory = Factory(WriteAfterClose)
     srv = server_with(factory)
     with srv.connect(SO_RCVBUF=4096) as sock:
         got = recv_until_eof(sock, timeout=30)
-    assert got == WriteAfterClose.payload
+    assert got == WriteAfterClose.payload + b"AFTER CLOSE" + b"moreand more"
     proto = factory.built[0]
     assert proto.done.wait(5)
     assert proto.errors == []
@@ -564,7 +569,10 @@ class HalfCloser(Protocol):
         transport.write(b"hello, ")
         transport.write(b"then EOF")
         transport.write_eof()
-        transport.write(b"dropped: after write_eof")
+        try:
+            transport.write(b"refused: after write_eof")
+        except RuntimeError as exc:
+            self.refused = exc
 
     def data_received(self, data: bytes) -> None:
         self.data += data
@@ -590,6 +598,7 @@ def test_server_write_eof_keeps_reading(server_with: Callable[..., ServerThread]
     assert bytes(proto.data) == b"later, still received"
     assert srv.wait_for(lambda: srv.server.connections == set())
     assert proto.lost == [None]
+    assert "after write_eof" in str(proto.refused)
 
 
 class LostRecorder(UpperEcho):
@@ -674,7 +683,8 @@ class Pauser(Protocol):
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         self.transport = transport
-        self.sock = transport.get_extra_info("socket")
+        # a duplicate to peek with: the transport's own socket is not ours to read
+        self.sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
         transport.pause_reading()
         transport.pause_reading()
         self.reading_after_pause = transport.is_reading()
@@ -682,6 +692,9 @@ class Pauser(Protocol):
     def data_received(self, data: bytes) -> None:
         self.data += data
         self.transport.write(data.upper())
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.sock.close()
 
     def unread(self) -> int:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .loop import EventLoop, Handle, LoopStats, TimerHandle
 from .pollers import Poller, available, get_poller_class, new_poller
+from .policy import EventLoopPolicy, new_event_loop, run
 from .protocol import BaseProtocol, Protocol
 from .server import Server, bind_tcp, bind_unix
 from .transports.stream import Transport
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BaseProtocol",
     "EventLoop",
+    "EventLoopPolicy",
     "Handle",
     "LoopStats",
     "MuxioError",
@@ -28,5 +30,7 @@ __all__ = [
     "bind_tcp",
     "bind_unix",
     "get_poller_class",
+    "new_event_loop",
     "new_poller",
+    "run",
 ]

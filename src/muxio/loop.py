@@ -6,82 +6,123 @@ timers and `call_soon` callbacks.  Everything that can be decided once — which
 poller bits mean "readable", bound methods, dict lookups — is decided before
 the loop starts, because an iteration may carry thousands of events.
 
+It is also a complete `asyncio.AbstractEventLoop`, so the same object runs
+asyncio's C `Future` and `Task`, `asyncio.run`, streams and every library on
+top of them.  The asyncio contract is kept where it is observable (exceptions,
+ordering of `call_soon`, contexts, the exception handler); what is private to
+CPython's selector loop (`_selector`, `_process_events`) is not imitated.  Two
+paths exist for descriptors: `add_reader(fd, cb, *args)` wraps the callback in
+a `Handle` with its context, as asyncio does, while muxio's own transports use
+`_add_reader(fd, cb)` with a bare bound method: no handle, no context switch,
+no frame between the poller and `recv`.
+
 Detection and response share this one thread, so the loop measures itself:
 each iteration's busy time (from the poller's return to the next wait) feeds
-`stats()`, and an iteration longer than `slow_callback` seconds is reported
-with what was running, sampled by the optional `Watchdog` thread.
+`stats()`, and an iteration longer than `slow_callback_duration` seconds is
+reported with what was running, sampled by the `Watchdog` thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import heapq
 import itertools
 import logging
+import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import warnings
+import weakref
+from asyncio import events as _events
 from collections import deque
 from collections.abc import Callable
-from time import monotonic
+from contextvars import Context, copy_context
+from time import get_clock_info, monotonic
+from types import ModuleType
 
+from . import net
 from .pollers import READ, WRITE, Poller, new_poller
+from .server import Server
+from .transports.stream import Transport
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
+    import ssl as _ssl
     from typing import Any
 
+    from .watchdog import Watchdog
+
 log = logging.getLogger("muxio")
+aio_log = logging.getLogger("asyncio")
+"""asyncio's own messages (the exception handler's) go where asyncio users look for them."""
 
 MAX_WAIT = 86400.0
 """The longest single wait in the poller; a farther timer just costs a wake-up a day."""
 
 IOCallback = Callable[[], object]
+_DEBUG_STACK_DEPTH = 10
+_CONNLOST_WRITES = 5
 
 
-class Handle:
-    """A scheduled callback that can be cancelled before it runs."""
+class Handle(asyncio.Handle):
+    """asyncio's `Handle`, built without the per-call debug check.
 
-    __slots__ = ("_args", "_callback", "_cancelled")
+    Subclassing keeps `isinstance(h, asyncio.Handle)`, `cancel()`, `repr()`
+    and `_run()` as asyncio's; only construction is leaner.  In debug mode the
+    loop creates plain `asyncio.Handle`s, which record where they were made.
+    """
 
-    def __init__(self, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+    __slots__ = ()
+
+    def __init__(
+        self,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+        context: Context | None = None,
+    ) -> None:
         self._callback = callback
         self._args = args
+        self._loop = loop
+        self._context = copy_context() if context is None else context
         self._cancelled = False
-
-    def cancel(self) -> None:
-        self._cancelled = True
-
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def __repr__(self) -> str:
-        state = " cancelled" if self._cancelled else ""
-        return f"<{type(self).__name__} {_describe(self._callback)}{state}>"
+        self._repr = None
+        self._source_traceback = None
 
 
-class TimerHandle(Handle):
-    """A callback due at a point on the loop's monotonic clock."""
+class TimerHandle(asyncio.TimerHandle):
+    """asyncio's `TimerHandle`; the loop's heap holds `(when, seq, handle)` tuples.
 
-    __slots__ = ("_loop", "when")
+    Tuples compare in C and `seq` keeps callbacks due at the same moment in
+    the order they were scheduled, where asyncio's own heap leaves it undefined.
+    """
+
+    __slots__ = ()
 
     def __init__(
         self,
         when: float,
         callback: Callable[..., object],
         args: tuple[Any, ...],
-        loop: EventLoop,
+        loop: asyncio.AbstractEventLoop,
+        context: Context | None = None,
     ) -> None:
-        super().__init__(callback, args)
-        self.when = when
+        self._callback = callback
+        self._args = args
         self._loop = loop
-
-    def cancel(self) -> None:
-        if not self._cancelled:
-            self._cancelled = True
-            self._loop._timer_cancelled()
+        self._context = copy_context() if context is None else context
+        self._cancelled = False
+        self._repr = None
+        self._source_traceback = None
+        self._when = when
+        self._scheduled = False
 
 
 class LoopStats:
@@ -125,71 +166,164 @@ class LoopStats:
 def _describe(callback: object) -> str:
     owner = getattr(callback, "__self__", None)
     name = getattr(callback, "__qualname__", None) or repr(callback)
-    if owner is not None and not isinstance(owner, type):
+    if owner is not None and not isinstance(owner, (type, ModuleType)):
         return f"{type(owner).__name__}.{getattr(callback, '__name__', name)}"
     return str(name)
 
 
-class EventLoop:
-    """A single-threaded loop over one `Poller`.
+def _fileno(fileobj: Any) -> int:
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+def _debug_from_environment() -> bool:
+    env = not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
+    return sys.flags.dev_mode or env
+
+
+def _stop_on_done(fut: asyncio.Future[Any]) -> None:
+    if fut.cancelled() or not isinstance(fut.exception(), (SystemExit, KeyboardInterrupt)):
+        fut.get_loop().stop()
+
+
+class EventLoop(asyncio.AbstractEventLoop):
+    """A single-threaded loop over one `Poller`, and a drop-in asyncio event loop.
 
     Only `call_soon_threadsafe` may be called from another thread; everything
-    else belongs to the thread that runs the loop.
+    else belongs to the thread that runs the loop.  `slow_callback_ms` (0 or
+    None: off) starts the watchdog thread on the first run; it names the
+    callback or coroutine that holds the loop longer than that.
     """
 
     def __init__(
         self,
         poller: str | Poller = "auto",
         *,
-        slow_callback: float | None = 0.1,
+        slow_callback_ms: float | None = 100.0,
     ) -> None:
         self.poller: Poller = new_poller(poller) if isinstance(poller, str) else poller
-        self.slow_callback = slow_callback
+        self._watch = bool(slow_callback_ms and slow_callback_ms > 0)
+        self.slow_callback_duration = (slow_callback_ms or 100.0) / 1000
+        self._watchdog: Watchdog | None = None
         self._readers: dict[int, IOCallback] = {}
         self._writers: dict[int, IOCallback] = {}
-        self._ready: deque[Handle] = deque()
-        self._timers: list[tuple[float, int, TimerHandle]] = []
+        self._ready: deque[asyncio.Handle] = deque()
+        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
         self._timers_cancelled = 0
         self._seq = itertools.count()
+        self._clock_resolution = get_clock_info("monotonic").resolution
         self._stopping = False
-        self._running = False
         self._closed = False
         self._thread_id: int | None = None
         self._busy_since = 0.0
         self.stats_data = LoopStats()
         self.slow_sample: tuple[float, str] | None = None
-        self._signal_handlers: dict[int, Handle] = {}
+        self._signal_handlers: dict[int, asyncio.Handle] = {}
         self._old_wakeup_fd: int | None = None
+        self._debug = False
+        self._coro_tracking: int | None = None
+        self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
+        self._task_factory: Any = None
+        self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_shutdown_called = False
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._current_handle: asyncio.Handle | None = None
         self._ssock, self._csock = socket.socketpair()
         self._ssock.setblocking(False)
         self._csock.setblocking(False)
-        self.add_reader(self._ssock.fileno(), self._read_from_self)
+        self._add_reader(self._ssock.fileno(), self._read_from_self)
+        self.set_debug(_debug_from_environment())
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} poller={self.poller.name} running={self.is_running()} "
+            f"closed={self._closed} debug={self._debug}>"
+        )
 
     # -- time and scheduling -------------------------------------------------
 
-    @staticmethod
-    def time() -> float:
+    def time(self) -> float:
         return monotonic()
 
-    def call_soon(self, callback: Callable[..., object], *args: Any) -> Handle:
-        handle = Handle(callback, args)
+    def call_soon(
+        self, callback: Callable[..., object], *args: Any, context: Context | None = None
+    ) -> asyncio.Handle:
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_soon")
+            handle = asyncio.Handle(callback, args, self, context)
+        else:
+            handle = Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
-        return self.call_at(monotonic() + delay, callback, *args)
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if delay is None:
+            raise TypeError("delay must not be None")
+        return self.call_at(monotonic() + delay, callback, *args, context=context)
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
-        timer = TimerHandle(when, callback, args, self)
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: Context | None = None,
+    ) -> asyncio.TimerHandle:
+        if when is None:
+            raise TypeError("when cannot be None")
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if self._debug:
+            self._check_thread()
+            self._check_callback(callback, "call_at")
+            timer = asyncio.TimerHandle(when, callback, args, self, context)
+        else:
+            timer = TimerHandle(when, callback, args, self, context)
         heapq.heappush(self._timers, (when, next(self._seq), timer))
+        timer._scheduled = True
         return timer
 
-    def call_soon_threadsafe(self, callback: Callable[..., object], *args: Any) -> Handle:
+    def call_soon_threadsafe(
+        self, callback: Callable[..., object], *args: Any, context: Context | None = None
+    ) -> asyncio.Handle:
         """Schedule from any thread and wake the poller through the self-pipe."""
-        handle = Handle(callback, args)
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if self._debug:
+            self._check_callback(callback, "call_soon_threadsafe")
+        handle = Handle(callback, args, self, context)
         self._ready.append(handle)
         self._write_to_self()
         return handle
+
+    def _check_callback(self, callback: object, method: str) -> None:
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError(f"coroutines cannot be used with {method}()")
+        if not callable(callback):
+            raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+    def _check_thread(self) -> None:
+        if self._thread_id is not None and threading.get_ident() != self._thread_id:
+            raise RuntimeError(
+                "Non-thread-safe operation invoked on an event loop other than the current one"
+            )
 
     def _write_to_self(self) -> None:
         with contextlib.suppress(OSError):
@@ -211,13 +345,36 @@ class EventLoop:
                     if handle is not None and not handle._cancelled:
                         self._ready.append(handle)
 
-    def _timer_cancelled(self) -> None:
-        self._timers_cancelled += 1
-        if self._timers_cancelled > 64 and self._timers_cancelled * 2 > len(self._timers):
-            # In place: `_run_once` holds this list while I/O callbacks run.
-            self._timers[:] = [t for t in self._timers if not t[2]._cancelled]
-            heapq.heapify(self._timers)
-            self._timers_cancelled = 0
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        """asyncio's `TimerHandle.cancel()` reports here; only timers still queued count."""
+        if handle._scheduled:
+            self._timers_cancelled += 1
+
+    # -- futures and tasks ---------------------------------------------------
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        """`name=`, and `context=` from Python 3.11, as the running asyncio accepts."""
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        name = kwargs.pop("name", None)
+        if self._task_factory is None:
+            task = asyncio.Task(coro, loop=self, name=name, **kwargs)
+        else:
+            task = self._task_factory(self, coro, **kwargs)
+            if name is not None:
+                task.set_name(name)
+        return task
+
+    def set_task_factory(self, factory: Any) -> None:
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self) -> Any:
+        return self._task_factory
 
     # -- descriptors ---------------------------------------------------------
 
@@ -232,28 +389,27 @@ class EventLoop:
         else:
             self.poller.modify(fd, new)
 
-    def add_reader(self, fd: int, callback: IOCallback) -> None:
-        """Call `callback()` whenever `fd` is readable (or has hung up / failed)."""
+    def _add_reader(self, fd: int, callback: IOCallback) -> None:
+        """The transports' path: `callback()` is called bare, straight from the poller."""
         if fd not in self._readers:
             w = WRITE if fd in self._writers else 0
             self._change(fd, w, READ | w)
         self._readers[fd] = callback
 
-    def remove_reader(self, fd: int) -> bool:
+    def _remove_reader(self, fd: int) -> bool:
         if self._readers.pop(fd, None) is None:
             return False
         w = WRITE if fd in self._writers else 0
         self._change(fd, READ | w, w)
         return True
 
-    def add_writer(self, fd: int, callback: IOCallback) -> None:
-        """Call `callback()` whenever `fd` is writable (or has hung up / failed)."""
+    def _add_writer(self, fd: int, callback: IOCallback) -> None:
         if fd not in self._writers:
             r = READ if fd in self._readers else 0
             self._change(fd, r, WRITE | r)
         self._writers[fd] = callback
 
-    def remove_writer(self, fd: int) -> bool:
+    def _remove_writer(self, fd: int) -> bool:
         if self._writers.pop(fd, None) is None:
             return False
         r = READ if fd in self._readers else 0
@@ -266,6 +422,44 @@ class EventLoop:
         if (self._writers.pop(fd, None) is not None) or had_reader:
             self.poller.unregister(fd)
 
+    def _ensure_fd_no_transport(self, fd: int) -> None:
+        for table in (self._readers, self._writers):
+            owner = getattr(table.get(fd), "__self__", None)
+            if isinstance(owner, asyncio.BaseTransport):
+                raise RuntimeError(f"File descriptor {fd!r} is used by transport {owner!r}")
+
+    def _user_handle(
+        self, fd: int, callback: Callable[..., object], args: tuple[Any, ...]
+    ) -> IOCallback:
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if self._debug:
+            self._check_callback(callback, "add_reader/add_writer")
+        handle = Handle(callback, args, self, None)
+        return handle._run
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        """Call `callback(*args)` whenever `fd` is readable (or has hung up / failed)."""
+        fd = _fileno(fd)
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, self._user_handle(fd, callback, args))
+
+    def remove_reader(self, fd: Any) -> bool:
+        fd = _fileno(fd)
+        self._ensure_fd_no_transport(fd)
+        return False if self._closed else self._remove_reader(fd)
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        """Call `callback(*args)` whenever `fd` is writable (or has hung up / failed)."""
+        fd = _fileno(fd)
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, self._user_handle(fd, callback, args))
+
+    def remove_writer(self, fd: Any) -> bool:
+        fd = _fileno(fd)
+        self._ensure_fd_no_transport(fd)
+        return False if self._closed else self._remove_writer(fd)
+
     # -- signals -------------------------------------------------------------
 
     def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
@@ -275,32 +469,61 @@ class EventLoop:
         (`signal.set_wakeup_fd`), which wakes the poller; the Python-level
         handler does nothing.  Only the main thread may install handlers.
         """
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("signal handlers can only be added from the main thread")
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
         if self._old_wakeup_fd is None:
-            self._old_wakeup_fd = signal.set_wakeup_fd(
-                self._csock.fileno(), warn_on_full_buffer=False
-            )
-        self._signal_handlers[sig] = Handle(callback, args)
-        signal.signal(sig, _noop_signal_handler)
-        with contextlib.suppress(AttributeError, OSError):
+            try:
+                self._old_wakeup_fd = signal.set_wakeup_fd(
+                    self._csock.fileno(), warn_on_full_buffer=False
+                )
+            except (ValueError, OSError) as exc:
+                raise RuntimeError(str(exc)) from None
+        self._signal_handlers[sig] = Handle(callback, args, self, None)
+        try:
+            signal.signal(sig, _noop_signal_handler)
             signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            self._restore_wakeup_fd()
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
 
     def remove_signal_handler(self, sig: int) -> bool:
+        self._check_signal(sig)
         if self._signal_handlers.pop(sig, None) is None:
             return False
         default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
-        signal.signal(sig, default)
-        if not self._signal_handlers and self._old_wakeup_fd is not None:
-            with contextlib.suppress(ValueError):
+        try:
+            signal.signal(sig, default)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        if not self._signal_handlers:
+            self._restore_wakeup_fd()
+        return True
+
+    def _restore_wakeup_fd(self) -> None:
+        if self._old_wakeup_fd is not None and not self._signal_handlers:
+            with contextlib.suppress(ValueError, OSError):
                 signal.set_wakeup_fd(self._old_wakeup_fd)
             self._old_wakeup_fd = None
-        return True
+
+    @staticmethod
+    def _check_signal(sig: int) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
 
     # -- running -------------------------------------------------------------
 
     def is_running(self) -> bool:
-        return self._running
+        return self._thread_id is not None
 
     def is_closed(self) -> bool:
         return self._closed
@@ -309,34 +532,98 @@ class EventLoop:
         """Return from `run_forever` after the current iteration."""
         self._stopping = True
 
+    def _check_running(self) -> None:
+        if self._thread_id is not None:
+            raise RuntimeError("This event loop is already running")
+        if _events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
     def run_forever(self) -> None:
         """Run until `stop()`; a stop requested beforehand still runs one iteration."""
-        if self._running:
-            raise RuntimeError("the loop is already running")
         if self._closed:
-            raise RuntimeError("the loop is closed")
-        self._running = True
+            raise RuntimeError("Event loop is closed")
+        self._check_running()
+        if self._watch and self._watchdog is None:
+            from .watchdog import Watchdog
+
+            self._watchdog = Watchdog(self, self.slow_callback_duration)
+            self._watchdog.start()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_agen_hooks = sys.get_asyncgen_hooks()
         self._thread_id = threading.get_ident()
         try:
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook
+            )
+            _events._set_running_loop(self)
+            run_once = self._run_once_debug if self._debug else self._run_once
             while True:
-                self._run_once()
+                run_once()
                 if self._stopping:
                     break
         finally:
             self._stopping = False
-            self._running = False
+            self._thread_id = None
             self._busy_since = 0.0
+            _events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def run_until_complete(self, future: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        self._check_running()
+        new_task = not asyncio.isfuture(future)
+        future = asyncio.ensure_future(future, loop=self)
+        if new_task:
+            future._log_destroy_pending = False
+        future.add_done_callback(_stop_on_done)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                future.exception()
+            raise
+        finally:
+            future.remove_done_callback(_stop_on_done)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
+    def _compact_timers(self) -> None:
+        """Drop cancelled timers once they are half the heap: O(1) amortised per cancel."""
+        timers = self._timers
+        kept = []
+        for entry in timers:
+            if entry[2]._cancelled:
+                entry[2]._scheduled = False
+            else:
+                kept.append(entry)
+        heapq.heapify(kept)
+        timers[:] = kept
+        self._timers_cancelled = 0
+
+    def _next_timeout(self) -> float | None:
+        timers = self._timers
+        while timers and timers[0][2]._cancelled:
+            heapq.heappop(timers)[2]._scheduled = False
+            self._timers_cancelled -= 1
+        if self._ready or self._stopping:
+            return 0.0
+        if timers:
+            # Capped: poll/epoll take an int of ms, so > ~24.8 days overflows.
+            return min(max(timers[0][0] - monotonic(), 0.0), MAX_WAIT)
+        return None
 
     def _run_once(self) -> None:
         ready = self._ready
         timers = self._timers
+        if self._timers_cancelled * 2 > len(timers):
+            self._compact_timers()
         if ready or self._stopping:
             timeout: float | None = 0.0
-        elif timers:
-            # Capped: poll/epoll take an int of ms, so > ~24.8 days overflows.
-            timeout = min(timers[0][0] - monotonic(), MAX_WAIT)
         else:
-            timeout = None
+            timeout = self._next_timeout()
         self._busy_since = 0.0
         events = self.poller.poll(timeout)
         now = monotonic()
@@ -355,39 +642,94 @@ class EventLoop:
                     if cb is not None:
                         try:
                             cb()
-                        except Exception:
-                            self._callback_failed(cb)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            self._callback_failed(cb, exc)
                 if bits & writable:
                     cb = writers.get(fd)
                     if cb is not None:
                         try:
                             cb()
-                        except Exception:
-                            self._callback_failed(cb)
-        if timers and timers[0][0] <= now:
-            pop = heapq.heappop
-            while timers and timers[0][0] <= now:
-                timer = pop(timers)[2]
-                if timer._cancelled:
-                    self._timers_cancelled -= 1
-                else:
-                    ready.append(timer)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            self._callback_failed(cb, exc)
+        if timers:
+            end = now + self._clock_resolution
+            if timers[0][0] <= end:
+                pop = heapq.heappop
+                while timers and timers[0][0] <= end:
+                    timer = pop(timers)[2]
+                    timer._scheduled = False
+                    if timer._cancelled:
+                        self._timers_cancelled -= 1
+                    else:
+                        ready.append(timer)
         n = len(ready)
         if n:
             stats.callbacks += n
             popleft = ready.popleft
             for _ in range(n):
                 handle = popleft()
-                if not handle._cancelled:
-                    try:
-                        handle._callback(*handle._args)
-                    except Exception:
-                        self._callback_failed(handle._callback)
+                if handle._cancelled:
+                    continue
+                try:
+                    handle._context.run(handle._callback, *handle._args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._handle_failed(handle, exc)
+            handle = None  # type: ignore[assignment]
         busy = monotonic() - now
         if busy > stats.max_lag:
             stats.max_lag = busy
-        if self.slow_callback is not None and busy >= self.slow_callback:
+        if busy >= self.slow_callback_duration and self._watch:
             self._report_slow(now, busy, len(events))
+
+    def _run_once_debug(self) -> None:
+        """asyncio's debug mode: every callback timed, the slow ones logged by name."""
+        if self._timers_cancelled * 2 > len(self._timers):
+            self._compact_timers()
+        timeout = self._next_timeout()
+        events = self.poller.poll(timeout)
+        now = monotonic()
+        self.stats_data.iterations += 1
+        self.stats_data.events += len(events)
+        ready = self._ready
+        pairs = ((self._readers, self.poller.READABLE), (self._writers, self.poller.WRITABLE))
+        for fd, bits in events:
+            for table, mask in pairs:
+                cb = table.get(fd) if bits & mask else None
+                if cb is not None:
+                    try:
+                        cb()
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        self._callback_failed(cb, exc)
+        end = now + self._clock_resolution
+        while self._timers and self._timers[0][0] <= end:
+            timer = heapq.heappop(self._timers)[2]
+            timer._scheduled = False
+            if timer._cancelled:
+                self._timers_cancelled -= 1
+            else:
+                ready.append(timer)
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if handle._cancelled:
+                continue
+            self.stats_data.callbacks += 1
+            self._current_handle = handle
+            t0 = monotonic()
+            try:
+                handle._run()
+            finally:
+                self._current_handle = None
+            dt = monotonic() - t0
+            if dt >= self.slow_callback_duration:
+                aio_log.warning("Executing %s took %.3f seconds", handle, dt)
 
     def _report_slow(self, started: float, busy: float, n_events: int) -> None:
         self.stats_data.slow_callbacks += 1
@@ -403,18 +745,35 @@ class EventLoop:
             what,
         )
 
-    def _callback_failed(self, callback: object) -> None:
-        log.exception("exception in callback %s", _describe(callback))
+    def _callback_failed(self, callback: object, exc: BaseException) -> None:
+        self.call_exception_handler(
+            {"message": f"Exception in callback {_describe(callback)}", "exception": exc}
+        )
+
+    def _handle_failed(self, handle: asyncio.Handle, exc: BaseException) -> None:
+        context: dict[str, Any] = {
+            "message": f"Exception in callback {_describe(handle._callback)}",
+            "exception": exc,
+            "handle": handle,
+        }
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
 
     def stats(self) -> LoopStats:
         return self.stats_data
 
     def close(self) -> None:
-        if self._running:
-            raise RuntimeError("cannot close a running loop")
+        if self._thread_id is not None:
+            raise RuntimeError("Cannot close a running event loop")
         if self._closed:
             return
+        if self._debug:
+            aio_log.debug("Close %r", self)
         self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         for sig in list(self._signal_handlers):
             self.remove_signal_handler(sig)
         self.forget_fd(self._ssock.fileno())
@@ -423,12 +782,683 @@ class EventLoop:
         self.poller.close()
         self._ready.clear()
         self._timers.clear()
+        self._executor_shutdown_called = True
+        executor, self._default_executor = self._default_executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if not getattr(self, "_closed", True):
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # -- debug mode and the exception handler --------------------------------
+
+    def get_debug(self) -> bool:
+        return self._debug
+
+    def set_debug(self, enabled: bool) -> None:
+        self._debug = bool(enabled)
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, self._debug)
+
+    def _set_coroutine_origin_tracking(self, enabled: bool) -> None:
+        if enabled == (self._coro_tracking is not None):
+            return
+        if enabled:
+            self._coro_tracking = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(_DEBUG_STACK_DEPTH)
+        else:
+            assert self._coro_tracking is not None
+            sys.set_coroutine_origin_tracking_depth(self._coro_tracking)
+            self._coro_tracking = None
+
+    def get_exception_handler(self) -> Any:
+        return self._exception_handler
+
+    def set_exception_handler(self, handler: Any) -> None:
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        """Log the message and every other key of `context`, as asyncio does."""
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info: Any = (
+            (type(exception), exception, exception.__traceback__) if exception is not None else False
+        )
+        current = self._current_handle
+        if "source_traceback" not in context and current is not None and current._source_traceback:
+            context["handle_traceback"] = current._source_traceback
+        lines = [message]
+        for key in sorted(context):
+            if key in ("message", "exception"):
+                continue
+            value = context[key]
+            if key in ("source_traceback", "handle_traceback"):
+                import traceback
+
+                what = "Object" if key == "source_traceback" else "Handle"
+                value = f"{what} created at (most recent call last):\n" + "".join(
+                    traceback.format_list(value)
+                ).rstrip()
+            else:
+                value = repr(value)
+            lines.append(f"{key}: {value}")
+        aio_log.error("\n".join(lines), exc_info=exc_info)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        handler = self._exception_handler
+        if handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                aio_log.error("Exception in default exception handler", exc_info=True)
+            return
+        try:
+            thing = context.get("task") or context.get("future") or context.get("handle")
+            ctx = getattr(thing, "get_context", None)
+            ctx = ctx() if ctx is not None else None
+            if ctx is not None and hasattr(ctx, "run"):
+                ctx.run(handler, self, context)
+            else:
+                handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {
+                        "message": "Unhandled error in exception handler",
+                        "exception": exc,
+                        "context": context,
+                    }
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                aio_log.error(
+                    "Exception in default exception handler while handling an unexpected "
+                    "error in custom exception handler",
+                    exc_info=True,
+                )
+
+    # -- async generators and the default executor ---------------------------
+
+    def _asyncgen_finalizer_hook(self, agen: Any) -> None:
+        self._asyncgens.discard(agen)
+        if not self._closed:
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    def _asyncgen_firstiter_hook(self, agen: Any) -> None:
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                "loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+        self._asyncgens.add(agen)
+
+    async def shutdown_asyncgens(self) -> None:
+        self._asyncgens_shutdown_called = True
+        if not len(self._asyncgens):
+            return
+        closing = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await asyncio.gather(*[ag.aclose() for ag in closing], return_exceptions=True)
+        for result, agen in zip(results, closing, strict=True):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of asynchronous "
+                        f"generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if self._debug:
+            self._check_callback(func, "run_in_executor")
+        if executor is None:
+            if self._executor_shutdown_called:
+                raise RuntimeError("Executor shutdown has been called")
+            executor = self._default_executor
+            if executor is None:
+                executor = self._default_executor = concurrent.futures.ThreadPoolExecutor(
+                    thread_name_prefix="asyncio"
+                )
+        return asyncio.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor: Any) -> None:
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor instance")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+        """Join the default executor's threads from a helper thread, so the loop stays free."""
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is None:
+            return
+        future = self.create_future()
+
+        def shut_down() -> None:
+            try:
+                executor.shutdown(wait=True)
+            except Exception as exc:
+                if not self._closed:
+                    self.call_soon_threadsafe(_set_exception_unless_done, future, exc)
+            else:
+                if not self._closed:
+                    self.call_soon_threadsafe(_set_result_unless_done, future, None)
+
+        thread = threading.Thread(target=shut_down)
+        thread.start()
+        try:
+            await future
+        finally:
+            thread.join(timeout)
+        if thread.is_alive():
+            warnings.warn(
+                f"The executor did not finishing joining its threads within {timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            executor.shutdown(wait=False)
+
+    # -- names and sockets (muxio.net) ---------------------------------------
+
+    getaddrinfo = net.getaddrinfo
+    getnameinfo = net.getnameinfo
+    sock_recv = net.sock_recv
+    sock_recv_into = net.sock_recv_into
+    sock_recvfrom = net.sock_recvfrom
+    sock_recvfrom_into = net.sock_recvfrom_into
+    sock_sendall = net.sock_sendall
+    sock_sendto = net.sock_sendto
+    sock_connect = net.sock_connect
+    sock_accept = net.sock_accept
+    sock_sendfile = net.sock_sendfile
+
+    # -- stream connections and servers --------------------------------------
+
+    def _make_stream(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        *,
+        ssl: Any = None,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        waiter: asyncio.Future[Any] | None = None,
+    ) -> asyncio.BaseTransport:
+        """Start a transport on `sock`; with `ssl`, under asyncio's `SSLProtocol`.
+
+        Returns the transport the application sees (the SSL layer's, with `ssl`).
+        """
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl:
+            context = None if isinstance(ssl, bool) else ssl
+            driven = self._ssl_protocol(
+                protocol,
+                context,
+                waiter=waiter,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                handshake_timeout=ssl_handshake_timeout,
+                shutdown_timeout=ssl_shutdown_timeout,
+            )
+            Transport(self, sock, driven).start()  # type: ignore[arg-type]
+            return driven._app_transport  # type: ignore[attr-defined,no-any-return]
+        transport = Transport(self, sock, protocol)  # type: ignore[arg-type]
+        transport.start()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return transport
+
+    def _ssl_protocol(
+        self,
+        protocol: asyncio.BaseProtocol,
+        context: Any,
+        *,
+        waiter: asyncio.Future[Any] | None = None,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = None,
+        shutdown_timeout: float | None = None,
+        call_connection_made: bool = True,
+    ) -> Any:
+        """asyncio's own TLS layer (`sslproto`), loop-agnostic, over our transport."""
+        from asyncio import sslproto
+
+        kwargs: dict[str, Any] = {"ssl_handshake_timeout": handshake_timeout}
+        if sys.version_info >= (3, 11):
+            kwargs["ssl_shutdown_timeout"] = shutdown_timeout
+        if context is None:
+            import ssl as ssl_module
+
+            context = ssl_module.create_default_context()
+            if server_hostname == "":
+                context.check_hostname = False
+        return sslproto.SSLProtocol(
+            self,
+            protocol,  # type: ignore[arg-type]
+            context,
+            waiter,  # type: ignore[arg-type]
+            server_side,
+            server_hostname,
+            call_connection_made=call_connection_made,
+            **kwargs,
+        )
+
+    async def _connect_transport(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        ssl: Any,
+        server_hostname: str | None,
+        *,
+        server_side: bool = False,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_stream(
+            sock,
+            protocol,
+            ssl=ssl,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            waiter=waiter,
+        )
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        return transport, protocol
+
+    async def create_connection(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        ssl: Any = None,
+        family: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+        sock: socket.socket | None = None,
+        local_addr: Any = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        happy_eyeballs_delay: float | None = None,
+        interleave: int | None = None,
+        all_errors: bool = False,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        if server_hostname is not None and not ssl:
+            raise ValueError("server_hostname is only meaningful with ssl")
+        if server_hostname is None and ssl:
+            if not host:
+                raise ValueError("You must set server_hostname when using ssl without a host")
+            server_hostname = host
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_ssl_socket(sock)
+        if host is not None or port is not None:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            sock = await net.connect_socket(
+                self,
+                host,
+                port,
+                family=family,
+                proto=proto,
+                flags=flags,
+                local_addr=local_addr,
+                happy_eyeballs_delay=happy_eyeballs_delay,
+                interleave=interleave,
+                all_errors=all_errors,
+            )
+        else:
+            if sock is None:
+                raise ValueError("host and port was not specified and no sock specified")
+            if sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        return await self._connect_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+
+    async def create_unix_connection(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        path: str | None = None,
+        *,
+        ssl: Any = None,
+        sock: socket.socket | None = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        if ssl:
+            if server_hostname is None:
+                raise ValueError("you have to pass server_hostname when using ssl")
+        else:
+            if server_hostname is not None:
+                raise ValueError("server_hostname is only meaningful with ssl")
+            if ssl_handshake_timeout is not None:
+                raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+            if ssl_shutdown_timeout is not None:
+                raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            sock = await net.unix_connect_socket(self, os.fspath(path))
+        else:
+            if sock is None:
+                raise ValueError("no path and sock were specified")
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+            sock.setblocking(False)
+        return await self._connect_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+
+    async def connect_accepted_socket(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        sock: socket.socket,
+        *,
+        ssl: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_ssl_socket(sock)
+        return await self._connect_transport(
+            sock,
+            protocol_factory,
+            ssl,
+            "",
+            server_side=True,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+
+    async def create_server(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: Any = None,
+        port: int | None = None,
+        *,
+        family: int = socket.AF_UNSPEC,
+        flags: int = socket.AI_PASSIVE,
+        sock: socket.socket | None = None,
+        backlog: int = 100,
+        ssl: Any = None,
+        reuse_address: bool | None = None,
+        reuse_port: bool | None = None,
+        keep_alive: bool | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        start_serving: bool = True,
+    ) -> Server:
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if ssl_handshake_timeout is not None and ssl is None:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and ssl is None:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _check_ssl_socket(sock)
+        if host is not None or port is not None:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            sockets = await net.bind_server_sockets(
+                self,
+                host,
+                port,
+                family=family,
+                flags=flags,
+                backlog=backlog,
+                reuse_address=reuse_address,
+                reuse_port=reuse_port,
+                keep_alive=keep_alive,
+            )
+        else:
+            if sock is None:
+                raise ValueError("Neither host/port nor sock were specified")
+            if sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+            sockets = [sock]
+        for s in sockets:
+            s.setblocking(False)
+        server = Server(
+            self,
+            protocol_factory,
+            sockets,
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        if start_serving:
+            server.start()
+            await asyncio.sleep(0)
+        return server
+
+    async def create_unix_server(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        path: Any = None,
+        *,
+        sock: socket.socket | None = None,
+        backlog: int = 100,
+        ssl: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        start_serving: bool = True,
+        cleanup_socket: bool = True,
+    ) -> Server:
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            sock = net.bind_unix_server_socket(path, backlog=backlog)
+        else:
+            if sock is None:
+                raise ValueError("path was not specified, and no sock specified")
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+        sock.setblocking(False)
+        server = Server(
+            self,
+            protocol_factory,
+            [sock],
+            backlog=backlog,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            unlink_on_close=cleanup_socket and path is not None,
+        )
+        if start_serving:
+            server.start()
+            await asyncio.sleep(0)
+        return server
+
+    async def start_tls(
+        self,
+        transport: asyncio.BaseTransport,
+        protocol: asyncio.BaseProtocol,
+        sslcontext: _ssl.SSLContext,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+    ) -> asyncio.Transport:
+        """Upgrade a connection in place, under asyncio's `SSLProtocol`."""
+        import ssl as ssl_module
+        from asyncio import sslproto
+
+        if not isinstance(sslcontext, ssl_module.SSLContext):
+            raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                            f"got {sslcontext!r}")
+        if not getattr(transport, "_start_tls_compatible", False):
+            raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+        waiter = self.create_future()
+        ssl_protocol = self._ssl_protocol(
+            protocol,
+            sslcontext,
+            waiter=waiter,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            handshake_timeout=ssl_handshake_timeout,
+            shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False,
+        )
+        transport.pause_reading()  # type: ignore[attr-defined]
+        transport.set_protocol(ssl_protocol)
+        conmade = self.call_soon(ssl_protocol.connection_made, transport)
+        resume = self.call_soon(transport.resume_reading)  # type: ignore[attr-defined]
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            conmade.cancel()
+            resume.cancel()
+            raise
+        return ssl_protocol._app_transport  # type: ignore[return-value]
+
+    async def sendfile(
+        self,
+        transport: asyncio.WriteTransport,
+        file: Any,
+        offset: int = 0,
+        count: int | None = None,
+        *,
+        fallback: bool = True,
+    ) -> int:
+        return await net.transport_sendfile(self, transport, file, offset, count, fallback=fallback)
+
+    # -- other transport kinds ------------------------------------------------
+
+    async def create_datagram_endpoint(  # type: ignore[override]
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any
+    ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        from .transports import datagram
+
+        return await datagram.create_datagram_endpoint(  # type: ignore[no-any-return]
+            self, protocol_factory, *args, **kwargs
+        )
+
+    async def connect_read_pipe(
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any
+    ) -> tuple[asyncio.ReadTransport, asyncio.BaseProtocol]:
+        from .transports import pipes
+
+        return await pipes.connect_read_pipe(self, protocol_factory, pipe)  # type: ignore[no-any-return]
+
+    async def connect_write_pipe(
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any
+    ) -> tuple[asyncio.WriteTransport, asyncio.BaseProtocol]:
+        from .transports import pipes
+
+        return await pipes.connect_write_pipe(self, protocol_factory, pipe)  # type: ignore[no-any-return]
+
+    async def subprocess_exec(  # type: ignore[override]
+        self,
+        protocol_factory: Callable[[], asyncio.SubprocessProtocol],
+        program: Any,
+        *args: Any,
+        stdin: Any = subprocess.PIPE,
+        stdout: Any = subprocess.PIPE,
+        stderr: Any = subprocess.PIPE,
+        **kwargs: Any,
+    ) -> tuple[asyncio.SubprocessTransport, asyncio.SubprocessProtocol]:
+        from .transports import subprocess as sp
+
+        return await sp.subprocess_exec(  # type: ignore[no-any-return]
+            self, protocol_factory, program, *args, stdin=stdin, stdout=stdout, stderr=stderr,
+            **kwargs,
+        )
+
+    async def subprocess_shell(  # type: ignore[override]
+        self,
+        protocol_factory: Callable[[], asyncio.SubprocessProtocol],
+        cmd: Any,
+        *,
+        stdin: Any = subprocess.PIPE,
+        stdout: Any = subprocess.PIPE,
+        stderr: Any = subprocess.PIPE,
+        **kwargs: Any,
+    ) -> tuple[asyncio.SubprocessTransport, asyncio.SubprocessProtocol]:
+        from .transports import subprocess as sp
+
+        return await sp.subprocess_shell(  # type: ignore[no-any-return]
+            self, protocol_factory, cmd, stdin=stdin, stdout=stdout, stderr=stderr, **kwargs
+        )
+
+
+def _check_ssl_socket(sock: Any) -> None:
+    if sock is None:
+        return
+    try:
+        import ssl as ssl_module
+    except ImportError:  # pragma: no cover - Python without ssl
+        return
+    if isinstance(sock, ssl_module.SSLSocket):
+        raise TypeError("Socket cannot be of type SSLSocket")
+
+
+def _set_result_unless_done(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception_unless_done(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
 
 
 def _noop_signal_handler(signum: int, frame: object) -> None:
     """The real work happens on the loop, woken by the wakeup fd."""
-
-
-def is_transient(exc: OSError) -> bool:
-    """Errors that mean "try again later", never "this connection is gone"."""
-    return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)

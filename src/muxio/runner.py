@@ -17,7 +17,6 @@ from .loop import EventLoop
 from .pollers import Poller
 from .protocol import Protocol
 from .server import Server, bind_tcp, bind_unix
-from .watchdog import Watchdog
 
 log = logging.getLogger("muxio")
 
@@ -70,8 +69,10 @@ def serve(
         sockets: list[socket.socket] = [bind_unix(config.unix, backlog=config.backlog)]
     else:
         sockets = bind_tcp(config.host, config.port, backlog=config.backlog)
-    slow = config.slow_callback_ms / 1000 if config.slow_callback_ms > 0 else None
-    loop = EventLoop(poller if poller is not None else config.poller, slow_callback=slow)
+    loop = EventLoop(
+        poller if poller is not None else config.poller,
+        slow_callback_ms=config.slow_callback_ms,
+    )
     server = Server(
         loop,
         protocol_factory,
@@ -79,7 +80,6 @@ def serve(
         max_connections=config.max_connections,
         idle_timeout=config.idle_timeout,
     )
-    watchdog = Watchdog(loop, slow) if slow else None
 
     def begin_shutdown(signame: str) -> None:
         if server.is_shutting_down():
@@ -115,13 +115,9 @@ def serve(
         config.service_name,
         os.getpid(),
     )
-    if watchdog is not None:
-        watchdog.start()
     try:
         loop.run_forever()
     finally:
-        if watchdog is not None:
-            watchdog.stop()
         server.close()
         for transport in list(server.connections):
             transport.abort()

@@ -7,6 +7,7 @@ process sharing one port between workers — is not its concern.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -14,13 +15,19 @@ import os
 import socket
 import stat
 import time
+from asyncio import trsock
 from collections.abc import Callable
 
 from .errors import RuntimeFailure
-from .loop import EventLoop, TimerHandle
 from .pollers import FdTooLargeError
 from .protocol import Protocol
 from .transports.stream import Transport
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .loop import EventLoop
 
 log = logging.getLogger("muxio")
 
@@ -144,13 +151,16 @@ def format_address(sock: socket.socket) -> str:
     return f"{addr[0]}:{addr[1]}"
 
 
-class Server:
+class Server(asyncio.AbstractServer):
     """Accepts connections on listening sockets and runs a protocol on each.
 
     `max_connections` refuses (closes at once) what comes past the limit,
     `idle_timeout` closes connections silent in both directions, and running
     out of descriptors pauses accepting instead of spinning on a listening
-    socket that stays readable.
+    socket that stays readable.  It is also what `loop.create_server()`
+    returns, with asyncio's `Server` API (`serve_forever`, `wait_closed`,
+    `close_clients`, …) and the semantics of Python 3.12.1+: `wait_closed()`
+    returns once the server is closed and its last connection is gone.
     """
 
     accepts_per_event = 128
@@ -164,37 +174,112 @@ class Server:
         *,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
+        backlog: int = 100,
+        ssl: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
+        unlink_on_close: bool = True,
     ) -> None:
         self.loop = loop
         self.protocol_factory = protocol_factory
-        self.sockets = sockets
+        self._sockets: list[socket.socket] | None = list(sockets)
+        self._backlog = backlog
+        self._ssl = ssl
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
+        self._unlink_on_close = unlink_on_close
+        self._serving_forever: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] | None = []
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.connections: set[Transport] = set()
         self.stats = ServerStats()
         self._listening = False
         self._accept_paused = False
-        self._resume_timer: TimerHandle | None = None
+        self._resume_timer: asyncio.TimerHandle | None = None
         self._refused_warning = RateLimitedWarning()
         self._fd_warning = RateLimitedWarning()
         self._shutdown_deadline = 0.0
         self._on_closed: Callable[[], object] | None = None
 
     @property
+    def sockets(self) -> tuple[trsock.TransportSocket, ...]:
+        """The listening sockets, wrapped as asyncio does; empty once closed."""
+        if self._sockets is None:
+            return ()
+        return tuple(trsock.TransportSocket(s) for s in self._sockets)
+
+    @property
     def addresses(self) -> list[str]:
-        return [format_address(s) for s in self.sockets]
+        return [format_address(s) for s in self._sockets or ()]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} sockets={self.addresses!r}>"
 
     def start(self) -> None:
+        if self._listening or self._sockets is None:
+            return
         self._listening = True
         self._watch_listeners()
 
     def _watch_listeners(self) -> None:
-        for sock in self.sockets:
-            self.loop.add_reader(sock.fileno(), self._make_acceptor(sock))
+        for sock in self._sockets or ():
+            self.loop._add_reader(sock.fileno(), self._make_acceptor(sock))
 
     def _unwatch_listeners(self) -> None:
-        for sock in self.sockets:
-            self.loop.remove_reader(sock.fileno())
+        for sock in self._sockets or ():
+            self.loop._remove_reader(sock.fileno())
+
+    # -- asyncio's Server API --------------------------------------------------
+
+    def get_loop(self) -> EventLoop:
+        return self.loop
+
+    def is_serving(self) -> bool:
+        return self._listening
+
+    async def start_serving(self) -> None:
+        self.start()
+        await asyncio.sleep(0)
+
+    async def serve_forever(self) -> None:
+        if self._serving_forever is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        if self._sockets is None:
+            raise RuntimeError(f"server {self!r} is closed")
+        self.start()
+        self._serving_forever = self.loop.create_future()
+        try:
+            await self._serving_forever
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever = None
+
+    async def wait_closed(self) -> None:
+        if self._waiters is None:
+            return
+        waiter = self.loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def close_clients(self) -> None:
+        for transport in list(self.connections):
+            transport.close()
+
+    def abort_clients(self) -> None:
+        for transport in list(self.connections):
+            transport.abort()
 
     def _make_acceptor(self, lsock: socket.socket) -> Callable[[], None]:
         accept = lsock.accept
@@ -216,6 +301,7 @@ class Server:
         return on_acceptable
 
     def _new_connection(self, conn: socket.socket, is_tcp: bool) -> None:
+        """Set up one accepted connection; nothing a protocol does here can leak `conn`."""
         self.stats.accepted += 1
         if self.max_connections is not None and len(self.connections) >= self.max_connections:
             self.stats.refused += 1
@@ -228,7 +314,26 @@ class Server:
         conn.setblocking(False)
         if is_tcp:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport = Transport(self.loop, conn, self.protocol_factory())
+        try:
+            protocol: Any = self.protocol_factory()
+            if self._ssl is not None:
+                protocol = self.loop._ssl_protocol(
+                    protocol,
+                    self._ssl,
+                    server_side=True,
+                    handshake_timeout=self._ssl_handshake_timeout,
+                    shutdown_timeout=self._ssl_shutdown_timeout,
+                )
+        except Exception as exc:
+            conn.close()
+            self.loop.call_exception_handler(
+                {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+            )
+            return
+        transport = Transport(self.loop, conn, protocol)
         try:
             transport.start(self._connection_lost)
         except FdTooLargeError as exc:
@@ -281,6 +386,8 @@ class Server:
             self._resume_accepting()
         if self._on_closed is not None and not self.connections:
             self._finish_shutdown()
+        if self._sockets is None and not self.connections:
+            self._wake_waiters()
 
     def _check_idle(self, transport: Transport) -> None:
         if transport.is_closing() or transport not in self.connections:
@@ -315,20 +422,29 @@ class Server:
         }
 
     def close(self) -> None:
-        """Stop accepting and close the listening sockets."""
-        if not self._listening:
+        """Stop accepting and close the listening sockets, started or not.
+
+        Open connections go on; `wait_closed()` returns when the last is gone.
+        """
+        sockets = self._sockets
+        if sockets is None:
             return
-        self._listening = False
         if self._resume_timer is not None:
             self._resume_timer.cancel()
-        if not self._accept_paused:
+        if self._listening and not self._accept_paused:
             self._unwatch_listeners()
-        for sock in self.sockets:
+        self._listening = False
+        self._sockets = None
+        for sock in sockets:
             path = sock.getsockname() if sock.family == socket.AF_UNIX else None
             sock.close()
-            if path:
+            if path and self._unlink_on_close:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+        if self._serving_forever is not None and not self._serving_forever.done():
+            self._serving_forever.cancel()
+        if not self.connections:
+            self._wake_waiters()
 
     def is_shutting_down(self) -> bool:
         return self._on_closed is not None

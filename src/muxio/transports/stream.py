@@ -1,4 +1,4 @@
-"""A stream transport over a non-blocking socket.
+"""A stream transport over a non-blocking socket, with asyncio's contract.
 
 The write path follows libuv and asyncio's selector transport: `write()` calls
 `send()` at once and buffers only what the kernel did not take, and the loop
@@ -7,14 +7,23 @@ connection that keeps up costs no `epoll_ctl` calls at all.  Both directions
 have flow control: the protocol is paused past the write buffer's high-water
 mark, and `pause_reading()` takes the socket out of the poller so unread bytes
 stay in the kernel, where TCP's window pushes back on the sender.
+
+The loop calls `_on_read` straight from the poller (no handle, no context
+switch), and a `BufferedProtocol` gets `recv_into` its own buffer, no copy.
+Protocol callbacks run in the context of whoever runs the loop, not in a
+per-transport copy as in asyncio: a protocol that sets a context variable in
+`data_received` sets it for the loop, which no asyncio protocol we know of
+relies on either way.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
 import socket
+from asyncio import trsock
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
@@ -29,13 +38,15 @@ log = logging.getLogger("muxio")
 
 _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
 _IOV_MAX = 64
+_CONNLOST_WRITES = 5
 _QUIET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 _QUIET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 Buffer = bytes | memoryview
 
 
-class Transport:
+class Transport(asyncio.Transport):
     """One connection's socket, buffers and flow control.
 
     The class attributes are the defaults a subclass or a server may tune.
@@ -45,12 +56,12 @@ class Transport:
         "__weakref__",
         "_buffer",
         "_buffered",
+        "_buffered_proto",
         "_closing",
         "_conn_lost",
         "_draining",
         "_eof",
         "_eof_requested",
-        "_extra",
         "_fd",
         "_high_water",
         "_loop",
@@ -70,6 +81,7 @@ class Transport:
     """Largest single `recv`; a shorter read means the socket is drained."""
     high_water = 64 * 1024
     low_water = 16 * 1024
+    _start_tls_compatible = True
 
     def __init__(
         self,
@@ -83,14 +95,15 @@ class Transport:
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol = protocol
+        self._buffered_proto = isinstance(protocol, asyncio.BufferedProtocol)
         self._read_size = self.read_size
-        self._extra: dict[str, Any] | None = extra
+        self._extra: dict[str, Any] | None = extra  # type: ignore[assignment]
         self._buffer: list[Buffer] | None = None
         self._buffered = 0
         self._high_water = self.high_water
         self._low_water = self.low_water
         self._closing = False
-        self._conn_lost = False
+        self._conn_lost = 0
         self._draining = False
         self._eof = False
         self._eof_requested = False
@@ -106,14 +119,16 @@ class Transport:
 
         Registration comes first so a poller that refuses the descriptor
         (select's FD_SETSIZE) fails before the protocol hears of it.
+        `on_lost(transport)` runs after `connection_lost` (the server's count).
         """
-        self._loop.add_reader(self._fd, self._on_read)
+        self._loop._add_reader(
+            self._fd, self._on_read_into if self._buffered_proto else self._on_read
+        )
         self._on_lost = on_lost
         try:
             self._protocol.connection_made(self)
         except Exception as exc:
-            log.exception("exception in %s.connection_made", type(self._protocol).__name__)
-            self._force_close(exc)
+            self._protocol_failed(exc, "connection_made")
 
     # -- reading -------------------------------------------------------------
 
@@ -139,11 +154,36 @@ class Transport:
             self._protocol.data_received(data)
         except Exception as exc:
             self._protocol_failed(exc, "data_received")
+
+    def _on_read_into(self) -> None:
+        """`BufferedProtocol`: the kernel copies straight into the protocol's buffer."""
+        protocol: Any = self._protocol
+        try:
+            buf = protocol.get_buffer(-1)
+            if not len(buf):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except Exception as exc:
+            self._protocol_failed(exc, "get_buffer")
             return
+        try:
+            n = self._sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal_error(exc, "recv_into")
+            return
+        if not n:
+            self._on_eof()
+            return
+        self.bytes_in += n
+        try:
+            protocol.buffer_updated(n)
+        except Exception as exc:
+            self._protocol_failed(exc, "buffer_updated")
 
     def _on_eof(self) -> None:
         self._eof = True
-        self._loop.remove_reader(self._fd)
+        self._loop._remove_reader(self._fd)
         try:
             keep_open = self._protocol.eof_received()
         except Exception as exc:
@@ -158,38 +198,46 @@ class Transport:
             return
         self._reading_paused = True
         if not self._eof:
-            self._loop.remove_reader(self._fd)
+            self._loop._remove_reader(self._fd)
 
     def resume_reading(self) -> None:
         if not self._reading_paused or self._closing or self._draining:
             return
         self._reading_paused = False
         if not self._eof:
-            self._loop.add_reader(self._fd, self._on_read)
+            self._loop._add_reader(
+                self._fd, self._on_read_into if self._buffered_proto else self._on_read
+            )
 
     def is_reading(self) -> bool:
-        return not (self._reading_paused or self._closing or self._eof)
+        return not (self._reading_paused or self._closing)
 
     # -- writing -------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send now what the kernel takes; buffer the rest.
 
-        Writing to a transport that is closing or lost is a silent no-op, as
-        in asyncio: the peer is gone or going, and the caller learns that
-        from `connection_lost`.
+        After the connection is lost, writes are dropped (and, past a few,
+        logged) as in asyncio: the caller learns of it from `connection_lost`.
         """
+        if type(data) is not bytes and not isinstance(data, _BYTES_LIKE):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if self._eof_requested:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= _CONNLOST_WRITES:
+                log.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
         buf = self._buffer
         if buf:
-            if self._closing or self._eof_requested:
-                return
             if type(data) is not bytes:
                 data = bytes(data)
-            if not data:
-                return
         else:
-            if self._closing or self._eof_requested or not data:
-                return
             try:
                 n = self._sock.send(data)
             except (BlockingIOError, InterruptedError):
@@ -206,24 +254,26 @@ class Transport:
                 data = memoryview(data)[n:]
             if buf is None:
                 buf = self._buffer = []  # most connections never need one
-            self._loop.add_writer(self._fd, self._on_write)
+            self._loop._add_writer(self._fd, self._on_write)
         buf.append(data)
         self._buffered += len(data)
         if self._buffered > self._high_water and not self._protocol_paused:
-            self._protocol_paused = True
-            try:
-                self._protocol.pause_writing()
-            except Exception as exc:
-                self._protocol_failed(exc, "pause_writing")
+            self._pause_protocol()
 
-    def writelines(self, chunks: Any) -> None:
-        for chunk in chunks:
-            self.write(chunk)
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def _pause_protocol(self) -> None:
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except Exception as exc:
+            self._protocol_failed(exc, "pause_writing")
 
     def _on_write(self) -> None:
         buf = self._buffer
         if not buf:
-            self._loop.remove_writer(self._fd)
+            self._loop._remove_writer(self._fd)
             return
         try:
             if len(buf) == 1 or not _HAS_SENDMSG:
@@ -256,7 +306,7 @@ class Transport:
                 self._protocol_failed(exc, "resume_writing")
                 return
         if not buf:
-            self._loop.remove_writer(self._fd)
+            self._loop._remove_writer(self._fd)
             if self._closing:
                 self._lose(None)
             elif self._eof_requested:
@@ -294,6 +344,8 @@ class Transport:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._high_water = high
         self._low_water = low
+        if self._buffered > high and not self._protocol_paused:
+            self._pause_protocol()
 
     # -- closing -------------------------------------------------------------
 
@@ -305,7 +357,7 @@ class Transport:
         if self._closing:
             return
         self._closing = True
-        self._loop.remove_reader(self._fd)
+        self._loop._remove_reader(self._fd)
         if not self._buffer:
             self._lose(None)
 
@@ -324,18 +376,21 @@ class Transport:
         self._draining = True
         self._reading_paused = True
         if not self._eof:
-            self._loop.remove_reader(self._fd)
+            self._loop._remove_reader(self._fd)
 
     def finish_drain(self) -> bool:
         """Half-close a drained, idle connection; True once that has begun.
 
-        After our FIN the peer's remaining bytes are read and discarded until
-        it closes too, so the final close() sends no RST that could destroy
-        replies still in flight.
+        A protocol is busy while its `is_busy()` (a muxio extension; plain
+        asyncio protocols have none and are never busy) says replies are
+        still being produced.  After our FIN the peer's remaining bytes are
+        read and discarded until it closes too, so the final close() sends no
+        RST that could destroy replies still in flight.
         """
         if self._closing:
             return True
-        if self._buffer or self._protocol.is_busy():
+        is_busy = getattr(self._protocol, "is_busy", None)
+        if self._buffer or (is_busy is not None and is_busy()):
             return False
         self._eof_requested = True
         self._closing = True
@@ -345,7 +400,7 @@ class Transport:
         if self._eof:
             self._lose(None)
         else:
-            self._loop.add_reader(self._fd, self._discard)
+            self._loop._add_reader(self._fd, self._discard)
         return True
 
     def _discard(self) -> None:
@@ -359,13 +414,13 @@ class Transport:
         self._force_close(None)
 
     def _protocol_failed(self, exc: Exception, method: str) -> None:
-        log.error(
-            "%s.%s raised %s: %s; closing the connection",
-            type(self._protocol).__name__,
-            method,
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
+        self._loop.call_exception_handler(
+            {
+                "message": f"Fatal error: protocol.{method}() call failed.",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            }
         )
         self._force_close(exc)
 
@@ -389,7 +444,7 @@ class Transport:
         """Leave the poller now; tell the protocol on the next loop turn."""
         if self._conn_lost:
             return
-        self._conn_lost = True
+        self._conn_lost = 1
         self._loop.forget_fd(self._fd)
         self._loop.call_soon(self._call_connection_lost, exc)
 
@@ -399,8 +454,10 @@ class Transport:
         finally:
             with contextlib.suppress(OSError):
                 self._sock.close()
+            self._protocol = None  # type: ignore[assignment]
             if self._on_lost is not None:
                 self._on_lost(self)
+                self._on_lost = None
 
     # -- introspection -------------------------------------------------------
 
@@ -411,7 +468,7 @@ class Transport:
         never asked, and an idle connection should cost as little as possible.
         """
         if name == "socket":
-            return self._sock
+            return trsock.TransportSocket(self._sock)
         extra = self._extra
         if extra is None:
             extra = self._extra = {}
@@ -426,6 +483,19 @@ class Transport:
 
     def get_protocol(self) -> Protocol:
         return self._protocol
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._protocol = protocol
+        buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        if buffered != self._buffered_proto:
+            self._buffered_proto = buffered
+            if self._fd in self._loop._readers and not self._closing:
+                self._loop._add_reader(
+                    self._fd, self._on_read_into if buffered else self._on_read
+                )
+
+    def get_loop(self) -> EventLoop:
+        return self._loop
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"

@@ -1,0 +1,94 @@
+"""uvloop's entry points: `new_event_loop`, `EventLoopPolicy`, `run`.
+
+`asyncio.run(main(), loop_factory=muxio.new_event_loop)` (Python 3.12+) and
+`asyncio.Runner(loop_factory=...)` (3.11+) need nothing from here but the
+factory; `muxio.run` gives the same on every supported Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from asyncio import events
+from collections.abc import Coroutine
+
+from .loop import EventLoop
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+
+_BasePolicy: Any = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(
+    events, "_BaseDefaultEventLoopPolicy"
+)
+
+
+def new_event_loop(poller: str = "auto", *, slow_callback_ms: float | None = 100.0) -> EventLoop:
+    """A muxio loop on `poller`; the watchdog names callbacks slower than `slow_callback_ms`."""
+    return EventLoop(poller, slow_callback_ms=slow_callback_ms)
+
+
+class EventLoopPolicy(_BasePolicy):  # type: ignore[misc]
+    """`asyncio.set_event_loop_policy(muxio.EventLoopPolicy())`: every new loop is muxio's."""
+
+    def __init__(self, poller: str = "auto", *, slow_callback_ms: float | None = 100.0) -> None:
+        super().__init__()
+        self._poller = poller
+        self._slow_callback_ms = slow_callback_ms
+
+    def _loop_factory(self) -> EventLoop:
+        return new_event_loop(self._poller, slow_callback_ms=self._slow_callback_ms)
+
+
+def run(
+    main: Coroutine[Any, Any, T],
+    *,
+    poller: str = "auto",
+    debug: bool | None = None,
+    slow_callback_ms: float | None = 100.0,
+) -> T:
+    """`asyncio.run(main)` on a muxio loop: same cancellation, asyncgen and executor shutdown."""
+
+    def factory() -> EventLoop:
+        return new_event_loop(poller, slow_callback_ms=slow_callback_ms)
+
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+            return runner.run(main)
+    return _run_310(main, factory(), debug)  # pragma: no cover - Python 3.10
+
+
+def _run_310(main: Coroutine[Any, Any, T], loop: EventLoop, debug: bool | None) -> T:
+    """Python 3.10 has no `asyncio.Runner`: the same steps as its `asyncio.run`."""
+    if events._get_running_loop() is not None:
+        raise RuntimeError("muxio.run() cannot be called from a running event loop")
+    if not asyncio.iscoroutine(main):
+        raise ValueError(f"a coroutine was expected, got {main!r}")
+    try:
+        events.set_event_loop(loop)
+        if debug is not None:
+            loop.set_debug(debug)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            for task in tasks:
+                if not task.cancelled() and task.exception() is not None:
+                    loop.call_exception_handler(
+                        {
+                            "message": "unhandled exception during muxio.run() shutdown",
+                            "exception": task.exception(),
+                            "task": task,
+                        }
+                    )
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            events.set_event_loop(None)
+            loop.close()
