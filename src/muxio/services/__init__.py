@@ -26,13 +26,23 @@ def _upper(options: Any) -> ProtocolFactory:
     return UpperEcho
 
 
+def _upper_streams(options: Any) -> ProtocolFactory:
+    from .upper_streams import protocol_factory
+
+    return protocol_factory  # type: ignore[return-value]
+
+
 def _work(options: Any) -> ProtocolFactory:
     from .work import build
 
     return build(options)
 
 
-SERVICES: dict[str, ServiceBuilder] = {"upper": _upper, "work": _work}
+SERVICES: dict[str, ServiceBuilder] = {
+    "upper": _upper,
+    "upper-streams": _upper_streams,
+    "work": _work,
+}
 
 
 def build_service(name: str, options: Any) -> ProtocolFactory:

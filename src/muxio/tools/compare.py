@@ -153,13 +153,17 @@ def all_servers() -> list[ServerSpec]:
         ServerSpec("threads", _peer("threads")),
         ServerSpec("asyncio-protocol", _peer("asyncio_protocol")),
         ServerSpec("asyncio-streams", _peer("asyncio_streams")),
-        ServerSpec(
-            "uvloop",
-            _peer("asyncio_protocol", "--uvloop"),
-            available=has_uvloop,
-            why_not="" if has_uvloop else "uvloop is not installed (pip install uvloop)",
-        ),
+        ServerSpec("muxio-asyncio-protocol", _peer("asyncio_protocol", "--loop", "muxio")),
+        ServerSpec("muxio-asyncio-streams", _peer("asyncio_streams", "--loop", "muxio")),
+        ServerSpec("muxio-upper-streams", (*base, "serve", "--service", "upper-streams")),
     ]
+    no_uvloop = "" if has_uvloop else "uvloop is not installed (pip install uvloop)"
+    for name, peer in (("uvloop", "asyncio_protocol"), ("uvloop-streams", "asyncio_streams")):
+        specs.append(
+            ServerSpec(
+                name, _peer(peer, "--loop", "uvloop"), available=has_uvloop, why_not=no_uvloop
+            )
+        )
     return specs
 
 

@@ -21,6 +21,37 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     return p.parse_args(argv)
 
 
+LOOPS = ("asyncio", "uvloop", "muxio")
+
+
+def add_loop_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--loop", choices=LOOPS, default="asyncio", help="the event loop to run on (default asyncio)"
+    )
+
+
+def run_on(loop_name: str, main: Callable[[], Any]) -> int:
+    """Run the coroutine `main()` on the named loop; exit 2 if that loop is not installed."""
+    import asyncio
+    import contextlib
+
+    runner: Callable[[Any], Any] = asyncio.run
+    if loop_name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            print("muxio: uvloop is not installed; pip install uvloop", file=sys.stderr)
+            return 2
+        runner = uvloop.run
+    elif loop_name == "muxio":
+        import muxio
+
+        runner = muxio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(main())
+    return 0
+
+
 def announce(host: str, port: int) -> None:
     """Tell the parent the real port; it waits for exactly this line on stderr."""
     print(f"listening on {host}:{port}", file=sys.stderr, flush=True)

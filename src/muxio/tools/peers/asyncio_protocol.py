@@ -1,19 +1,17 @@
 """asyncio at its leanest: a Protocol writing straight to the transport.
 
-With --uvloop the identical code runs on uvloop's libuv loop, which makes the
-pair the cleanest measure of how much the event loop itself costs.
+With `--loop uvloop` or `--loop muxio` the identical code runs on another
+loop, which makes the set the cleanest measure of what the loop itself costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import cast
 
-from muxio.tools.peers import serve_until_sigterm
+from muxio.tools.peers import add_loop_argument, run_on, serve_until_sigterm
 
 
 class Upper(asyncio.Protocol):
@@ -37,19 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="asyncio Protocol uppercase echo server.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
-    p.add_argument("--uvloop", action="store_true", help="run on uvloop instead of asyncio")
+    add_loop_argument(p)
+    p.add_argument("--uvloop", action="store_true", help="the same as --loop uvloop")
     args = p.parse_args(argv)
-    runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
-    if args.uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            print("muxio: uvloop is not installed; pip install uvloop", file=sys.stderr)
-            return 2
-        runner = uvloop.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(args.host, args.port))
-    return 0
+    return run_on("uvloop" if args.uvloop else args.loop, lambda: serve(args.host, args.port))
 
 
 if __name__ == "__main__":

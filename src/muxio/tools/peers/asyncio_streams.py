@@ -1,16 +1,18 @@
 """asyncio's high-level streams, the API most asyncio servers are written in.
 
 It pays for a task per connection and a StreamReader buffer on top of the
-Protocol peer; comparing the two shows what that convenience costs.
+Protocol peer; comparing the two shows what that convenience costs.  `--loop`
+runs the same code on uvloop or muxio.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
 
-from muxio.tools.peers import parse_args, serve_until_sigterm
+from muxio.tools.peers import add_loop_argument, run_on, serve_until_sigterm
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -33,10 +35,12 @@ async def serve(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args("asyncio streams uppercase echo server.", argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port))
-    return 0
+    p = argparse.ArgumentParser(description="asyncio streams uppercase echo server.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    add_loop_argument(p)
+    args = p.parse_args(argv)
+    return run_on(args.loop, lambda: serve(args.host, args.port))
 
 
 if __name__ == "__main__":
