@@ -215,8 +215,8 @@ class EventLoop(asyncio.AbstractEventLoop):
         self._watchdog: Watchdog | None = None
         self._readers: dict[int, IOCallback] = {}
         self._writers: dict[int, IOCallback] = {}
-        self._ready: deque[asyncio.Handle] = deque()
-        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
+        self._ready: deque[Any] = deque()  # asyncio.Handle: typeshed hides its fields
+        self._timers: list[tuple[float, int, Any]] = []
         self._timers_cancelled = 0
         self._seq = itertools.count()
         self._clock_resolution = get_clock_info("monotonic").resolution
@@ -226,7 +226,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         self._busy_since = 0.0
         self.stats_data = LoopStats()
         self.slow_sample: tuple[float, str] | None = None
-        self._signal_handlers: dict[int, asyncio.Handle] = {}
+        self._signal_handlers: dict[int, Any] = {}
         self._old_wakeup_fd: int | None = None
         self._debug = False
         self._coro_tracking: int | None = None
@@ -236,7 +236,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         self._executor_shutdown_called = False
         self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
-        self._current_handle: asyncio.Handle | None = None
+        self._current_handle: Any = None
         self._ssock, self._csock = socket.socketpair()
         self._ssock.setblocking(False)
         self._csock.setblocking(False)
@@ -254,7 +254,7 @@ class EventLoop(asyncio.AbstractEventLoop):
     def time(self) -> float:
         return monotonic()
 
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self, callback: Callable[..., object], *args: Any, context: Context | None = None
     ) -> asyncio.Handle:
         if self._closed:
@@ -268,7 +268,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         self._ready.append(handle)
         return handle
 
-    def call_later(
+    def call_later(  # type: ignore[override]
         self,
         delay: float,
         callback: Callable[..., object],
@@ -279,7 +279,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             raise TypeError("delay must not be None")
         return self.call_at(monotonic() + delay, callback, *args, context=context)
 
-    def call_at(
+    def call_at(  # type: ignore[override]
         self,
         when: float,
         callback: Callable[..., object],
@@ -297,10 +297,11 @@ class EventLoop(asyncio.AbstractEventLoop):
         else:
             timer = TimerHandle(when, callback, args, self, context)
         heapq.heappush(self._timers, (when, next(self._seq), timer))
-        timer._scheduled = True
+        timer_: Any = timer
+        timer_._scheduled = True
         return timer
 
-    def call_soon_threadsafe(
+    def call_soon_threadsafe(  # type: ignore[override]
         self, callback: Callable[..., object], *args: Any, context: Context | None = None
     ) -> asyncio.Handle:
         """Schedule from any thread and wake the poller through the self-pipe."""
@@ -345,7 +346,7 @@ class EventLoop(asyncio.AbstractEventLoop):
                     if handle is not None and not handle._cancelled:
                         self._ready.append(handle)
 
-    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+    def _timer_handle_cancelled(self, handle: Any) -> None:
         """asyncio's `TimerHandle.cancel()` reports here; only timers still queued count."""
         if handle._scheduled:
             self._timers_cancelled += 1
@@ -438,7 +439,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         handle = Handle(callback, args, self, None)
         return handle._run
 
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
         """Call `callback(*args)` whenever `fd` is readable (or has hung up / failed)."""
         fd = _fileno(fd)
         self._ensure_fd_no_transport(fd)
@@ -449,7 +450,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         self._ensure_fd_no_transport(fd)
         return False if self._closed else self._remove_reader(fd)
 
-    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
         """Call `callback(*args)` whenever `fd` is writable (or has hung up / failed)."""
         fd = _fileno(fd)
         self._ensure_fd_no_transport(fd)
@@ -462,7 +463,7 @@ class EventLoop(asyncio.AbstractEventLoop):
 
     # -- signals -------------------------------------------------------------
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
         """Run `callback` on the loop, never inside the signal handler itself.
 
         The C-level handler writes the signal number to the self-pipe
@@ -680,7 +681,7 @@ class EventLoop(asyncio.AbstractEventLoop):
                     raise
                 except BaseException as exc:
                     self._handle_failed(handle, exc)
-            handle = None  # type: ignore[assignment]
+            handle = None
         busy = monotonic() - now
         if busy > stats.max_lag:
             stats.max_lag = busy
@@ -750,7 +751,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             {"message": f"Exception in callback {_describe(callback)}", "exception": exc}
         )
 
-    def _handle_failed(self, handle: asyncio.Handle, exc: BaseException) -> None:
+    def _handle_failed(self, handle: Any, exc: BaseException) -> None:
         context: dict[str, Any] = {
             "message": f"Exception in callback {_describe(handle._callback)}",
             "exception": exc,
@@ -923,7 +924,7 @@ class EventLoop(asyncio.AbstractEventLoop):
                     }
                 )
 
-    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+    def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:  # type: ignore[override]
         if self._closed:
             raise RuntimeError("Event loop is closed")
         if self._debug:
@@ -1022,8 +1023,9 @@ class EventLoop(asyncio.AbstractEventLoop):
                 handshake_timeout=ssl_handshake_timeout,
                 shutdown_timeout=ssl_shutdown_timeout,
             )
-            Transport(self, sock, driven).start()  # type: ignore[arg-type]
-            return driven._app_transport  # type: ignore[attr-defined,no-any-return]
+            Transport(self, sock, driven).start()
+            app_transport: asyncio.BaseTransport = driven._app_transport
+            return app_transport
         transport = Transport(self, sock, protocol)  # type: ignore[arg-type]
         transport.start()
         if waiter is not None and not waiter.done():
@@ -1056,7 +1058,7 @@ class EventLoop(asyncio.AbstractEventLoop):
                 context.check_hostname = False
         return sslproto.SSLProtocol(
             self,
-            protocol,  # type: ignore[arg-type]
+            protocol,
             context,
             waiter,  # type: ignore[arg-type]
             server_side,
@@ -1095,7 +1097,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             raise
         return transport, protocol
 
-    async def create_connection(
+    async def create_connection(  # type: ignore[override]
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         host: str | None = None,
@@ -1154,7 +1156,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
 
-    async def create_unix_connection(
+    async def create_unix_connection(  # type: ignore[override]
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         path: str | None = None,
@@ -1194,7 +1196,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
 
-    async def connect_accepted_socket(
+    async def connect_accepted_socket(  # type: ignore[override]
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         sock: socket.socket,
@@ -1220,7 +1222,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
 
-    async def create_server(
+    async def create_server(  # type: ignore[override]
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         host: Any = None,
@@ -1281,7 +1283,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             await asyncio.sleep(0)
         return server
 
-    async def create_unix_server(
+    async def create_unix_server(  # type: ignore[override]
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         path: Any = None,
@@ -1367,7 +1369,8 @@ class EventLoop(asyncio.AbstractEventLoop):
             conmade.cancel()
             resume.cancel()
             raise
-        return ssl_protocol._app_transport  # type: ignore[return-value]
+        app_transport: asyncio.Transport = ssl_protocol._app_transport
+        return app_transport
 
     async def sendfile(
         self,
@@ -1378,7 +1381,10 @@ class EventLoop(asyncio.AbstractEventLoop):
         *,
         fallback: bool = True,
     ) -> int:
-        return await net.transport_sendfile(self, transport, file, offset, count, fallback=fallback)
+        sent: int = await net.transport_sendfile(
+            self, transport, file, offset, count, fallback=fallback
+        )
+        return sent
 
     # -- other transport kinds ------------------------------------------------
 
@@ -1391,14 +1397,14 @@ class EventLoop(asyncio.AbstractEventLoop):
             self, protocol_factory, *args, **kwargs
         )
 
-    async def connect_read_pipe(
+    async def connect_read_pipe(  # type: ignore[override]
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any
     ) -> tuple[asyncio.ReadTransport, asyncio.BaseProtocol]:
         from .transports import pipes
 
         return await pipes.connect_read_pipe(self, protocol_factory, pipe)  # type: ignore[no-any-return]
 
-    async def connect_write_pipe(
+    async def connect_write_pipe(  # type: ignore[override]
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any
     ) -> tuple[asyncio.WriteTransport, asyncio.BaseProtocol]:
         from .transports import pipes

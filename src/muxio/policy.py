@@ -56,8 +56,10 @@ def run(
 
     if sys.version_info >= (3, 11):
         with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
-            return runner.run(main)
-    return _run_310(main, factory(), debug)  # pragma: no cover - Python 3.10
+            result: T = runner.run(main)
+            return result
+    result: T = _run_310(main, factory(), debug)  # pragma: no cover - Python 3.10
+    return result
 
 
 def _run_310(main: Coroutine[Any, Any, T], loop: EventLoop, debug: bool | None) -> T:

@@ -8,17 +8,23 @@ number of `data_received`, maybe `eof_received`, then exactly one
 
 from __future__ import annotations
 
+import asyncio
+
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
     from .transports.stream import Transport
 
-class BaseProtocol:
-    """No-op defaults, so a service overrides only what it uses."""
+class BaseProtocol(asyncio.BaseProtocol):
+    """No-op defaults, so a service overrides only what it uses.
+
+    They are asyncio's protocol classes plus `is_busy()`: any asyncio
+    protocol runs on muxio, and a muxio protocol on any asyncio loop.
+    """
 
     __slots__ = ()
 
-    def connection_made(self, transport: Transport) -> None:
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         """The connection is up; keep `transport` to write and close."""
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -39,7 +45,7 @@ class BaseProtocol:
         return False
 
 
-class Protocol(BaseProtocol):
+class Protocol(BaseProtocol, asyncio.Protocol):
     """A byte-stream protocol."""
 
     __slots__ = ()

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("muxio")
 
-ProtocolFactory = Callable[[], Protocol]
+ProtocolFactory = Callable[[], "asyncio.BaseProtocol"]
 
 _OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_RETRY = 0.5

@@ -15,7 +15,7 @@ class UpperEcho(Protocol):
 
     __slots__ = ("transport",)
 
-    def connection_made(self, transport: Transport) -> None:
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

@@ -21,7 +21,9 @@ import time
 from functools import partial
 from typing import Any
 
-from ..loop import EventLoop, TimerHandle
+import asyncio
+
+from ..loop import EventLoop
 from ..offload import MODES, Job, Mode, Offloader, OrderedReplies, Outcome, ReplySlot
 from ..protocol import Protocol
 from ..transports.stream import Transport
@@ -81,9 +83,9 @@ class WorkService(Protocol):
         self._stalled = False
         self._write_paused = False
         self._rejected = False
-        self._linger: TimerHandle | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: Transport) -> None:
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         self.transport = transport
         self.replies = OrderedReplies(transport.write, self._replies_written)
 

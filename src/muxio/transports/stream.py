@@ -97,7 +97,7 @@ class Transport(asyncio.Transport):
         self._protocol = protocol
         self._buffered_proto = isinstance(protocol, asyncio.BufferedProtocol)
         self._read_size = self.read_size
-        self._extra: dict[str, Any] | None = extra  # type: ignore[assignment]
+        self._extra: dict[str, Any] | None = extra
         self._buffer: list[Buffer] | None = None
         self._buffered = 0
         self._high_water = self.high_water
@@ -481,7 +481,7 @@ class Transport(asyncio.Transport):
                 return default
         return extra.get(name, default)
 
-    def get_protocol(self) -> Protocol:
+    def get_protocol(self) -> Any:
         return self._protocol
 
     def set_protocol(self, protocol: Any) -> None:
