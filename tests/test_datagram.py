@@ -550,6 +550,68 @@ def test_abort_drops_buffered_datagrams(
     run(loop, main())
 
 
+def assert_unwatched(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """The loop watches the (now closed) descriptor for nothing."""
+    assert loop.remove_reader(fd) is False
+    assert loop.remove_writer(fd) is False
+
+
+async def fill_until_buffered(transport: DatagramTransport, count: int, limit: int = 10_000) -> int:
+    """Send until exactly `count` datagrams wait in the transport's buffer."""
+    for i in range(limit):
+        transport.sendto(numbered(i, 1024))
+        if transport.get_write_buffer_size() >= count * 1024:
+            return i + 1
+    pytest.fail(f"nothing was buffered after {limit} datagrams")
+
+
+def test_peer_vanishing_reports_every_buffered_datagram_to_error_received(
+    loop: asyncio.AbstractEventLoop, sink_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = sink_socket
+
+    async def main() -> None:
+        transport, proto = await connected_to_sink(loop, path, high=1 << 20)
+        await fill_until_buffered(transport, 3)
+        sock.close()  # the kernel drops its queue and wakes the sender
+        errors = [await within(proto.errors.get()) for _ in range(3)]
+        assert isinstance(errors[0], ConnectionRefusedError)
+        assert all(isinstance(e, OSError) for e in errors)
+        assert transport.get_write_buffer_size() == 0
+        assert not transport.is_closing()
+        fd = transport.get_extra_info("socket").fileno()
+        transport.close()
+        assert await within(proto.lost) is None
+        assert_unwatched(loop, fd)
+
+    run(loop, main())
+
+
+def test_close_from_error_received_during_a_flush_completes_the_close(
+    loop: asyncio.AbstractEventLoop, sink_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = sink_socket
+
+    class CloseOnError(Recorder):
+        def error_received(self, exc: Exception) -> None:
+            super().error_received(exc)
+            assert self.transport is not None
+            self.transport.close()
+
+    async def main() -> None:
+        transport, proto = await endpoint(
+            loop, CloseOnError, remote_addr=path, family=socket.AF_UNIX
+        )
+        await fill_until_buffered(transport, 1)
+        fd = transport.get_extra_info("socket").fileno()
+        sock.close()
+        assert isinstance(await within(proto.errors.get()), ConnectionRefusedError)
+        assert await within(proto.lost) is None
+        assert_unwatched(loop, fd)
+
+    run(loop, main())
+
+
 def test_writes_after_close_are_dropped_with_asyncio_warning(
     loop: asyncio.AbstractEventLoop,
     sink_socket: tuple[socket.socket, str],

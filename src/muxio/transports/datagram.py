@@ -114,6 +114,7 @@ class DatagramTransport(asyncio.DatagramTransport):
         "_send",
         "_sendto",
         "_sock",
+        "_writer_on",
     )
 
     max_size = 256 * 1024
@@ -169,6 +170,7 @@ class DatagramTransport(asyncio.DatagramTransport):
         self._paused = False
         self._reader_on = False
         self._reading_started = False
+        self._writer_on = False
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
@@ -264,7 +266,9 @@ class DatagramTransport(asyncio.DatagramTransport):
                     self._sendto(data, addr)
                 return
             except (BlockingIOError, InterruptedError):
-                self._loop.add_writer(self._fd, self._on_write)
+                if not self._writer_on:
+                    self._writer_on = True
+                    self._loop.add_writer(self._fd, self._on_write)
             except OSError as exc:
                 self._error_received(exc)
                 return
@@ -306,7 +310,7 @@ class DatagramTransport(asyncio.DatagramTransport):
             if self._lost:
                 return
         if not buf:
-            self._loop.remove_writer(self._fd)
+            self._stop_writing()
             if self._closing:
                 self._lose(None)
 
@@ -371,6 +375,11 @@ class DatagramTransport(asyncio.DatagramTransport):
             self._reader_on = False
             self._loop.remove_reader(self._fd)
 
+    def _stop_writing(self) -> None:
+        if self._writer_on:
+            self._writer_on = False
+            self._loop.remove_writer(self._fd)
+
     def _fatal_error(self, exc: Exception, message: str) -> None:
         if isinstance(exc, OSError):
             if self._loop.get_debug():
@@ -389,10 +398,8 @@ class DatagramTransport(asyncio.DatagramTransport):
     def _force_close(self, exc: Exception | None) -> None:
         if self._lost:
             return
-        if self._buffer:
-            self._buffer.clear()
-            self._buffered = 0
-            self._loop.remove_writer(self._fd)
+        self._buffer.clear()
+        self._buffered = 0
         self._closing = True
         self._stop_reading()
         self._lose(exc)
@@ -400,6 +407,7 @@ class DatagramTransport(asyncio.DatagramTransport):
     def _lose(self, exc: Exception | None) -> None:
         """Tell the protocol on the next loop turn, never from inside its own call."""
         self._lost = True
+        self._stop_writing()  # registered still if a callback closed us mid-flush
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
