@@ -78,9 +78,9 @@ async def endpoint(
 ) -> tuple[DatagramTransport, T]:
     """The loop's own method on muxio, the module function on asyncio's loop."""
     if is_muxio(loop):
-        result: Any = await loop.create_datagram_endpoint(factory, *args, **kwargs)  # type: ignore[arg-type]
+        result: Any = await loop.create_datagram_endpoint(factory, *args, **kwargs)
     else:
-        result = await create_datagram_endpoint(loop, factory, *args, **kwargs)  # type: ignore[arg-type]
+        result = await create_datagram_endpoint(loop, factory, *args, **kwargs)
     transport, protocol = result
     assert isinstance(transport, DatagramTransport)
     return transport, protocol
