@@ -1,0 +1,703 @@
+"""Datagram transports (UDP and Unix datagram sockets) with asyncio's contract.
+
+The contract is that of asyncio's selector datagram transport and of
+`BaseEventLoop.create_datagram_endpoint`, for the Python that runs us: where
+3.10 to 3.13 differ (`reuse_address`, the check on `sock=`, empty datagrams,
+the buffer's per-datagram overhead) we behave as the running version's asyncio.
+Only the public loop API is used, so the same code serves asyncio's own loop
+and muxio's.
+
+Like the stream transport, `sendto()` sends at once and buffers only what the
+kernel refuses, and the socket is watched for writability only while that
+buffer is non-empty.  Reads go into one preallocated buffer per thread: a
+plain `recvfrom(256 KiB)` allocates and frees 256 KiB for every datagram,
+which costs several times the copy of the few bytes actually received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import stat
+import sys
+import threading
+import warnings
+from asyncio import trsock
+
+TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, TypeVar
+
+    _P = TypeVar("_P", bound=asyncio.DatagramProtocol)
+    _AddrInfo = tuple[int, int, int, str, Any]
+
+
+__all__ = ["DatagramTransport", "create_datagram_endpoint"]
+
+log = logging.getLogger("muxio")
+
+_PY311 = sys.version_info >= (3, 11)
+_PY313 = sys.version_info >= (3, 13)
+_SEND_EMPTY = _PY313
+"""3.13 sends a zero-length datagram; earlier versions silently drop it."""
+_DATAGRAM_OVERHEAD = 8 if _PY313 else 0
+"""3.13 counts a UDP header per buffered datagram against the water marks."""
+_WARN_AFTER_DROPPED = 5
+_HAS_IPV6 = hasattr(socket, "AF_INET6")
+
+
+class _Unset:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_unset: Any = _Unset()
+
+_per_thread = threading.local()
+
+
+def _read_buffer(size: int) -> memoryview:
+    """A receive buffer shared by the transports of the calling thread.
+
+    Sharing is safe because a datagram is copied out of it before any
+    protocol code runs, and one thread runs one loop's callbacks at a time.
+    """
+    buffers: dict[int, memoryview] | None = getattr(_per_thread, "buffers", None)
+    if buffers is None:
+        buffers = _per_thread.buffers = {}
+    view = buffers.get(size)
+    if view is None:
+        view = buffers[size] = memoryview(bytearray(size))
+    return view
+
+
+def _drop_datagram(data: bytes, addr: Any) -> None:
+    """Stands in for the protocol's method once the connection is lost."""
+
+
+def _drop_error(exc: Exception) -> None:
+    """Stands in for the protocol's method once the connection is lost."""
+
+
+class DatagramTransport(asyncio.DatagramTransport):
+    """A datagram socket driven by a loop's reader and writer callbacks."""
+
+    __slots__ = (
+        "__weakref__",
+        "_address",
+        "_buffer",
+        "_buffered",
+        "_closing",
+        "_connected",
+        "_datagram_received",
+        "_dropped",
+        "_error_received",
+        "_fd",
+        "_high_water",
+        "_loop",
+        "_lost",
+        "_low_water",
+        "_paused",
+        "_protocol",
+        "_protocol_paused",
+        "_reader_on",
+        "_reading_started",
+        "_recvfrom_into",
+        "_rview",
+        "_send",
+        "_sendto",
+        "_sock",
+        "_writer_on",
+    )
+
+    max_size = 256 * 1024
+    """Largest datagram received whole; longer ones are truncated, as in asyncio."""
+    high_water = 64 * 1024
+    low_water = 16 * 1024
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.DatagramProtocol,
+        address: Any = None,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Take over `sock`; the protocol hears `connection_made` on the next loop turn.
+
+        `address` is the default destination (the `remote_addr` given to
+        `create_datagram_endpoint`); `sendto()` refuses any other.
+        """
+        info: dict[str, Any] = {} if extra is None else extra
+        info["socket"] = trsock.TransportSocket(sock)
+        try:
+            info["sockname"] = sock.getsockname()
+        except OSError:
+            info["sockname"] = None
+        if "peername" not in info:
+            try:
+                info["peername"] = sock.getpeername()
+            except OSError:
+                info["peername"] = None
+        super().__init__(info)
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._address = address
+        # '' is the name of a connected socketpair() peer: still connected.
+        self._connected = info["peername"] is not None
+        self._recvfrom_into = sock.recvfrom_into
+        self._send = sock.send
+        self._sendto = sock.sendto
+        self._rview = _read_buffer(self.max_size)
+        self._bind_protocol(protocol)
+        self._buffer: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._buffered = 0
+        self._high_water = self.high_water
+        self._low_water = self.low_water
+        self._protocol_paused = False
+        self._closing = False
+        self._lost = False
+        self._dropped = 0
+        self._paused = False
+        self._reader_on = False
+        self._reading_started = False
+        self._writer_on = False
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_wake, waiter)
+
+    def _bind_protocol(self, protocol: Any) -> None:
+        self._protocol: asyncio.DatagramProtocol | None = protocol
+        self._datagram_received: Callable[[bytes, Any], object] = protocol.datagram_received
+        self._error_received: Callable[[Exception], object] = protocol.error_received
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._bind_protocol(protocol)
+
+    def get_protocol(self) -> Any:
+        """The protocol, or None once `connection_lost` has run, as in asyncio."""
+        return self._protocol
+
+    # -- reading -------------------------------------------------------------
+
+    def _start_reading(self) -> None:
+        """Runs after `connection_made`, so no datagram can arrive before it."""
+        self._reading_started = True
+        if not (self._closing or self._paused):
+            self._reader_on = True
+            self._loop.add_reader(self._fd, self._on_read)
+
+    def _on_read(self) -> None:
+        """One datagram per readiness event, like the stream transport's one `recv`."""
+        if not self._reader_on:
+            return  # an event already queued when reading stopped
+        try:
+            n, addr = self._recvfrom_into(self._rview)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._error_received(exc)  # ICMP errors on a connected socket: not fatal
+            return
+        except Exception as exc:
+            self._fatal_error(exc, "Fatal read error on datagram transport")
+            return
+        self._datagram_received(self._rview[:n].tobytes(), addr)
+
+    def is_reading(self) -> bool:
+        return not (self._closing or self._paused)
+
+    def pause_reading(self) -> None:
+        """Stop reading; datagrams then wait in, and overflow from, the kernel's queue."""
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        if self._reader_on:
+            self._reader_on = False
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._reading_started:
+            self._reader_on = True
+            self._loop.add_reader(self._fd, self._on_read)
+
+    # -- writing -------------------------------------------------------------
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        """Send now if the kernel takes it, else queue it (as an immutable copy).
+
+        Errors the kernel reports for one datagram (ICMP results, EMSGSIZE)
+        go to `error_received` and drop that datagram; an address the socket
+        module rejects is fatal to the transport, as in asyncio.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if not data and not _SEND_EMPTY:
+            return
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            addr = self._address
+        if self._closing:
+            self._dropped += 1
+            if self._dropped >= _WARN_AFTER_DROPPED:
+                log.warning("socket.send() raised exception.")
+            return
+        buf = self._buffer
+        if not buf:
+            try:
+                if self._connected:
+                    self._send(data)
+                else:
+                    self._sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                if not self._writer_on:
+                    self._writer_on = True
+                    self._loop.add_writer(self._fd, self._on_write)
+            except OSError as exc:
+                self._error_received(exc)
+                return
+            except Exception as exc:
+                self._fatal_error(exc, "Fatal write error on datagram transport")
+                return
+        buf.append((bytes(data), addr))
+        self._buffered += len(data) + _DATAGRAM_OVERHEAD
+        if self._buffered > self._high_water and not self._protocol_paused:
+            self._protocol_paused = True
+            self._call_flow_control("pause_writing")
+
+    def _on_write(self) -> None:
+        buf = self._buffer
+        while buf:
+            data, addr = buf[0]
+            try:
+                if self._connected:
+                    self._send(data)
+                else:
+                    self._sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                buf.popleft()
+                self._buffered -= len(data) + _DATAGRAM_OVERHEAD
+                self._error_received(exc)
+                if self._lost:
+                    return
+                continue
+            except Exception as exc:
+                self._fatal_error(exc, "Fatal write error on datagram transport")
+                return
+            buf.popleft()
+            self._buffered -= len(data) + _DATAGRAM_OVERHEAD
+        if self._protocol_paused and self._buffered <= self._low_water:
+            self._protocol_paused = False
+            self._call_flow_control("resume_writing")  # which may send again
+            if self._lost:
+                return
+        if not buf:
+            self._stop_writing()
+            if self._closing:
+                self._lose(None)
+
+    def _call_flow_control(self, method: str) -> None:
+        try:
+            getattr(self._protocol, method)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"protocol.{method}() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 4 * low if low is not None else self.high_water
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+        if self._buffered > high and not self._protocol_paused:
+            self._protocol_paused = True
+            self._call_flow_control("pause_writing")
+
+    # -- closing -------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading, send what is buffered, then `connection_lost(None)`.
+
+        Datagrams passed to `sendto()` from here on are dropped: the
+        transport is going, and the caller learns that from `connection_lost`.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._buffer:
+            self._lose(None)
+
+    def abort(self) -> None:
+        """Close now, dropping whatever is still buffered."""
+        self._force_close(None)
+
+    def _stop_reading(self) -> None:
+        if self._reader_on:
+            self._reader_on = False
+            self._loop.remove_reader(self._fd)
+
+    def _stop_writing(self) -> None:
+        if self._writer_on:
+            self._writer_on = False
+            self._loop.remove_writer(self._fd)
+
+    def _fatal_error(self, exc: Exception, message: str) -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                log.debug("%r: %s", self, message, exc_info=exc)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._buffer.clear()
+        self._buffered = 0
+        self._closing = True
+        self._stop_reading()
+        self._lose(exc)
+
+    def _lose(self, exc: Exception | None) -> None:
+        """Tell the protocol on the next loop turn, never from inside its own call."""
+        self._lost = True
+        self._stop_writing()  # registered still if a callback closed us mid-flush
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: Exception | None) -> None:
+        protocol = self._protocol
+        try:
+            if protocol is not None:
+                protocol.connection_lost(exc)
+        finally:
+            self._sock.close()
+            # The protocol usually holds the transport: break the cycle.
+            self._protocol = None
+            self._datagram_received = _drop_datagram
+            self._error_received = _drop_error
+
+    def __del__(self, _warn: Callable[..., object] = warnings.warn) -> None:
+        sock: socket.socket | None = getattr(self, "_sock", None)
+        if sock is not None and sock.fileno() != -1:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
+    def __repr__(self) -> str:
+        if self._lost:
+            state = "closed"
+        elif self._closing:
+            state = "closing"
+        else:
+            state = "open"
+        return f"<DatagramTransport fd={self._fd} {state} buffered={self._buffered}>"
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.cancelled():
+        waiter.set_result(None)
+
+
+# -- creating endpoints ------------------------------------------------------
+
+
+def _numeric_addrinfo(host: Any, port: Any, family: int, proto: int) -> _AddrInfo | None:
+    """The addrinfo of a literal IP address, or None if it needs `getaddrinfo`.
+
+    asyncio skips the resolver for literals too: on most loops it runs in
+    a thread, and a literal would come back unchanged anyway.
+    """
+    if host is None or proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+        return None
+    if port is None or port in ("", b""):
+        port = 0
+    else:
+        try:
+            port = int(port)
+        except (TypeError, ValueError):
+            return None  # a service name such as "domain"
+    if isinstance(host, bytes):
+        host = host.decode("idna")
+    if not isinstance(host, str) or "%" in host:
+        return None  # Linux's inet_pton refuses a scope such as '::1%lo'
+    if family == socket.AF_UNSPEC:
+        families: list[int] = [socket.AF_INET, socket.AF_INET6] if _HAS_IPV6 else [socket.AF_INET]
+    else:
+        families = [family]
+    for af in families:
+        try:
+            socket.inet_pton(af, host)
+        except (OSError, ValueError):
+            continue
+        if _HAS_IPV6 and af == socket.AF_INET6:
+            return af, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", (host, port, 0, 0)
+        return af, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", (host, port)
+    return None
+
+
+async def _resolve(
+    loop: asyncio.AbstractEventLoop, addr: tuple[Any, Any], family: int, proto: int, flags: int
+) -> Sequence[_AddrInfo]:
+    host, port = addr
+    info = _numeric_addrinfo(host, port, family, proto)
+    if info is not None:
+        return [info]
+    return await loop.getaddrinfo(
+        host, port, family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags
+    )
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    if path[0] == "\x00":
+        return  # Linux's abstract namespace: nothing on disk
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        # The directory may let us create a socket but not inspect one.
+        log.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
+
+
+def _set_reuse_port(sock: socket.socket) -> None:
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("reuse_port not supported by socket module")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError:
+        raise ValueError(
+            "reuse_port not supported by socket module, SO_REUSEPORT defined but not implemented."
+        ) from None
+
+
+def _check_reuse_address(reuse_address: Any) -> None:
+    """3.10 refuses True and deprecates False (bpo-37228); 3.11 removed the argument."""
+    if reuse_address is _unset or _PY311:
+        return
+    if reuse_address:
+        raise ValueError(
+            "Passing `reuse_address=True` is no longer supported, as the usage of "
+            "SO_REUSEPORT in UDP poses a significant security concern."
+        )
+    warnings.warn(
+        "The *reuse_address* parameter has been deprecated as of 3.5.10 and is "
+        "scheduled for removal in 3.11.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+async def create_datagram_endpoint(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], _P],
+    local_addr: Any = None,
+    remote_addr: Any = None,
+    *,
+    family: int = 0,
+    proto: int = 0,
+    flags: int = 0,
+    reuse_address: Any = _unset,
+    reuse_port: bool | None = None,
+    allow_broadcast: bool | None = None,
+    sock: socket.socket | None = None,
+) -> tuple[DatagramTransport, _P]:
+    """`loop.create_datagram_endpoint()` for any loop that has the public API.
+
+    Returns once the protocol's `connection_made` has run, as asyncio does.
+    """
+    if reuse_address is not _unset and _PY311:
+        raise TypeError(
+            "create_datagram_endpoint() got an unexpected keyword argument 'reuse_address'"
+        )
+    owned = sock is None
+    r_addr: Any = None
+    if sock is not None:
+        _check_given_socket(
+            sock, local_addr, remote_addr, family, proto, flags, reuse_port, allow_broadcast
+        )
+        sock.setblocking(False)
+    else:
+        pairs = await _address_pairs(loop, local_addr, remote_addr, family, proto, flags)
+        _check_reuse_address(reuse_address)
+        errors: list[OSError] = []
+        for (fam, pro), (local, remote) in pairs:
+            candidate = None
+            try:
+                candidate = socket.socket(fam, socket.SOCK_DGRAM, pro)
+                if reuse_port:
+                    _set_reuse_port(candidate)
+                if allow_broadcast:
+                    candidate.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                candidate.setblocking(False)
+                if local_addr:
+                    candidate.bind(local)
+                if remote_addr:
+                    if not allow_broadcast:
+                        candidate.connect(remote)  # a datagram connect() never blocks
+                    r_addr = remote
+            except OSError as exc:
+                if candidate is not None:
+                    candidate.close()
+                errors.append(exc)
+                r_addr = None
+            except BaseException:
+                if candidate is not None:
+                    candidate.close()
+                raise
+            else:
+                sock = candidate
+                break
+        else:
+            raise errors[0]
+
+    try:
+        protocol = protocol_factory()
+    except BaseException:
+        if owned:
+            sock.close()
+        raise
+    waiter: asyncio.Future[None] = loop.create_future()
+    transport = DatagramTransport(loop, sock, protocol, r_addr, waiter)
+    if loop.get_debug():
+        if local_addr:
+            log.info(
+                "Datagram endpoint local_addr=%r remote_addr=%r created: (%r, %r)",
+                local_addr,
+                remote_addr,
+                transport,
+                protocol,
+            )
+        else:
+            log.debug(
+                "Datagram endpoint remote_addr=%r created: (%r, %r)",
+                remote_addr,
+                transport,
+                protocol,
+            )
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
+    return transport, protocol
+
+
+def _check_given_socket(
+    sock: socket.socket,
+    local_addr: Any,
+    remote_addr: Any,
+    family: int,
+    proto: int,
+    flags: int,
+    reuse_port: bool | None,
+    allow_broadcast: bool | None,
+) -> None:
+    if _PY313:
+        if sock.type == socket.SOCK_STREAM:
+            raise ValueError(f"A datagram socket was expected, got {sock!r}")
+    elif sock.type != socket.SOCK_DGRAM:
+        raise ValueError(f"A UDP Socket was expected, got {sock!r}")
+    opts = {
+        "local_addr": local_addr,
+        "remote_addr": remote_addr,
+        "family": family,
+        "proto": proto,
+        "flags": flags,
+        "reuse_port": reuse_port,
+        "allow_broadcast": allow_broadcast,
+    }
+    problems = ", ".join(f"{k}={v}" for k, v in opts.items() if v)
+    if problems:
+        raise ValueError(
+            "socket modifier keyword arguments can not be used when sock is specified. "
+            f"({problems})"
+        )
+
+
+async def _address_pairs(
+    loop: asyncio.AbstractEventLoop,
+    local_addr: Any,
+    remote_addr: Any,
+    family: int,
+    proto: int,
+    flags: int,
+) -> list[tuple[tuple[int, int], tuple[Any, Any]]]:
+    """The (family, proto) and (local, remote) addresses to try, in order."""
+    if not (local_addr or remote_addr):
+        if family == 0:
+            raise ValueError("unexpected address family")
+        return [((family, proto), (None, None))]
+    if hasattr(socket, "AF_UNIX") and family == socket.AF_UNIX:
+        for addr in (local_addr, remote_addr):
+            if addr is not None and not isinstance(addr, str):
+                raise TypeError("string is expected")
+        if local_addr:
+            _remove_stale_unix_socket(local_addr)
+        return [((family, proto), (local_addr, remote_addr))]
+    found: dict[tuple[int, int], list[Any]] = {}  # ordered: the resolver's preference
+    for idx, addr in ((0, local_addr), (1, remote_addr)):
+        if addr is None:
+            continue
+        if not (isinstance(addr, tuple) and len(addr) == 2):
+            if _PY311:
+                raise TypeError("2-tuple is expected")
+            raise AssertionError("2-tuple is expected")
+        infos = await _resolve(loop, addr, family, proto, flags)
+        if not infos:
+            raise OSError("getaddrinfo() returned empty list")
+        for fam, _, pro, _, address in infos:
+            found.setdefault((fam, pro), [None, None])[idx] = address
+    pairs = [
+        (key, (local, remote))
+        for key, (local, remote) in found.items()
+        if not ((local_addr and local is None) or (remote_addr and remote is None))
+    ]
+    if not pairs:
+        raise ValueError("can not get address information")
+    return pairs
