@@ -617,6 +617,14 @@ class EventLoop(asyncio.AbstractEventLoop):
         return None
 
     def _run_once(self) -> None:
+        """One iteration, in asyncio's order with no handle per I/O event.
+
+        asyncio queues a handle per ready descriptor and runs, in order: what
+        was ready before the wait, the I/O callbacks, the timers due when the
+        wait returned; anything those schedule waits for the next iteration.
+        This loop keeps that order (so cancellations and wake-ups interleave
+        exactly as on asyncio) but calls the I/O callbacks directly.
+        """
         ready = self._ready
         timers = self._timers
         if self._timers_cancelled * 2 > len(timers):
@@ -631,6 +639,24 @@ class EventLoop(asyncio.AbstractEventLoop):
         self._busy_since = now
         stats = self.stats_data
         stats.iterations += 1
+        n = len(ready)
+        due: list[Any] | None = None
+        if timers and timers[0][0] <= now + self._clock_resolution:
+            due = self._pop_due(now + self._clock_resolution)
+        if n:
+            stats.callbacks += n
+            popleft = ready.popleft
+            for _ in range(n):
+                handle = popleft()
+                if handle._cancelled:
+                    continue
+                try:
+                    handle._context.run(handle._callback, *handle._args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._handle_failed(handle, exc)
+            handle = None
         if events:
             stats.events += len(events)
             readable = self.poller.READABLE
@@ -656,23 +682,9 @@ class EventLoop(asyncio.AbstractEventLoop):
                             raise
                         except BaseException as exc:
                             self._callback_failed(cb, exc)
-        if timers:
-            end = now + self._clock_resolution
-            if timers[0][0] <= end:
-                pop = heapq.heappop
-                while timers and timers[0][0] <= end:
-                    timer = pop(timers)[2]
-                    timer._scheduled = False
-                    if timer._cancelled:
-                        self._timers_cancelled -= 1
-                    else:
-                        ready.append(timer)
-        n = len(ready)
-        if n:
-            stats.callbacks += n
-            popleft = ready.popleft
-            for _ in range(n):
-                handle = popleft()
+        if due is not None:
+            stats.callbacks += len(due)
+            for handle in due:
                 if handle._cancelled:
                     continue
                 try:
@@ -688,8 +700,21 @@ class EventLoop(asyncio.AbstractEventLoop):
         if busy >= self.slow_callback_duration and self._watch:
             self._report_slow(now, busy, len(events))
 
+    def _pop_due(self, end: float) -> list[Any]:
+        timers = self._timers
+        pop = heapq.heappop
+        due = []
+        while timers and timers[0][0] <= end:
+            timer = pop(timers)[2]
+            timer._scheduled = False
+            if timer._cancelled:
+                self._timers_cancelled -= 1
+            else:
+                due.append(timer)
+        return due
+
     def _run_once_debug(self) -> None:
-        """asyncio's debug mode: every callback timed, the slow ones logged by name."""
+        """asyncio's debug mode: the same order, every callback timed, slow ones logged."""
         if self._timers_cancelled * 2 > len(self._timers):
             self._compact_timers()
         timeout = self._next_timeout()
@@ -698,6 +723,10 @@ class EventLoop(asyncio.AbstractEventLoop):
         self.stats_data.iterations += 1
         self.stats_data.events += len(events)
         ready = self._ready
+        handles = [ready.popleft() for _ in range(len(ready))]
+        due = self._pop_due(now + self._clock_resolution)
+        for handle in handles:
+            self._run_timed(handle)
         pairs = ((self._readers, self.poller.READABLE), (self._writers, self.poller.WRITABLE))
         for fd, bits in events:
             for table, mask in pairs:
@@ -709,28 +738,22 @@ class EventLoop(asyncio.AbstractEventLoop):
                         raise
                     except BaseException as exc:
                         self._callback_failed(cb, exc)
-        end = now + self._clock_resolution
-        while self._timers and self._timers[0][0] <= end:
-            timer = heapq.heappop(self._timers)[2]
-            timer._scheduled = False
-            if timer._cancelled:
-                self._timers_cancelled -= 1
-            else:
-                ready.append(timer)
-        for _ in range(len(ready)):
-            handle = ready.popleft()
-            if handle._cancelled:
-                continue
-            self.stats_data.callbacks += 1
-            self._current_handle = handle
-            t0 = monotonic()
-            try:
-                handle._run()
-            finally:
-                self._current_handle = None
-            dt = monotonic() - t0
-            if dt >= self.slow_callback_duration:
-                aio_log.warning("Executing %s took %.3f seconds", handle, dt)
+        for handle in due:
+            self._run_timed(handle)
+
+    def _run_timed(self, handle: Any) -> None:
+        if handle._cancelled:
+            return
+        self.stats_data.callbacks += 1
+        self._current_handle = handle
+        t0 = monotonic()
+        try:
+            handle._run()
+        finally:
+            self._current_handle = None
+        dt = monotonic() - t0
+        if dt >= self.slow_callback_duration:
+            aio_log.warning("Executing %s took %.3f seconds", handle, dt)
 
     def _report_slow(self, started: float, busy: float, n_events: int) -> None:
         self.stats_data.slow_callbacks += 1
@@ -763,6 +786,16 @@ class EventLoop(asyncio.AbstractEventLoop):
 
     def stats(self) -> LoopStats:
         return self.stats_data
+
+    @property
+    def _selector(self) -> Poller:
+        """asyncio's name for the multiplexer; some of CPython's tests name it in messages."""
+        return self.poller
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        """asyncio's private hook for closing a listening socket (CPython's tests call it)."""
+        self._remove_reader(sock.fileno())
+        sock.close()
 
     def close(self) -> None:
         if self._thread_id is not None:

@@ -880,3 +880,16 @@ def close_unix_server_socket(sock: socket.socket) -> None:
         pass
     except OSError as err:
         log.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
+
+async def transport_sendfile(
+    loop: AbstractEventLoop,
+    transport: Any,
+    file: Any,
+    offset: int = 0,
+    count: int | None = None,
+    *,
+    fallback: bool = True,
+) -> int:
+    """`loop.sendfile`: placeholder until the transport-level path lands."""
+    raise NotImplementedError("loop.sendfile is not implemented yet")

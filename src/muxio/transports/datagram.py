@@ -86,7 +86,7 @@ def _drop_error(exc: Exception) -> None:
     """Stands in for the protocol's method once the connection is lost."""
 
 
-class DatagramTransport(asyncio.DatagramTransport):
+class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
     """A datagram socket driven by a loop's reader and writer callbacks."""
 
     __slots__ = (
