@@ -44,6 +44,10 @@ def _has_ipv6_loopback() -> bool:
 
 HAS_V6 = _has_ipv6_loopback()
 needs_v6 = pytest.mark.skipif(not HAS_V6, reason="no IPv6 loopback")
+# a socket left for the garbage collector to close is a leak, even if the fd count agrees
+no_leaks = pytest.mark.filterwarnings(
+    "error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning"
+)
 needs_proc_fd = pytest.mark.skipif(
     not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to count descriptors"
 )
@@ -408,6 +412,7 @@ def test_connect_socket_returns_a_connected_non_blocking_socket(
 
 
 @needs_proc_fd
+@no_leaks
 @pytest.mark.parametrize("delay", [None, 0.25])
 def test_connect_socket_skips_a_refused_address(
     api: Api, listener: socket.socket, refused_port: int, delay: float | None
@@ -426,6 +431,34 @@ def test_connect_socket_skips_a_refused_address(
 
 
 @needs_proc_fd
+@no_leaks
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux dropping SYNs to a full queue")
+def test_happy_eyeballs_closes_the_attempt_that_was_still_connecting(
+    api: Api, listener: socket.socket
+) -> None:
+    """A first address that never answers: the second wins, the first is closed.
+
+    Linux drops a SYN to a listener whose accept queue is full, so a connect
+    to `silent` stays in SYN-SENT for minutes: an address that neither
+    accepts nor refuses, on loopback.
+    """
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        with socket.create_connection(silent.getsockname(), timeout=5):
+            fake_resolver(
+                api,
+                [(socket.AF_INET, silent.getsockname()), (socket.AF_INET, listener.getsockname())],
+            )
+            before = open_fds()
+            sock = api.run(api.connect_socket("x.invalid", 1, happy_eyeballs_delay=0.05))
+            with sock:
+                assert sock.getpeername() == listener.getsockname()
+                assert open_fds() == before + 1
+
+
+@needs_proc_fd
+@no_leaks
 def test_happy_eyeballs_all_refused_reports_every_attempt(api: Api) -> None:
     ports = []
     holders = []
@@ -739,6 +772,7 @@ def test_bind_server_sockets_binds_the_addresses_asyncio_binds(api: Api, hosts: 
 
 
 @needs_proc_fd
+@no_leaks
 def test_bind_server_sockets_failure_names_the_address_and_closes_all(
     api: Api, listener: socket.socket
 ) -> None:
@@ -771,6 +805,7 @@ def test_reuse_port_lets_two_listeners_share_a_port(api: Api) -> None:
 
 
 @needs_proc_fd
+@no_leaks
 def test_reuse_port_unsupported_is_a_value_error(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(socket, "SO_REUSEPORT", raising=False)  # fault injection
     before = open_fds()

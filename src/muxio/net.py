@@ -85,10 +85,13 @@ class _Interest:
     first system call succeeds costs no poller change at all.
     """
 
-    __slots__ = ("registry", "users", "waiters")
+    __slots__ = ("owner", "registry", "users", "waiters")
 
-    def __init__(self, registry: _Registry) -> None:
+    def __init__(self, registry: _Registry, owner: socket.socket) -> None:
         self.registry = registry
+        # a socket closed while waited on frees its fd for a new socket, which
+        # must get its own registration rather than join the dead one's
+        self.owner = weakref.ref(owner)
         self.users = 0
         self.waiters: list[asyncio.Future[None]] = []
 
@@ -96,10 +99,11 @@ class _Interest:
 class _Waiter:
     """Waits for readiness of one fd in one direction for the span of a `with`."""
 
-    __slots__ = ("fd", "interest", "loop", "write")
+    __slots__ = ("fd", "interest", "loop", "sock", "write")
 
     def __init__(self, loop: AbstractEventLoop, sock: socket.socket, write: bool) -> None:
         self.loop = loop
+        self.sock = sock
         self.fd = sock.fileno()
         self.write = write
         self.interest: _Interest | None = None
@@ -129,8 +133,8 @@ class _Waiter:
                 registry = _registries[self.loop] = {}
             key = (self.fd, self.write)
             interest = registry.get(key)
-            if interest is None:
-                interest = _Interest(registry)
+            if interest is None or interest.owner() is not self.sock:
+                interest = _Interest(registry, self.sock)
                 if self.write:
                     self.loop.add_writer(self.fd, _wake, interest)
                 else:
