@@ -5,13 +5,14 @@ it as a method (`sock_recv = net.sock_recv`) while `loop.py` stays the core.
 They touch the loop only through the public `AbstractEventLoop` API, so they
 run, and are tested, on asyncio's stock loop as well.
 
-The contract is that of asyncio's selector loop on Python 3.10-3.13.  One
-design choice differs from asyncio's internals but not from its results: the
-readiness callback only wakes the waiting coroutine, and the system call is
-made by the coroutine itself.  A cancelled `sock_recv` or `sock_accept`
-therefore never takes data or a connection out of the kernel that nobody will
-see, and several coroutines waiting on one descriptor share one registration
-instead of silently replacing each other's.
+The contract is that of asyncio's selector loop on Python 3.10-3.13
+(arguments, exceptions and their messages, version differences included).
+The inside differs in one way: the readiness callback only wakes the waiting
+coroutine, which makes the system call itself.  A `sock_recv` or
+`sock_accept` cancelled as its data arrives therefore leaves the data or the
+connection in the kernel for the next caller, where asyncio's loses it; and
+coroutines waiting on one descriptor share one registration, so a second
+`sock_recv` on a socket no longer strands the first.
 """
 
 from __future__ import annotations
