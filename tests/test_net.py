@@ -18,7 +18,7 @@ import os
 import socket
 import ssl
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -600,6 +600,70 @@ def test_getaddrinfo_other_queries_match_the_resolver(api: Api, case: tuple[Any,
     expected = socket.getaddrinfo(host, port, family, type_, proto, flags)
     got = api.run(api.getaddrinfo(host, port, family=family, type=type_, proto=proto, flags=flags))
     assert sorted(got) == sorted(expected)
+
+
+def _ip_text() -> Any:
+    from hypothesis import strategies as st
+
+    v4 = st.ip_addresses(v=4).map(str)
+    v6 = st.ip_addresses(v=6).flatmap(
+        lambda ip: st.sampled_from([ip.compressed, ip.exploded, ip.exploded.upper()])
+    )
+    odd = st.sampled_from(["127.1", "0x7f.0.0.1", "::1%lo", "1.2.3.4 ", "", "localhost"])
+    return v4 | v6 | odd
+
+
+@pytest.mark.skipif(not HAS_V6, reason="answers for v6 literals need IPv6")
+def test_getaddrinfo_answers_exactly_what_socket_getaddrinfo_answers() -> None:
+    """Property: shortcut or not, the answer (or the error) is the resolver's."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    loop = asyncio.new_event_loop()
+    used_executor: list[bool] = []
+
+    async def inline_executor(_: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        used_executor.append(True)
+        return fn(*args)
+
+    loop.run_in_executor = inline_executor  # type: ignore[method-assign,assignment]
+    ports = (
+        st.none()
+        | st.integers(-2, 70_000)
+        | st.integers(0, 70_000).map(str)
+        | st.sampled_from(["", "http", " 80", "0080", b"443", b""])
+    )
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        host=_ip_text(),
+        port=ports,
+        family=st.sampled_from([0, socket.AF_INET, socket.AF_INET6]),
+        type_=st.sampled_from([0, socket.SOCK_STREAM, socket.SOCK_DGRAM]),
+        proto=st.sampled_from([0, socket.IPPROTO_TCP, socket.IPPROTO_UDP]),
+        flags=st.sampled_from([0, socket.AI_PASSIVE, socket.AI_NUMERICHOST, socket.AI_CANONNAME]),
+    )
+    def check(host: str, port: Any, family: int, type_: int, proto: int, flags: int) -> None:
+        try:
+            expected: Any = socket.getaddrinfo(host, port, family, type_, proto, flags)
+        except (OSError, UnicodeError) as exc:
+            expected = type(exc)
+        try:
+            got: Any = loop.run_until_complete(
+                net.getaddrinfo(
+                    loop, host, port, family=family, type=type_, proto=proto, flags=flags
+                )
+            )
+        except (OSError, UnicodeError) as exc:
+            got = type(exc)
+        assert got == expected
+
+    try:
+        check()
+    finally:
+        loop.close()
+    assert used_executor  # the property covered the resolver path too
 
 
 def test_getaddrinfo_errors_are_the_resolvers(api: Api) -> None:
