@@ -17,6 +17,7 @@ import io
 import os
 import socket
 import ssl
+import struct
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -736,6 +737,27 @@ def test_sendfile_falls_back_for_files_without_descriptor(
     sent, got = _sendfile_and_drain(api, pair, f, offset, count)
     assert (sent, got) == (len(expected), expected)
     assert f.tell() == offset + len(expected)
+
+
+@no_leaks
+@pytest.mark.parametrize("how", ["sendfile", "sendall"])
+def test_sending_to_a_peer_that_closed_raises_connection_error(
+    api: Api, pair: Any, mib_file: tuple[Path, bytes], how: str
+) -> None:
+    a, b = pair
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    b.close()  # with zero linger: a reset, whatever is in flight
+
+    async def send_forever() -> None:
+        with open(mib_file[0], "rb") as f:
+            for _ in range(64):
+                if how == "sendfile":
+                    await api.sock_sendfile(a, f, 0)
+                else:
+                    await api.sock_sendall(a, mib_file[1])
+
+    with pytest.raises(ConnectionError):
+        api.run(send_forever())
 
 
 def test_sendfile_without_fallback_reports_not_available(api: Api, pair: Any) -> None:
