@@ -636,7 +636,7 @@ def test_getaddrinfo_answers_exactly_what_socket_getaddrinfo_answers() -> None:
         | st.sampled_from(["", "http", " 80", "0080", b"443", b""])
     )
 
-    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
     @given(
         host=_ip_text(),
         port=ports,
