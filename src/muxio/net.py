@@ -5,13 +5,14 @@ it as a method (`sock_recv = net.sock_recv`) while `loop.py` stays the core.
 They touch the loop only through the public `AbstractEventLoop` API, so they
 run, and are tested, on asyncio's stock loop as well.
 
-The contract is that of asyncio's selector loop on Python 3.10-3.13.  One
-design choice differs from asyncio's internals but not from its results: the
-readiness callback only wakes the waiting coroutine, and the system call is
-made by the coroutine itself.  A cancelled `sock_recv` or `sock_accept`
-therefore never takes data or a connection out of the kernel that nobody will
-see, and several coroutines waiting on one descriptor share one registration
-instead of silently replacing each other's.
+The contract is that of asyncio's selector loop on Python 3.10-3.13
+(arguments, exceptions and their messages, version differences included).
+The inside differs in one way: the readiness callback only wakes the waiting
+coroutine, which makes the system call itself.  A `sock_recv` or
+`sock_accept` cancelled as its data arrives therefore leaves the data or the
+connection in the kernel for the next caller, where asyncio's loses it; and
+coroutines waiting on one descriptor share one registration, so a second
+`sock_recv` on a socket no longer strands the first.
 """
 
 from __future__ import annotations
@@ -85,10 +86,13 @@ class _Interest:
     first system call succeeds costs no poller change at all.
     """
 
-    __slots__ = ("registry", "users", "waiters")
+    __slots__ = ("owner", "registry", "users", "waiters")
 
-    def __init__(self, registry: _Registry) -> None:
+    def __init__(self, registry: _Registry, owner: socket.socket) -> None:
         self.registry = registry
+        # a socket closed while waited on frees its fd for a new socket, which
+        # must get its own registration rather than join the dead one's
+        self.owner = weakref.ref(owner)
         self.users = 0
         self.waiters: list[asyncio.Future[None]] = []
 
@@ -96,10 +100,11 @@ class _Interest:
 class _Waiter:
     """Waits for readiness of one fd in one direction for the span of a `with`."""
 
-    __slots__ = ("fd", "interest", "loop", "write")
+    __slots__ = ("fd", "interest", "loop", "sock", "write")
 
     def __init__(self, loop: AbstractEventLoop, sock: socket.socket, write: bool) -> None:
         self.loop = loop
+        self.sock = sock
         self.fd = sock.fileno()
         self.write = write
         self.interest: _Interest | None = None
@@ -129,8 +134,8 @@ class _Waiter:
                 registry = _registries[self.loop] = {}
             key = (self.fd, self.write)
             interest = registry.get(key)
-            if interest is None:
-                interest = _Interest(registry)
+            if interest is None or interest.owner() is not self.sock:
+                interest = _Interest(registry, self.sock)
                 if self.write:
                     self.loop.add_writer(self.fd, _wake, interest)
                 else:
