@@ -156,7 +156,9 @@ def test_timers_cancelled_after_they_ran_do_not_count_as_cancelled(aloop: EventL
 def test_task_factory_is_used_and_named(aloop: EventLoop) -> None:
     made: list[asyncio.Task[object]] = []
 
-    def factory(loop: asyncio.AbstractEventLoop, coro: object, **kwargs: object) -> asyncio.Task[object]:
+    def factory(
+        loop: asyncio.AbstractEventLoop, coro: object, **kwargs: object
+    ) -> asyncio.Task[object]:
         task = asyncio.Task(coro, loop=loop, **kwargs)  # type: ignore[arg-type]
         made.append(task)
         return task
@@ -461,7 +463,9 @@ async def blocks_the_loop() -> None:
     time.sleep(0.3)
 
 
-def test_watchdog_names_the_coroutine_and_task_that_blocked(caplog: pytest.LogCaptureFixture) -> None:
+def test_watchdog_names_the_coroutine_and_task_that_blocked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING, logger="muxio")
 
     async def main() -> None:

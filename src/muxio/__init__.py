@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .loop import EventLoop, Handle, LoopStats, TimerHandle
-from .pollers import Poller, available, get_poller_class, new_poller
 from .policy import EventLoopPolicy, new_event_loop, run
+from .pollers import Poller, available, get_poller_class, new_poller
 from .protocol import BaseProtocol, Protocol
 from .server import Server, bind_tcp, bind_unix
 from .transports.stream import Transport

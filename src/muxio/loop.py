@@ -860,9 +860,9 @@ class EventLoop(asyncio.AbstractEventLoop):
         """Log the message and every other key of `context`, as asyncio does."""
         message = context.get("message") or "Unhandled exception in event loop"
         exception = context.get("exception")
-        exc_info: Any = (
-            (type(exception), exception, exception.__traceback__) if exception is not None else False
-        )
+        exc_info: Any = False
+        if exception is not None:
+            exc_info = (type(exception), exception, exception.__traceback__)
         current = self._current_handle
         if "source_traceback" not in context and current is not None and current._source_traceback:
             context["handle_traceback"] = current._source_traceback
@@ -1011,7 +1011,7 @@ class EventLoop(asyncio.AbstractEventLoop):
 
     # -- names and sockets (muxio.net) ---------------------------------------
 
-    getaddrinfo = net.getaddrinfo
+    getaddrinfo = net.getaddrinfo  # type: ignore[assignment]
     getnameinfo = net.getnameinfo
     sock_recv = net.sock_recv
     sock_recv_into = net.sock_recv_into
@@ -1021,7 +1021,7 @@ class EventLoop(asyncio.AbstractEventLoop):
     sock_sendto = net.sock_sendto
     sock_connect = net.sock_connect
     sock_accept = net.sock_accept
-    sock_sendfile = net.sock_sendfile
+    sock_sendfile = net.sock_sendfile  # type: ignore[assignment]
 
     # -- stream connections and servers --------------------------------------
 
@@ -1302,6 +1302,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             sockets = [sock]
         for s in sockets:
             s.setblocking(False)
+            s.listen(max(0, backlog))
         server = Server(
             self,
             protocol_factory,
@@ -1345,6 +1346,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
         sock.setblocking(False)
+        sock.listen(max(0, backlog))
         server = Server(
             self,
             protocol_factory,
@@ -1373,7 +1375,6 @@ class EventLoop(asyncio.AbstractEventLoop):
     ) -> asyncio.Transport:
         """Upgrade a connection in place, under asyncio's `SSLProtocol`."""
         import ssl as ssl_module
-        from asyncio import sslproto
 
         if not isinstance(sslcontext, ssl_module.SSLContext):
             raise TypeError(f"sslcontext is expected to be an instance of ssl.SSLContext, "
@@ -1426,7 +1427,7 @@ class EventLoop(asyncio.AbstractEventLoop):
     ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
         from .transports import datagram
 
-        return await datagram.create_datagram_endpoint(  # type: ignore[no-any-return]
+        return await datagram.create_datagram_endpoint(  # type: ignore[type-var]
             self, protocol_factory, *args, **kwargs
         )
 

@@ -30,6 +30,7 @@ import stat
 import sys
 import weakref
 from asyncio import AbstractEventLoop
+from asyncio import constants as _aio_constants
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -53,6 +54,8 @@ __all__ = [
     "unix_connect_socket",
 ]
 
+_FALLBACK_BLOCK = 256 * 1024
+_SendfileMode: Any = _aio_constants._SendfileMode  # asyncio's marker on transports
 log = logging.getLogger("muxio")
 
 T = TypeVar("T")
@@ -896,5 +899,98 @@ async def transport_sendfile(
     *,
     fallback: bool = True,
 ) -> int:
-    """`loop.sendfile`: placeholder until the transport-level path lands."""
-    raise NotImplementedError("loop.sendfile is not implemented yet")
+    """`loop.sendfile`: the kernel copies (`os.sendfile`) when the transport allows it.
+
+    A muxio stream transport is flushed and held (writes refused, reading
+    paused) while the kernel sends; any other transport, or a file the
+    kernel cannot send from, gets chunks written through the transport with
+    its flow control obeyed.
+    """
+    if transport.is_closing():
+        raise RuntimeError("Transport is closing")
+    mode = getattr(transport, "_sendfile_compatible", _SendfileMode.UNSUPPORTED)
+    if mode is _SendfileMode.UNSUPPORTED:
+        raise RuntimeError(f"sendfile is not supported for transport {transport!r}")
+    if mode is _SendfileMode.TRY_NATIVE:
+        _check_sendfile_params(transport.get_extra_info("socket"), file, offset, count)
+        try:
+            sent: int = await transport._sendfile_native(file, offset, count)
+            return sent
+        except asyncio.SendfileNotAvailableError:
+            if not fallback:
+                raise
+    if not fallback:
+        raise RuntimeError(
+            f"fallback is disabled and native sendfile is not supported for transport {transport!r}"
+        )
+    if "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    return await _transport_sendfile_fallback(loop, transport, file, offset, count)
+
+
+class _FlowWatcher(asyncio.Protocol):
+    """Stands in for the protocol while chunks are written: knows when to wait."""
+
+    def __init__(self, loop: AbstractEventLoop, transport: Any) -> None:
+        self.transport = transport
+        self.protocol = transport.get_protocol()
+        self.resume_reading = transport.is_reading()
+        self.was_paused = bool(getattr(transport, "_protocol_paused", False))
+        self.paused = self.was_paused
+        self.ready: asyncio.Future[None] | None = None
+        self.loop = loop
+        transport.pause_reading()
+        transport.set_protocol(self)
+
+    async def drain(self) -> None:
+        if self.transport.is_closing():
+            raise ConnectionError("Connection closed by peer")
+        if self.paused:
+            self.ready = self.loop.create_future()
+            await self.ready
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_result(None)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(exc or ConnectionError("Connection is closed by peer"))
+        if self.protocol is not None:
+            self.protocol.connection_lost(exc)
+
+    def restore(self) -> None:
+        self.transport.set_protocol(self.protocol)
+        if self.resume_reading and not self.transport.is_closing():
+            self.transport.resume_reading()
+        if self.was_paused and not self.paused and self.protocol is not None:
+            self.protocol.resume_writing()
+
+
+async def _transport_sendfile_fallback(
+    loop: AbstractEventLoop, transport: Any, file: Any, offset: int, count: int | None
+) -> int:
+    if offset:
+        file.seek(offset)
+    blocksize = min(count, _FALLBACK_BLOCK) if count else _FALLBACK_BLOCK
+    watcher = _FlowWatcher(loop, transport)
+    total = 0
+    try:
+        while True:
+            want = min(count - total, blocksize) if count else blocksize
+            if want <= 0:
+                return total
+            data = await loop.run_in_executor(None, file.read, want)
+            if not data:
+                return total
+            await watcher.drain()
+            transport.write(data)
+            total += len(data)
+    finally:
+        if total:
+            file.seek(offset + total)
+        watcher.restore()

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-_BasePolicy: Any = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(
+_BasePolicy: Any = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(  # noqa: B009
     events, "_BaseDefaultEventLoopPolicy"
 )
 
@@ -56,10 +56,9 @@ def run(
 
     if sys.version_info >= (3, 11):
         with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
-            result: T = runner.run(main)
-            return result
-    result: T = _run_310(main, factory(), debug)  # pragma: no cover - Python 3.10
-    return result
+            value: T = runner.run(main)
+            return value
+    return _run_310(main, factory(), debug)  # pragma: no cover - Python 3.10
 
 
 def _run_310(main: Coroutine[Any, Any, T], loop: EventLoop, debug: bool | None) -> T:
@@ -72,7 +71,8 @@ def _run_310(main: Coroutine[Any, Any, T], loop: EventLoop, debug: bool | None) 
         events.set_event_loop(loop)
         if debug is not None:
             loop.set_debug(debug)
-        return loop.run_until_complete(main)
+        result: T = loop.run_until_complete(main)
+        return result
     finally:
         try:
             tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]

@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 from .errors import RuntimeFailure
 from .pollers import FdTooLargeError
-from .protocol import Protocol
 from .transports.stream import Transport
 
 TYPE_CHECKING = False

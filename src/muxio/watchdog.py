@@ -79,7 +79,8 @@ def describe_frame(frame: FrameType | None) -> str:
             peer = transport.get_extra_info("peername")
         what = f"{type(owner).__name__}.{protocol_frame.f_code.co_name}"
         return f"{what} (peer {peer}) at {where}"
-    if callback is not None and innermost is not None and innermost.f_code.co_filename == _LOOP_FILE:
+    in_loop = innermost is not None and innermost.f_code.co_filename == _LOOP_FILE
+    if callback is not None and in_loop:
         from .loop import _describe
 
         return f"callback {_describe(callback)} (not Python code) called from {where}"

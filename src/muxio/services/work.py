@@ -16,12 +16,11 @@ closed: the buffer never holds more than one line plus one read.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import time
 from functools import partial
 from typing import Any
-
-import asyncio
 
 from ..loop import EventLoop
 from ..offload import MODES, Job, Mode, Offloader, OrderedReplies, Outcome, ReplySlot

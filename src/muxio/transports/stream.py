@@ -23,6 +23,8 @@ import contextlib
 import errno
 import logging
 import socket
+import weakref
+from asyncio import constants as _aio_constants
 from asyncio import trsock
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
@@ -44,6 +46,13 @@ _QUIET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMED
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 Buffer = bytes | memoryview
+
+_flush_waiters: weakref.WeakKeyDictionary[Transport, asyncio.Future[None]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Who waits for a transport's buffer to empty (sendfile); kept off the transport itself."""
+_SENDFILE = 2
+"""`_eof_requested` while the kernel sends a file: writes are refused, as in asyncio."""
 
 
 class Transport(asyncio.Transport):
@@ -82,6 +91,7 @@ class Transport(asyncio.Transport):
     high_water = 64 * 1024
     low_water = 16 * 1024
     _start_tls_compatible = True
+    _sendfile_compatible = _aio_constants._SendfileMode.TRY_NATIVE
 
     def __init__(
         self,
@@ -106,7 +116,7 @@ class Transport(asyncio.Transport):
         self._conn_lost = 0
         self._draining = False
         self._eof = False
-        self._eof_requested = False
+        self._eof_requested = 0
         self._reading_paused = False
         self._protocol_paused = False
         self._on_lost: Any = None
@@ -225,6 +235,8 @@ class Transport(asyncio.Transport):
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
             )
         if self._eof_requested:
+            if self._eof_requested == _SENDFILE:
+                raise RuntimeError("unable to write; sendfile is in progress")
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
             return
@@ -307,6 +319,8 @@ class Transport(asyncio.Transport):
                 return
         if not buf:
             self._loop._remove_writer(self._fd)
+            if _flush_waiters:
+                _wake_flush_waiter(self, None)
             if self._closing:
                 self._lose(None)
             elif self._eof_requested:
@@ -316,7 +330,7 @@ class Transport(asyncio.Transport):
         """Half-close: send FIN once the buffer is flushed; reading goes on."""
         if self._closing or self._eof_requested:
             return
-        self._eof_requested = True
+        self._eof_requested = 1
         if not self._buffer:
             self._shutdown_write()
 
@@ -392,7 +406,7 @@ class Transport(asyncio.Transport):
         is_busy = getattr(self._protocol, "is_busy", None)
         if self._buffer or (is_busy is not None and is_busy()):
             return False
-        self._eof_requested = True
+        self._eof_requested = 1
         self._closing = True
         self._shutdown_write()
         if self._conn_lost:
@@ -445,6 +459,8 @@ class Transport(asyncio.Transport):
         if self._conn_lost:
             return
         self._conn_lost = 1
+        if _flush_waiters:
+            _wake_flush_waiter(self, exc or ConnectionError("Connection is closed"))
         self._loop.forget_fd(self._fd)
         self._loop.call_soon(self._call_connection_lost, exc)
 
@@ -458,6 +474,34 @@ class Transport(asyncio.Transport):
             if self._on_lost is not None:
                 self._on_lost(self)
                 self._on_lost = None
+
+    # -- sendfile ----------------------------------------------------------------
+
+    async def _sendfile_native(self, file: Any, offset: int, count: int | None) -> int:
+        """`loop.sendfile`'s fast path: flush, hold writes and reads, let the kernel copy."""
+        loop = self._loop
+        resume = self.is_reading()
+        self.pause_reading()
+        try:
+            if self._buffer:
+                waiter = loop.create_future()
+                _flush_waiters[self] = waiter
+                await waiter
+            if self._eof_requested:
+                raise RuntimeError("Cannot call sendfile() after write_eof()")
+            self._eof_requested = _SENDFILE
+            try:
+                sent: int = await loop.sock_sendfile(
+                    self._sock, file, offset, count, fallback=False
+                )
+            finally:
+                if self._eof_requested == _SENDFILE:
+                    self._eof_requested = 0
+            self.bytes_out += sent
+            return sent
+        finally:
+            if resume and not self._closing:
+                self.resume_reading()
 
     # -- introspection -------------------------------------------------------
 
@@ -500,3 +544,12 @@ class Transport(asyncio.Transport):
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
         return f"<Transport fd={self._fd} {state} buffered={self._buffered}>"
+
+
+def _wake_flush_waiter(transport: Transport, exc: BaseException | None) -> None:
+    waiter = _flush_waiters.pop(transport, None)
+    if waiter is not None and not waiter.done():
+        if exc is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(exc)

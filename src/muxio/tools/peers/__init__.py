@@ -26,7 +26,7 @@ LOOPS = ("asyncio", "uvloop", "muxio")
 
 def add_loop_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--loop", choices=LOOPS, default="asyncio", help="the event loop to run on (default asyncio)"
+        "--loop", choices=LOOPS, default="asyncio", help="the loop to run on (default asyncio)"
     )
 
 
