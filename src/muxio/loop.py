@@ -72,14 +72,19 @@ _CONNLOST_WRITES = 5
 
 
 class Handle(asyncio.Handle):
-    """asyncio's `Handle`, built without the per-call debug check.
+    """asyncio's `Handle`, made without the per-call debug check and two stores.
 
-    Subclassing keeps `isinstance(h, asyncio.Handle)`, `cancel()`, `repr()`
-    and `_run()` as asyncio's; only construction is leaner.  In debug mode the
-    loop creates plain `asyncio.Handle`s, which record where they were made.
+    Subclassing keeps `isinstance(h, asyncio.Handle)`, `repr()` and `_run()`
+    as asyncio's.  `_repr` and `_source_traceback` are class-level None here
+    (they only matter in debug mode, where the loop makes plain
+    `asyncio.Handle`s that record where they were made), so `cancel()` is
+    redefined not to store `_repr`.  `call_soon` fills the slots itself: one
+    Python frame less per callback than calling a constructor.
     """
 
     __slots__ = ()
+    _repr = None
+    _source_traceback = None
 
     def __init__(
         self,
@@ -93,8 +98,12 @@ class Handle(asyncio.Handle):
         self._loop = loop
         self._context = copy_context() if context is None else context
         self._cancelled = False
-        self._repr = None
-        self._source_traceback = None
+
+    def cancel(self) -> None:
+        if not self._cancelled:
+            self._cancelled = True
+            self._callback = None  # type: ignore[assignment]
+            self._args = None
 
 
 class TimerHandle(asyncio.TimerHandle):
@@ -105,6 +114,8 @@ class TimerHandle(asyncio.TimerHandle):
     """
 
     __slots__ = ()
+    _repr = None
+    _source_traceback = None
 
     def __init__(
         self,
@@ -119,10 +130,18 @@ class TimerHandle(asyncio.TimerHandle):
         self._loop = loop
         self._context = copy_context() if context is None else context
         self._cancelled = False
-        self._repr = None
-        self._source_traceback = None
         self._when = when
         self._scheduled = False
+
+    def cancel(self) -> None:
+        if not self._cancelled:
+            self._loop._timer_handle_cancelled(self)  # type: ignore[attr-defined]
+            self._cancelled = True
+            self._callback = None  # type: ignore[assignment]
+            self._args = None
+
+
+_new_handle = object.__new__
 
 
 class LoopStats:
@@ -262,11 +281,16 @@ class EventLoop(asyncio.AbstractEventLoop):
         if self._debug:
             self._check_thread()
             self._check_callback(callback, "call_soon")
-            handle = asyncio.Handle(callback, args, self, context)
+            handle: Any = asyncio.Handle(callback, args, self, context)
         else:
-            handle = Handle(callback, args, self, context)
+            handle = _new_handle(Handle)
+            handle._callback = callback
+            handle._args = args
+            handle._loop = self
+            handle._context = copy_context() if context is None else context
+            handle._cancelled = False
         self._ready.append(handle)
-        return handle
+        return handle  # type: ignore[no-any-return]
 
     def call_later(  # type: ignore[override]
         self,
@@ -293,13 +317,18 @@ class EventLoop(asyncio.AbstractEventLoop):
         if self._debug:
             self._check_thread()
             self._check_callback(callback, "call_at")
-            timer = asyncio.TimerHandle(when, callback, args, self, context)
+            timer: Any = asyncio.TimerHandle(when, callback, args, self, context)
         else:
-            timer = TimerHandle(when, callback, args, self, context)
+            timer = _new_handle(TimerHandle)
+            timer._callback = callback
+            timer._args = args
+            timer._loop = self
+            timer._context = copy_context() if context is None else context
+            timer._cancelled = False
+            timer._when = when
+        timer._scheduled = True
         heapq.heappush(self._timers, (when, next(self._seq), timer))
-        timer_: Any = timer
-        timer_._scheduled = True
-        return timer
+        return timer  # type: ignore[no-any-return]
 
     def call_soon_threadsafe(  # type: ignore[override]
         self, callback: Callable[..., object], *args: Any, context: Context | None = None
