@@ -231,7 +231,7 @@ def test_read_pipe_honours_pause_from_connection_made_and_resumes(
 
     async def main() -> None:
         transport, proto = await loop.connect_read_pipe(PausedReader, r)
-        _, barrier = await loop.connect_read_pipe(Reader, barrier_r)
+        barrier_t, barrier = await loop.connect_read_pipe(Reader, barrier_r)
         assert not transport.is_reading()
         w.write(b"held")
         barrier_w.write(b"1")
@@ -258,6 +258,8 @@ def test_read_pipe_honours_pause_from_connection_made_and_resumes(
         assert not transport.is_reading()
         assert await proto.lost is None
         assert "eof" not in proto.calls
+        barrier_t.close()
+        await barrier.lost
 
     run(loop, main())
 
@@ -434,7 +436,7 @@ def test_write_pipe_to_a_character_device_is_not_mistaken_for_a_closed_reader(
 
     async def main() -> None:
         transport, proto = await loop.connect_write_pipe(Writer, devnull)
-        _, barrier = await loop.connect_read_pipe(Reader, barrier_r)
+        barrier_t, barrier = await loop.connect_read_pipe(Reader, barrier_r)
         transport.write(os.urandom(1 << 20))
         assert transport.get_write_buffer_size() == 0
         barrier_w.write(b"1")
@@ -442,7 +444,9 @@ def test_write_pipe_to_a_character_device_is_not_mistaken_for_a_closed_reader(
         assert not proto.lost.done()
         assert not transport.is_closing()
         transport.close()
+        barrier_t.close()
         assert await proto.lost is None
+        await barrier.lost
 
     run(loop, main())
 
