@@ -307,7 +307,7 @@ class WritePipeTransport(WriteTransport):
         warning after a few attempts), as in asyncio: the caller learns of
         the loss from `connection_lost`.
         """
-        owned = type(data) is bytes  # immutable: safe to keep without a copy
+        owned = isinstance(data, bytes)  # immutable: safe to keep without a copy
         if not owned:
             if not isinstance(data, (bytearray, memoryview)):
                 raise TypeError(

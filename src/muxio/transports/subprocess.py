@@ -101,6 +101,9 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
             # Without a watcher nobody would ever reap it.
             proc.kill()
             proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
             raise
 
     # -- exit watching -------------------------------------------------------
