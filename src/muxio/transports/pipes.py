@@ -1,0 +1,536 @@
+"""Pipe transports: one direction each, over pipes, FIFOs, sockets and ttys.
+
+The contract is asyncio's Unix pipe transports (what `connect_read_pipe` and
+`connect_write_pipe` return), built on the public loop API only so they run
+on any `asyncio.AbstractEventLoop`, muxio's included.  The house rules hold as
+in the stream transport: `write()` writes at once and buffers only what the
+kernel did not take, the loop watches for writability only while that buffer
+is non-empty, and each readiness event gets exactly one `read()`.
+
+A write pipe learns that its reader went away without writing: on Linux and
+the BSDs the write end of a pipe or socket polls readable (EPOLLERR, EV_EOF)
+once the other end is closed, so the transport watches it for reading and
+reports `connection_lost` even while idle.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import sys
+import warnings
+from asyncio import BaseProtocol, ReadTransport, WriteTransport
+
+TYPE_CHECKING = False  # not `from typing`: see stream.py
+
+if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop, Future
+    from collections.abc import Callable, Mapping
+    from typing import Any, TypeVar
+
+    _P = TypeVar("_P", bound=BaseProtocol)
+
+
+log = logging.getLogger("muxio")
+
+_HAS_WRITEV = hasattr(os, "writev")
+_IOV_MAX = 64
+_WARN_AFTER_LOST_WRITES = 5  # asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
+_PEER_CLOSE_SIGNALLED = not sys.platform.startswith("aix")  # AIX: only for sockets
+
+
+def _wake(waiter: Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _warn_unclosed(transport: object) -> None:
+    message = f"unclosed transport {transport!r}"
+    warnings.warn(message, ResourceWarning, stacklevel=2, source=transport)
+
+
+def _with_pipe(extra: Mapping[str, Any] | None, pipe: Any) -> dict[str, Any]:
+    info = dict(extra) if extra is not None else {}
+    info["pipe"] = pipe
+    return info
+
+
+class ReadPipeTransport(ReadTransport):
+    """The reading end of a pipe, FIFO, socket or tty.
+
+    `connection_made` and the first read are scheduled, not run, so that the
+    caller of the constructor finishes first and a protocol that pauses in
+    `connection_made` is never read from (Python 3.11's behaviour; 3.10 read
+    regardless).  End of file always closes: `eof_received`'s return value is
+    ignored, as a pipe has no write half to keep open.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_closing",
+        "_fileno",
+        "_loop",
+        "_lost",
+        "_paused",
+        "_pipe",
+        "_protocol",
+    )
+
+    max_size = 256 * 1024
+    """Largest single read: four default Linux pipe buffers."""
+
+    def __init__(
+        self,
+        loop: AbstractEventLoop,
+        pipe: Any,
+        protocol: BaseProtocol,
+        waiter: Future[None] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._pipe: Any = None  # set first: __del__ runs even if we raise below
+        super().__init__(_with_pipe(extra, pipe))
+        fileno = pipe.fileno()
+        mode = os.fstat(fileno).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            raise ValueError("Pipe transport is for pipes/sockets only.")
+        os.set_blocking(fileno, False)
+        self._loop = loop
+        self._pipe = pipe
+        self._fileno = fileno
+        self._protocol: Any = protocol  # None once connection_lost has run
+        self._closing = False
+        self._paused = False
+        self._lost = False
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_wake, waiter)
+
+    def _start_reading(self) -> None:
+        if self.is_reading():
+            self._loop.add_reader(self._fileno, self._read_ready)
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._fileno, self.max_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+            return
+        if not data:
+            if self._loop.get_debug():
+                log.info("%r was closed by peer", self)
+            self._closing = True
+            self._loop.remove_reader(self._fileno)
+            self._loop.call_soon(self._protocol.eof_received)
+            self._schedule_connection_lost(None)
+            return
+        try:
+            self._protocol.data_received(data)
+        except Exception as exc:
+            # As asyncio's socket transports do: a protocol that cannot take
+            # the data would lose the rest of the stream too.
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def is_reading(self) -> bool:
+        return not (self._paused or self._closing)
+
+    def pause_reading(self) -> None:
+        """Leave the poller, so unread bytes fill the pipe and block the writer."""
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._loop.remove_reader(self._fileno)
+        if self._loop.get_debug():
+            log.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._loop.add_reader(self._fileno, self._read_ready)
+        if self._loop.get_debug():
+            log.debug("%r resumes reading", self)
+
+    def set_protocol(self, protocol: BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        # EIO is how a pty master reports that the slave side was closed.
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            if self._loop.get_debug():
+                log.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._close(exc)
+
+    def _close(self, exc: BaseException | None) -> None:
+        self._closing = True
+        self._loop.remove_reader(self._fileno)
+        self._schedule_connection_lost(exc)
+
+    def _schedule_connection_lost(self, exc: BaseException | None) -> None:
+        if not self._lost:
+            self._lost = True
+            self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        """Tell the protocol, close the pipe, then drop the protocol.
+
+        Dropping it breaks the transport <-> protocol cycle, so both are
+        freed by reference counting rather than waiting for the cyclic GC.
+        """
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._pipe.close()
+            self._pipe = None
+            self._protocol = None
+
+    def __del__(self) -> None:
+        if self._pipe is not None:
+            _warn_unclosed(self)
+            self._pipe.close()
+
+    def __repr__(self) -> str:
+        if self._pipe is None:
+            state = "closed"
+        elif self._closing:
+            state = "closing"
+        else:
+            state = "reading" if self.is_reading() else "paused"
+        fd = getattr(self, "_fileno", None)
+        return f"<{type(self).__name__} fd={fd} {state}>"
+
+
+class WritePipeTransport(WriteTransport):
+    """The writing end of a pipe, FIFO, socket or tty, with flow control.
+
+    The protocol is paused once more than the high-water mark is buffered and
+    resumed at the low-water mark, so a reader that stops reading costs the
+    writer at most `high + one write` bytes of memory.  For a pipe, closing
+    and `write_eof()` are the same thing: the descriptor is closed once the
+    buffer is flushed.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_buffer",
+        "_buffered",
+        "_closing",
+        "_fileno",
+        "_high_water",
+        "_loop",
+        "_lost",
+        "_low_water",
+        "_pipe",
+        "_protocol",
+        "_protocol_paused",
+        "_writes_after_loss",
+    )
+
+    def __init__(
+        self,
+        loop: AbstractEventLoop,
+        pipe: Any,
+        protocol: BaseProtocol,
+        waiter: Future[None] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._pipe: Any = None  # set first: __del__ runs even if we raise below
+        super().__init__(_with_pipe(extra, pipe))
+        fileno = pipe.fileno()
+        mode = os.fstat(fileno).st_mode
+        is_socket = stat.S_ISSOCK(mode)
+        is_fifo = stat.S_ISFIFO(mode)
+        if not (is_socket or is_fifo or stat.S_ISCHR(mode)):
+            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
+        os.set_blocking(fileno, False)
+        self._loop = loop
+        self._pipe = pipe
+        self._fileno = fileno
+        self._protocol: Any = protocol  # None once connection_lost has run
+        self._buffer: list[bytes | memoryview] = []
+        self._buffered = 0
+        self._closing = False  # close() or write_eof() called, or the pipe lost
+        self._lost = False  # connection_lost scheduled or done
+        self._writes_after_loss = 0
+        self._protocol_paused = False
+        self._high_water = 64 * 1024
+        self._low_water = 16 * 1024
+        loop.call_soon(protocol.connection_made, self)
+        if is_socket or (is_fifo and _PEER_CLOSE_SIGNALLED):
+            loop.call_soon(self._watch_reader)
+        if waiter is not None:
+            loop.call_soon(_wake, waiter)
+
+    def _watch_reader(self) -> None:
+        if not self._lost:
+            self._loop.add_reader(self._fileno, self._reader_gone)
+
+    def _reader_gone(self) -> None:
+        """The write end polled readable: the other end was closed.
+
+        Bytes still buffered can never be delivered, hence BrokenPipeError;
+        with nothing pending the pipe simply ended, as in asyncio.
+        """
+        if self._loop.get_debug():
+            log.info("%r was closed by peer", self)
+        self._close(BrokenPipeError() if self._buffer else None)
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write now what the kernel takes; buffer the rest.
+
+        Writing after the pipe was closed or lost is silently dropped (with a
+        warning after a few attempts), as in asyncio: the caller learns of
+        the loss from `connection_lost`.
+        """
+        owned = isinstance(data, bytes)  # immutable: safe to keep without a copy
+        if not owned:
+            if not isinstance(data, (bytearray, memoryview)):
+                raise TypeError(
+                    f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+                )
+            data = memoryview(data).cast("B")
+        if not data:
+            return
+        if self._closing or self._lost:
+            if self._writes_after_loss >= _WARN_AFTER_LOST_WRITES:
+                log.warning("pipe closed by peer or os.write(pipe, data) raised exception.")
+            self._writes_after_loss += 1
+            return
+        if not self._buffer:
+            try:
+                n = os.write(self._fileno, data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._writes_after_loss += 1
+                self._fatal_error(exc, "Fatal write error on pipe transport")
+                return
+            if n == len(data):
+                return
+            self._loop.add_writer(self._fileno, self._write_ready)
+            if n:
+                data = memoryview(data)[n:]
+        # A caller may reuse its bytearray once write() returns: keep a copy.
+        rest = bytes(data) if not owned or isinstance(data, bytearray) else data
+        self._buffer.append(rest)
+        self._buffered += len(rest)
+        self._maybe_pause_protocol()
+
+    def _write_ready(self) -> None:
+        buf = self._buffer
+        if not buf:
+            self._loop.remove_writer(self._fileno)
+            return
+        try:
+            if len(buf) == 1 or not _HAS_WRITEV:
+                n = os.write(self._fileno, buf[0])
+            else:
+                n = os.writev(self._fileno, buf[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._writes_after_loss += 1
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+            return
+        self._buffered -= n
+        done = 0
+        for chunk in buf:
+            if len(chunk) > n:
+                break
+            n -= len(chunk)
+            done += 1
+        del buf[:done]
+        if n:
+            buf[0] = memoryview(buf[0])[n:]
+        if buf:
+            self._maybe_resume_protocol()
+            return
+        self._loop.remove_writer(self._fileno)
+        self._maybe_resume_protocol()  # may write again, never when closing
+        if self._closing and not self._lost:
+            self._lost = True
+            self._loop.remove_reader(self._fileno)
+            self._call_connection_lost(None)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Close the pipe once the buffer is flushed: its reader then sees EOF."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self._buffer:
+            self._loop.remove_reader(self._fileno)
+            self._schedule_connection_lost(None)
+
+    # -- flow control --------------------------------------------------------
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._buffered <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except Exception as exc:
+            self._report_callback_failure(exc, "protocol.pause_writing() failed")
+
+    def _maybe_resume_protocol(self) -> None:
+        if not self._protocol_paused or self._buffered > self._low_water:
+            return
+        self._protocol_paused = False
+        try:
+            self._protocol.resume_writing()
+        except Exception as exc:
+            self._report_callback_failure(exc, "protocol.resume_writing() failed")
+
+    def _report_callback_failure(self, exc: BaseException, message: str) -> None:
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+        )
+
+    # -- closing -------------------------------------------------------------
+
+    def set_protocol(self, protocol: BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Flush what is buffered, then close: nothing accepted is dropped."""
+        if self._pipe is not None and not self._closing:
+            self.write_eof()
+
+    def abort(self) -> None:
+        """Close now, dropping whatever is still buffered."""
+        self._close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        # OS errors (EPIPE above all) are the peer's doing, reported through
+        # connection_lost; anything else is a bug worth the handler's attention.
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                log.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._report_callback_failure(exc, message)
+        self._close(exc)
+
+    def _close(self, exc: BaseException | None) -> None:
+        self._closing = True
+        if self._lost:
+            return
+        if self._buffer:
+            self._loop.remove_writer(self._fileno)
+            self._buffer.clear()
+            self._buffered = 0
+        self._loop.remove_reader(self._fileno)
+        self._schedule_connection_lost(exc)
+
+    def _schedule_connection_lost(self, exc: BaseException | None) -> None:
+        if not self._lost:
+            self._lost = True
+            self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        """Tell the protocol, close the pipe, then drop the protocol (see ReadPipeTransport)."""
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._pipe.close()
+            self._pipe = None
+            self._protocol = None
+
+    def __del__(self) -> None:
+        if self._pipe is not None:
+            _warn_unclosed(self)
+            self._pipe.close()
+
+    def __repr__(self) -> str:
+        if self._pipe is None:
+            state = "closed"
+        elif self._closing:
+            state = "closing"
+        else:
+            state = "open"
+        fd = getattr(self, "_fileno", None)
+        return f"<{type(self).__name__} fd={fd} {state} bufsize={getattr(self, '_buffered', 0)}>"
+
+
+async def connect_read_pipe(
+    loop: AbstractEventLoop, protocol_factory: Callable[[], _P], pipe: Any
+) -> tuple[ReadPipeTransport, _P]:
+    """`loop.connect_read_pipe` for any loop: returns once `connection_made` has run."""
+    protocol = protocol_factory()
+    waiter: Future[None] = loop.create_future()
+    transport = ReadPipeTransport(loop, pipe, protocol, waiter)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
+    if loop.get_debug():
+        log.debug("read pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
+    return transport, protocol
+
+
+async def connect_write_pipe(
+    loop: AbstractEventLoop, protocol_factory: Callable[[], _P], pipe: Any
+) -> tuple[WritePipeTransport, _P]:
+    """`loop.connect_write_pipe` for any loop: returns once `connection_made` has run."""
+    protocol = protocol_factory()
+    waiter: Future[None] = loop.create_future()
+    transport = WritePipeTransport(loop, pipe, protocol, waiter)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
+    if loop.get_debug():
+        log.debug("write pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
+    return transport, protocol

@@ -1,0 +1,316 @@
+"""Subprocess transports for any asyncio loop, with child watching of our own.
+
+`asyncio.base_subprocess` already does the loop-agnostic part (pipes through
+`loop.connect_read_pipe`/`connect_write_pipe`, the protocol's callbacks,
+`wait()`); what a loop must add is starting the process and learning when it
+exits.  asyncio's child watchers, the usual answer, are deprecated since 3.12
+and gone in 3.14, so each transport watches its own child:
+
+- a pidfd (Linux >= 5.3) in the loop's poller: it polls readable once the
+  child has exited, and the loop thread then reaps it with `waitpid`;
+- elsewhere (or when the kernel, a seccomp filter or the poller refuses the
+  pidfd) one daemon thread per child blocks in `waitpid` and reports through
+  `call_soon_threadsafe`.
+
+Either way only the child's own pid is waited for, never -1, so children that
+other code started are left alone.  Exit codes follow asyncio: the exit status,
+minus the signal number for a child killed by a signal, and 255 when the
+status was reaped by someone else and cannot be known.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from asyncio import SubprocessProtocol, base_subprocess
+
+TYPE_CHECKING = False  # not `from typing`: see stream.py
+
+if TYPE_CHECKING:
+    from asyncio import AbstractEventLoop, Future
+    from collections.abc import Callable, Sequence
+    from typing import IO, Any, TypeVar
+
+    _SP = TypeVar("_SP", bound=SubprocessProtocol)
+    _File = int | IO[Any] | None
+
+
+log = logging.getLogger("muxio")
+
+_pidfd_open = getattr(os, "pidfd_open", None)
+"""None where pidfds do not exist; the tests set it to None to run the thread path."""
+
+_UNKNOWN_STATUS = 255
+
+
+class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
+    """A child process with its stdin/stdout/stderr pipes, as asyncio's on Unix.
+
+    The constructor is `BaseSubprocessTransport`'s, unchanged from Python
+    3.10 to 3.13.  Signals go through `os.kill` and only while the child is
+    unreaped, never through `Popen.send_signal`, whose `poll()` would reap
+    the child behind the watcher's back (3.13's base does the same).
+    """
+
+    def _start(
+        self,
+        args: str | bytes | Sequence[str | bytes],
+        shell: bool,
+        stdin: _File,
+        stdout: _File,
+        stderr: _File,
+        bufsize: int,
+        **kwargs: Any,
+    ) -> None:
+        stdin_w = None
+        if stdin == subprocess.PIPE and sys.platform.startswith("aix"):
+            # AIX polls the write end of a pipe readable only for sockets, and
+            # the write pipe transport needs that to see the child close stdin.
+            stdin, stdin_w = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                args,
+                shell=shell,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                universal_newlines=False,
+                bufsize=bufsize,
+                **kwargs,
+            )
+            self._proc = proc
+            if stdin_w is not None:
+                assert isinstance(stdin, socket.socket)
+                stdin.close()
+                proc.stdin = open(stdin_w.detach(), "wb", buffering=bufsize)  # noqa: SIM115
+                stdin_w = None
+        finally:
+            if stdin_w is not None:
+                assert isinstance(stdin, socket.socket)
+                stdin.close()
+                stdin_w.close()
+        try:
+            self._watch(proc.pid)
+        except BaseException:
+            # Without a watcher nobody would ever reap it.
+            proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            raise
+
+    # -- exit watching -------------------------------------------------------
+
+    def _watch(self, pid: int) -> None:
+        if _pidfd_open is not None:
+            try:
+                pidfd = _pidfd_open(pid)
+            except OSError as exc:  # ENOSYS, EPERM under seccomp, EMFILE
+                log.debug("pidfd_open(%d) failed (%s): waiting in a thread", pid, exc)
+            else:
+                try:
+                    self._loop.add_reader(pidfd, self._pidfd_ready, pidfd, pid)
+                except (OSError, ValueError) as exc:  # e.g. select() past FD_SETSIZE
+                    os.close(pidfd)
+                    log.debug("cannot poll the pidfd of %d (%s): waiting in a thread", pid, exc)
+                else:
+                    return
+        loop = self._loop
+        thread = threading.Thread(
+            target=_wait_in_thread,
+            args=(loop, pid, self._exited),
+            name=f"muxio-waitpid-{pid}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _pidfd_ready(self, pidfd: int, pid: int) -> None:
+        self._loop.remove_reader(pidfd)
+        os.close(pidfd)
+        self._exited(_reap(pid))
+
+    def _exited(self, returncode: int | None) -> None:
+        if returncode is None:
+            # Reaped elsewhere: by Popen.poll() in close(), its status then
+            # known to the Popen, or by foreign code, then unknowable.
+            proc = self._proc
+            if proc is not None and proc.returncode is not None:
+                returncode = proc.returncode
+            else:
+                log.warning(
+                    "child process pid %d exit status already read: will report returncode 255",
+                    self._pid,
+                )
+                returncode = _UNKNOWN_STATUS
+        self._process_exited(returncode)
+
+    # -- signals -------------------------------------------------------------
+
+    def send_signal(self, signal: int) -> None:
+        """Signal the child if it has not been reaped yet; a no-op once it has.
+
+        Once reaped, its pid may already belong to another process.
+        """
+        self._check_proc()
+        proc = self._proc
+        if self._returncode is not None or proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _reap(pid: int) -> int | None:
+    """Reap `pid` (blocking if it still runs); None if it was reaped already."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def _wait_in_thread(
+    loop: AbstractEventLoop, pid: int, report: Callable[[int | None], None]
+) -> None:
+    returncode = _reap(pid)
+    try:
+        loop.call_soon_threadsafe(report, returncode)
+    except RuntimeError:  # the loop was closed while the child ran
+        log.warning("loop %r closed before child process pid %d exited", loop, pid)
+
+
+# -- the loop methods ---------------------------------------------------------
+
+
+def _check_byte_streams(bufsize: int, text: Any, encoding: Any, errors: Any) -> None:
+    if bufsize != 0:
+        raise ValueError("bufsize must be 0")
+    if text:
+        raise ValueError("text must be False")
+    if encoding is not None:
+        raise ValueError("encoding must be None")
+    if errors is not None:
+        raise ValueError("errors must be None")
+
+
+async def _start_transport(
+    loop: AbstractEventLoop,
+    protocol: SubprocessProtocol,
+    args: str | bytes | Sequence[str | bytes],
+    shell: bool,
+    stdin: _File,
+    stdout: _File,
+    stderr: _File,
+    bufsize: int,
+    extra: Any = None,
+    **kwargs: Any,
+) -> SubprocessTransport:
+    """Start the child and return once its pipes are connected.
+
+    If that fails or the caller is cancelled meanwhile, the child is killed
+    and awaited before the error propagates: no zombie is left behind.
+    """
+    waiter: Future[None] = loop.create_future()
+    transport = SubprocessTransport(
+        loop,
+        protocol,
+        args,
+        shell,
+        stdin,
+        stdout,
+        stderr,
+        bufsize,
+        waiter=waiter,
+        extra=extra,
+        **kwargs,
+    )
+    try:
+        await waiter
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException:
+        transport.close()
+        await transport._wait()
+        raise
+    return transport
+
+
+async def subprocess_exec(
+    loop: AbstractEventLoop,
+    protocol_factory: Callable[[], _SP],
+    program: Any,
+    *args: Any,
+    stdin: _File = subprocess.PIPE,
+    stdout: _File = subprocess.PIPE,
+    stderr: _File = subprocess.PIPE,
+    universal_newlines: bool = False,
+    shell: bool = False,
+    bufsize: int = 0,
+    encoding: Any = None,
+    errors: Any = None,
+    text: Any = None,
+    **kwargs: Any,
+) -> tuple[SubprocessTransport, _SP]:
+    """`loop.subprocess_exec` for any loop, with asyncio's argument checks."""
+    if universal_newlines:
+        raise ValueError("universal_newlines must be False")
+    if shell:
+        raise ValueError("shell must be False")
+    _check_byte_streams(bufsize, text, encoding, errors)
+    protocol = protocol_factory()
+    if loop.get_debug():
+        # Not the arguments: they may hold secrets and be long.
+        log.debug("execute program %r", program)
+    transport = await _start_transport(
+        loop, protocol, (program, *args), False, stdin, stdout, stderr, bufsize, **kwargs
+    )
+    if loop.get_debug():
+        log.info("execute program %r: %r", program, transport)
+    return transport, protocol
+
+
+async def subprocess_shell(
+    loop: AbstractEventLoop,
+    protocol_factory: Callable[[], _SP],
+    cmd: str | bytes,
+    *,
+    stdin: _File = subprocess.PIPE,
+    stdout: _File = subprocess.PIPE,
+    stderr: _File = subprocess.PIPE,
+    universal_newlines: bool = False,
+    shell: bool = True,
+    bufsize: int = 0,
+    encoding: Any = None,
+    errors: Any = None,
+    text: Any = None,
+    **kwargs: Any,
+) -> tuple[SubprocessTransport, _SP]:
+    """`loop.subprocess_shell` for any loop, with asyncio's argument checks."""
+    if not isinstance(cmd, (bytes, str)):
+        raise ValueError("cmd must be a string")
+    if universal_newlines:
+        raise ValueError("universal_newlines must be False")
+    if not shell:
+        raise ValueError("shell must be True")
+    _check_byte_streams(bufsize, text, encoding, errors)
+    protocol = protocol_factory()
+    if loop.get_debug():
+        log.debug("run shell command %r", cmd)
+    transport = await _start_transport(
+        loop, protocol, cmd, True, stdin, stdout, stderr, bufsize, **kwargs
+    )
+    if loop.get_debug():
+        log.info("run shell command %r: %r", cmd, transport)
+    return transport, protocol
