@@ -103,7 +103,7 @@ class Handle(asyncio.Handle):
         if not self._cancelled:
             self._cancelled = True
             self._callback = None  # type: ignore[assignment]
-            self._args = None
+            self._args = None  # type: ignore[assignment]
 
 
 class TimerHandle(asyncio.TimerHandle):
@@ -138,7 +138,7 @@ class TimerHandle(asyncio.TimerHandle):
             self._loop._timer_handle_cancelled(self)  # type: ignore[attr-defined]
             self._cancelled = True
             self._callback = None  # type: ignore[assignment]
-            self._args = None
+            self._args = None  # type: ignore[assignment]
 
 
 _new_handle = object.__new__
@@ -1465,14 +1465,14 @@ class EventLoop(asyncio.AbstractEventLoop):
     ) -> tuple[asyncio.ReadTransport, asyncio.BaseProtocol]:
         from .transports import pipes
 
-        return await pipes.connect_read_pipe(self, protocol_factory, pipe)  # type: ignore[no-any-return]
+        return await pipes.connect_read_pipe(self, protocol_factory, pipe)
 
     async def connect_write_pipe(  # type: ignore[override]
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any
     ) -> tuple[asyncio.WriteTransport, asyncio.BaseProtocol]:
         from .transports import pipes
 
-        return await pipes.connect_write_pipe(self, protocol_factory, pipe)  # type: ignore[no-any-return]
+        return await pipes.connect_write_pipe(self, protocol_factory, pipe)
 
     async def subprocess_exec(  # type: ignore[override]
         self,
@@ -1486,7 +1486,7 @@ class EventLoop(asyncio.AbstractEventLoop):
     ) -> tuple[asyncio.SubprocessTransport, asyncio.SubprocessProtocol]:
         from .transports import subprocess as sp
 
-        return await sp.subprocess_exec(  # type: ignore[no-any-return]
+        return await sp.subprocess_exec(
             self, protocol_factory, program, *args, stdin=stdin, stdout=stdout, stderr=stderr,
             **kwargs,
         )
@@ -1503,7 +1503,7 @@ class EventLoop(asyncio.AbstractEventLoop):
     ) -> tuple[asyncio.SubprocessTransport, asyncio.SubprocessProtocol]:
         from .transports import subprocess as sp
 
-        return await sp.subprocess_shell(  # type: ignore[no-any-return]
+        return await sp.subprocess_shell(
             self, protocol_factory, cmd, stdin=stdin, stdout=stdout, stderr=stderr, **kwargs
         )
 

@@ -218,7 +218,7 @@ class ReadPipeTransport(ReadTransport):
         elif self._closing:
             state = "closing"
         else:
-            state = "reading" if self.is_reading() else "paused"
+            state = "open " + ("reading" if self.is_reading() else "paused")
         fd = getattr(self, "_fileno", None)
         return f"<{type(self).__name__} fd={fd} {state}>"
 
