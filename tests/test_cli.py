@@ -94,6 +94,22 @@ def test_serve_each_poller_then_sigterm(poller: str) -> None:
     assert not any("Traceback" in line for line in sp.lines)
 
 
+@pytest.mark.parametrize("poller", ["poll", "epoll"])
+def test_serve_coroutine_service_upper_streams_then_sigterm(poller: str) -> None:
+    """The echo as `async def handle(reader, writer)` on muxio's loop, same lifecycle."""
+    if poller not in available():
+        pytest.skip(f"{poller} is not available here")
+    with serve_process("--port", "0", "--poller", poller, "--service", "upper-streams") as sp:
+        assert any("service upper-streams" in line for line in sp.lines if "listening on" in line)
+        sent = asyncio.run(load(sp, 50, 1024))
+        sent += asyncio.run(load(sp, 5, 64 * 1024))
+        sp.signal(signal.SIGTERM)
+        assert sp.wait(20) == 0
+        totals = sp.summary()
+    assert int(totals["bytes_in"]) == int(totals["bytes_out"]) == sent
+    assert not any("Traceback" in line for line in sp.lines)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_flushes_pending_replies(signum: int) -> None:
     data = os.urandom(4 * 1024 * 1024)
