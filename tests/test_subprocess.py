@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -475,6 +476,30 @@ def test_cancelling_the_start_kills_and_reaps_the_child(
         return transport.get_returncode()  # type: ignore[no-any-return]
 
     assert run(loop, main()) == -signal.SIGKILL
+
+
+def test_a_pipe_that_fails_to_connect_fails_the_start_and_the_child_is_reaped(
+    loop: asyncio.AbstractEventLoop,
+    watch: str,
+    spawned: list[tuple[int, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fault injection: no real pipe refuses to connect on demand.
+    async def failing(protocol_factory: Any, pipe: Any) -> Any:
+        raise OSError(errno.EMFILE, "injected: too many open files")
+
+    monkeypatch.setattr(loop, "connect_read_pipe", failing)
+
+    async def main() -> int | None:
+        with pytest.raises(OSError, match="injected"):
+            await loop.subprocess_exec(Child, PY, "-c", "import time; time.sleep(60)")
+        _, transport = spawned[0]
+        return transport.get_returncode()  # type: ignore[no-any-return]
+
+    assert run(loop, main()) == -signal.SIGKILL
+    popen = spawned[0][1].get_extra_info("subprocess")
+    for pipe in (popen.stdin, popen.stdout, popen.stderr):
+        pipe.close()  # the ones no transport took over, left to the caller as in asyncio
 
 
 def test_the_waiter_thread_reaps_a_child_that_outlives_its_loop(

@@ -41,6 +41,16 @@ class EventLoopPolicy(_BasePolicy):  # type: ignore[misc]
     def _loop_factory(self) -> EventLoop:
         return new_event_loop(self._poller, slow_callback_ms=self._slow_callback_ms)
 
+    # asyncio's child watchers (deprecated in 3.12, gone in 3.14): muxio's subprocess
+    # transports watch their own children (pidfd, else a waitpid thread per child), so a
+    # watcher handed in is kept for whoever asks for it, and never used.
+
+    def get_child_watcher(self) -> Any:
+        return getattr(self, "_child_watcher", None)
+
+    def set_child_watcher(self, watcher: Any) -> None:
+        self._child_watcher = watcher
+
 
 def run(
     main: Coroutine[Any, Any, T],

@@ -67,16 +67,6 @@ class ReadPipeTransport(ReadTransport):
     ignored, as a pipe has no write half to keep open.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_closing",
-        "_fileno",
-        "_loop",
-        "_lost",
-        "_paused",
-        "_pipe",
-        "_protocol",
-    )
 
     max_size = 256 * 1024
     """Largest single read: four default Linux pipe buffers."""
@@ -218,7 +208,7 @@ class ReadPipeTransport(ReadTransport):
         elif self._closing:
             state = "closing"
         else:
-            state = "open " + ("reading" if self.is_reading() else "paused")
+            state = "open reading" if self.is_reading() else "open paused"
         fd = getattr(self, "_fileno", None)
         return f"<{type(self).__name__} fd={fd} {state}>"
 
@@ -233,21 +223,6 @@ class WritePipeTransport(WriteTransport):
     buffer is flushed.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_buffer",
-        "_buffered",
-        "_closing",
-        "_fileno",
-        "_high_water",
-        "_loop",
-        "_lost",
-        "_low_water",
-        "_pipe",
-        "_protocol",
-        "_protocol_paused",
-        "_writes_after_loss",
-    )
 
     def __init__(
         self,

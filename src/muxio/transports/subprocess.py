@@ -68,6 +68,7 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
         bufsize: int,
         **kwargs: Any,
     ) -> None:
+        self._exit_waiters_only: list[Future[None]] = []
         stdin_w = None
         if stdin == subprocess.PIPE and sys.platform.startswith("aix"):
             # AIX polls the write end of a pipe readable only for sockets, and
@@ -150,6 +151,21 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
                 )
                 returncode = _UNKNOWN_STATUS
         self._process_exited(returncode)
+        for waiter in self._exit_waiters_only:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._exit_waiters_only.clear()
+
+    async def _wait_for_exit(self) -> None:
+        """Wait for the child's exit only.
+
+        `_wait()` on 3.11+ also waits for every pipe to be closed, which never
+        happens when one of them failed to connect.
+        """
+        if self._returncode is None:
+            waiter: Future[None] = self._loop.create_future()
+            self._exit_waiters_only.append(waiter)
+            await waiter
 
     # -- signals -------------------------------------------------------------
 
@@ -242,7 +258,7 @@ async def _start_transport(
         raise
     except BaseException:
         transport.close()
-        await transport._wait()
+        await transport._wait_for_exit()
         raise
     return transport
 
