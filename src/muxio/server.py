@@ -151,6 +151,14 @@ class Server:
     `idle_timeout` closes connections silent in both directions, and running
     out of descriptors pauses accepting instead of spinning on a listening
     socket that stays readable.
+
+    Idle connections are found by one periodic sweep over the open
+    connections, every `idle_timeout / 2` seconds, rather than by a timer per
+    connection: a timer outlives its connection (a heap entry holding the
+    transport and protocol until it fires), so a storm of short connections
+    would pin memory for the whole timeout.  The sweep only sees what is open,
+    so a closed connection costs nothing; a silent connection is closed after
+    between `idle_timeout` and 1.5 × `idle_timeout` seconds.
     """
 
     accepts_per_event = 128
@@ -175,6 +183,7 @@ class Server:
         self._listening = False
         self._accept_paused = False
         self._resume_timer: TimerHandle | None = None
+        self._idle_timer: TimerHandle | None = None
         self._refused_warning = RateLimitedWarning()
         self._fd_warning = RateLimitedWarning()
         self._shutdown_deadline = 0.0
@@ -187,6 +196,8 @@ class Server:
     def start(self) -> None:
         self._listening = True
         self._watch_listeners()
+        if self.idle_timeout and self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.idle_timeout / 2, self._sweep_idle)
 
     def _watch_listeners(self) -> None:
         for sock in self.sockets:
@@ -244,7 +255,6 @@ class Server:
         self.connections.add(transport)
         if self.idle_timeout:
             transport.idle_mark = (0, self.loop.time())
-            self.loop.call_later(self.idle_timeout / 2, self._check_idle, transport)
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in _OUT_OF_FDS:
@@ -282,24 +292,26 @@ class Server:
         if self._on_closed is not None and not self.connections:
             self._finish_shutdown()
 
-    def _check_idle(self, transport: Transport) -> None:
-        if transport.is_closing() or transport not in self.connections:
-            return
-        assert self.idle_timeout
+    def _sweep_idle(self) -> None:
+        """Close what was silent for `idle_timeout`; note activity on the rest."""
+        timeout = self.idle_timeout
+        assert timeout
         now = self.loop.time()
-        total = transport.bytes_in + transport.bytes_out
-        mark, since = transport.idle_mark
-        if total != mark:
-            transport.idle_mark = (total, now)
-        elif now - since >= self.idle_timeout:
-            self.stats.idle_closed += 1
-            log.debug("closing %s: idle for %.1f s", transport, now - since)
-            if transport.get_write_buffer_size():
-                transport.abort()
-            else:
-                transport.close()
-            return
-        self.loop.call_later(self.idle_timeout / 2, self._check_idle, transport)
+        for transport in list(self.connections):
+            if transport.is_closing():
+                continue
+            total = transport.bytes_in + transport.bytes_out
+            mark, since = transport.idle_mark
+            if total != mark:
+                transport.idle_mark = (total, now)
+            elif now - since >= timeout:
+                self.stats.idle_closed += 1
+                log.debug("closing %s: idle for %.1f s", transport, now - since)
+                if transport.get_write_buffer_size():
+                    transport.abort()
+                else:
+                    transport.close()
+        self._idle_timer = self.loop.call_later(timeout / 2, self._sweep_idle)
 
     # -- totals and shutdown -------------------------------------------------
 
@@ -321,6 +333,9 @@ class Server:
         self._listening = False
         if self._resume_timer is not None:
             self._resume_timer.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if not self._accept_paused:
             self._unwatch_listeners()
         for sock in self.sockets:
