@@ -7,15 +7,19 @@ the watchdog.  Real sockets, real processes and real signals throughout.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import socket
 import struct
 import weakref
+from collections.abc import Iterator
 
 import pytest
-from helpers import running_server
+from helpers import ServerThread, recv_exactly, running_server, send_until_blocked
 
+from muxio.offload import Mode, Offloader
 from muxio.services.upper import UpperEcho
+from muxio.services.work import WorkService, WorkServiceFactory
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,3 +55,106 @@ def test_closed_connections_are_freed_with_a_long_idle_timeout() -> None:
         held = srv.call(lambda: (gc.collect(), sum(r() is not None for r in alive))[1])
         assert len(alive) == 50
         assert held == 0, f"{held} closed connections are still held in memory"
+
+
+# -- 2. a work client that never reads cannot grow the server ---------------------
+
+
+@contextlib.contextmanager
+def work_server(
+    mode: Mode = "threads", workers: int = 1, **factory_kwargs: int
+) -> Iterator[tuple[ServerThread, Offloader]]:
+    off = Offloader(mode, max_workers=workers, preload=("muxio.services.work",))
+    srv = ServerThread(WorkServiceFactory(off, **factory_kwargs))
+    off.start(srv.loop)
+    try:
+        srv.start()
+        yield srv, off
+    finally:
+        srv.stop()
+        off.close(timeout=0)
+
+
+def held_bytes(srv: ServerThread) -> int:
+    """What the server holds for its connections: input, queued replies, write buffers."""
+    total = 0
+    for transport in srv.server.connections:
+        protocol = transport.get_protocol()
+        assert isinstance(protocol, WorkService)
+        queued = sum(len(slot.data or b"") for slot in protocol.replies._queue)
+        total += len(protocol._buffer) + queued + transport.get_write_buffer_size()
+    return total
+
+
+def stalled(srv: ServerThread) -> bool:
+    return bool(srv.server.connections) and not any(
+        t.is_reading() for t in srv.server.connections
+    )
+
+
+LONG_LINE = b"a" * (64 * 1024 - 1) + b"\n"
+
+
+def test_replies_queued_behind_work_count_against_flow_control() -> None:
+    with work_server() as (srv, _off), srv.connect() as sock:
+        send_until_blocked(sock, b"work 1500\n" + LONG_LINE * 63, stall=0.5)
+        assert srv.wait_for(lambda: stalled(srv))
+        held = srv.call(held_bytes, srv)
+        assert held < 256 * 1024, f"one non-reading client made the server hold {held} bytes"
+
+
+def test_a_connection_not_being_read_notices_its_peer_reset() -> None:
+    with work_server() as (srv, off):
+        sock = srv.connect()
+        send_until_blocked(sock, b"work 5000\n" + LONG_LINE * 63, stall=0.3)
+        assert srv.wait_for(lambda: stalled(srv) and off.pending >= 1)
+        rst_close(sock)
+        # the job takes 5 s; the reset must be noticed long before it ends
+        assert srv.wait_for(lambda: not srv.server.connections, timeout=3.0)
+
+
+# -- 3. work for clients that left; fairness between clients ------------------------
+
+
+def test_queued_work_of_a_client_that_closed_never_starts() -> None:
+    with work_server() as (srv, off):
+        with srv.connect() as gone:
+            gone.sendall(b"work 200\n" * 20)
+            assert srv.wait_for(lambda: off.pending >= 1)
+        with srv.connect() as new:
+            new.sendall(b"work 0\n")
+            assert recv_exactly(new, 7, timeout=10) == b"WORK 0\n"
+        # the first job ran; its reply met a reset, and the other 19 never started
+        assert off.stats.submitted <= 3, off.stats
+
+
+def test_one_client_cannot_hold_every_worker() -> None:
+    with work_server(workers=2) as (srv, off), srv.connect() as greedy, srv.connect() as other:
+        greedy.sendall(b"work 500\n" * 10)
+        assert srv.wait_for(lambda: off.pending >= 1)
+        other.sendall(b"work 0\n")
+        assert recv_exactly(other, 7, timeout=10) == b"WORK 0\n"
+        # answered without waiting behind the greedy client's queue
+        assert srv.call(lambda: off.stats.completed) <= 2
+
+
+def test_max_jobs_per_connection_lets_one_client_use_more_workers() -> None:
+    with work_server(workers=2, max_jobs=2) as (srv, off), srv.connect() as sock:
+        sock.sendall(b"work 300\n" * 4)
+        assert srv.wait_for(lambda: off.running == 2)
+        assert recv_exactly(sock, 9 * 4, timeout=10) == b"WORK 300\n" * 4
+
+
+@pytest.mark.timeout(90)
+def test_a_running_process_job_of_a_client_that_left_is_abandoned() -> None:
+    with work_server("processes") as (srv, off):
+        gone = srv.connect()
+        gone.sendall(b"work 10000\n")
+        assert srv.wait_for(lambda: off.pending == 1)
+        rst_close(gone)
+        assert srv.wait_for(lambda: off.stats.pools_replaced == 1, timeout=5)
+        with srv.connect() as new:
+            new.sendall(b"work 0\n")
+            # the abandoned job had 10 s to go: the fresh pool answers long before
+            assert recv_exactly(new, 7, timeout=8) == b"WORK 0\n"
+        assert off.stats.abandoned == 1

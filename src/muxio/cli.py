@@ -127,6 +127,13 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         help="worker threads or processes for --offload (default: one per CPU for processes)",
     )
     serve.add_argument(
+        "--max-jobs-per-connection",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="for --service work: work requests of one connection in the pool at once (default 1)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=LOG_LEVELS, type=str.lower, help="default info"
     )
 
