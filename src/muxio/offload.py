@@ -60,6 +60,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
 from .errors import RuntimeFailure
@@ -454,7 +455,7 @@ class Offloader:
             job._future = future
             job._executor = executor
             self._running.add(job)
-            future.add_done_callback(lambda f, job=job: self._done_in_worker(job, f))
+            future.add_done_callback(partial(self._done_in_worker, job))
 
     def _job_cancelled(self, job: Job) -> None:
         """A caller gave up on `job`: forget it, and stop its worker if that is free."""

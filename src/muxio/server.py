@@ -158,7 +158,7 @@ class Server:
     transport and protocol until it fires), so a storm of short connections
     would pin memory for the whole timeout.  The sweep only sees what is open,
     so a closed connection costs nothing; a silent connection is closed after
-    between `idle_timeout` and 1.5 × `idle_timeout` seconds.
+    between `idle_timeout` and 1.5 times `idle_timeout` seconds.
     """
 
     accepts_per_event = 128
