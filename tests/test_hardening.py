@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import signal
 import socket
 import struct
 import weakref
 from collections.abc import Iterator
 
 import pytest
-from helpers import ServerThread, recv_exactly, running_server, send_until_blocked
+from helpers import (
+    ServerThread,
+    recv_exactly,
+    recv_until_eof,
+    round_trip,
+    running_server,
+    send_until_blocked,
+    serve_process,
+)
 
 from muxio.offload import Mode, Offloader
 from muxio.services.upper import UpperEcho
@@ -158,3 +167,16 @@ def test_a_running_process_job_of_a_client_that_left_is_abandoned() -> None:
             # the abandoned job had 10 s to go: the fresh pool answers long before
             assert recv_exactly(new, 7, timeout=8) == b"WORK 0\n"
         assert off.stats.abandoned == 1
+
+
+# -- 5. shutdown does not wait for a client that neither sends nor closes -----------
+
+
+def test_shutdown_closes_an_idle_connection_at_once() -> None:
+    with serve_process("--port", "0", "--shutdown-timeout", "10") as sp, sp.connect() as idle:
+        assert round_trip(idle, b"hi") == b"HI"
+        sp.signal(signal.SIGTERM)
+        # a well-behaved client sees EOF, and the server does not wait 10 s for it
+        assert recv_until_eof(idle, timeout=5) == b""
+        assert sp.wait(timeout=5) == 0
+        assert "aborting" not in "\n".join(sp.lines)

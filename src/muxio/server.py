@@ -376,11 +376,37 @@ class Server:
                 transport.abort()
         else:
             for transport in list(self.connections):
-                transport.finish_drain()
+                if transport.finish_drain():
+                    self._close_drained(transport)
         if not self.connections:
             self._finish_shutdown()
         else:
             self.loop.call_later(0.02, self._shutdown_tick)
+
+    def _close_drained(self, transport: Transport) -> None:
+        """Close a half-closed, flushed connection now rather than wait for its peer.
+
+        Our FIN is queued and nothing is left to send, so a well-behaved
+        client sees EOF either way; waiting for its own FIN would let one
+        client that neither sends nor closes hold the whole shutdown.  Input
+        that arrived since the drain began was never accepted: it is read and
+        dropped first, because closing with unread input would send a reset,
+        which can destroy replies still in flight.
+        """
+        if transport.get_write_buffer_size():
+            return
+        sock = transport.get_extra_info("socket")
+        try:
+            for _ in range(16):
+                if not sock.recv(65536):
+                    break
+            else:
+                return  # still sending: the transport's discard reader takes over
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass
+        transport.abort()
 
     def _finish_shutdown(self) -> None:
         callback, self._on_closed = self._on_closed, None
