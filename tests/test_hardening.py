@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import signal
 import socket
 import struct
+import time
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import (
+    ServeProcess,
     ServerThread,
+    cpu_seconds,
     recv_exactly,
     recv_until_eof,
     round_trip,
@@ -180,3 +185,114 @@ def test_shutdown_closes_an_idle_connection_at_once() -> None:
         assert recv_until_eof(idle, timeout=5) == b""
         assert sp.wait(timeout=5) == 0
         assert "aborting" not in "\n".join(sp.lines)
+
+
+# -- 4. the shutdown timeout and the second signal hold with worker threads --------
+
+
+def wait_cpu(pid: int, seconds: float, timeout: float = 10.0) -> None:
+    """Wait until the process has burnt `seconds` more CPU: its work has started."""
+    start = cpu_seconds(pid)
+    deadline = time.monotonic() + timeout
+    while cpu_seconds(pid) - start < seconds:
+        assert time.monotonic() < deadline, "the work never started"
+        time.sleep(0.05)
+
+
+def busy_threads_server(*extra: str) -> contextlib.AbstractContextManager[ServeProcess]:
+    return serve_process(
+        "--port", "0", "--service", "work", "--offload", "threads", "--pool-size", "2", *extra
+    )
+
+
+def test_shutdown_timeout_holds_with_work_running_in_threads() -> None:
+    with busy_threads_server("--shutdown-timeout", "1") as sp:
+        clients = [sp.connect(), sp.connect()]
+        try:
+            for sock in clients:
+                sock.sendall(b"work 10000\n")
+            wait_cpu(sp.proc.pid, 0.3)
+            began = time.monotonic()
+            sp.signal(signal.SIGTERM)
+            # exit 1: the drain was cut short; far sooner than the 10 s of work
+            assert sp.wait(timeout=6) == 1
+            took = time.monotonic() - began
+        finally:
+            for sock in clients:
+                sock.close()
+        assert sp.summary()["drain"] == "timeout"
+        assert not any("Traceback" in line for line in sp.lines)
+    assert took < 6
+
+
+def test_repeated_sigint_with_work_in_threads_stops_without_a_traceback() -> None:
+    with busy_threads_server("--shutdown-timeout", "30") as sp, sp.connect() as sock:
+        sock.sendall(b"work 10000\n")
+        wait_cpu(sp.proc.pid, 0.3)
+        sp.signal(signal.SIGINT)
+        sp.wait_line("SIGINT: shutting down")
+        sp.signal(signal.SIGINT)
+        sp.wait_line("SIGINT again: stopping now")
+        with contextlib.suppress(ProcessLookupError):
+            sp.signal(signal.SIGINT)
+        assert sp.wait(timeout=6) == 1
+        assert not any("Traceback" in line for line in sp.lines), sp.lines
+
+
+@contextlib.contextmanager
+def unix_server(*args: str) -> Iterator[ServeProcess]:
+    """`muxio serve --unix ...` (serve_process waits for a TCP address)."""
+    sp = ServeProcess(*args)
+    try:
+        sp.wait_line("listening on /")
+        yield sp
+    finally:
+        sp.kill()
+
+
+# -- 6. every signal that would kill the server is handled ---------------------------
+
+
+def test_sigusr1_logs_statistics_and_other_signals_are_ignored() -> None:
+    with serve_process("--port", "0") as sp, sp.connect() as sock:
+        assert round_trip(sock, b"one") == b"ONE"
+        sp.signal(signal.SIGUSR1)
+        stats = sp.wait_line(r"SIGUSR1: statistics: connections=(\d+) .*bytes_in=(\d+)")
+        assert stats.group(1) == "1" and stats.group(2) == "3"
+        for signum in (signal.SIGUSR2, signal.SIGALRM, signal.SIGUSR1):
+            sp.signal(signum)
+        sp.wait_line("SIGUSR1: statistics")
+        assert round_trip(sock, b"still here") == b"STILL HERE"
+        assert sp.proc.poll() is None
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+
+
+def test_sighup_drains_like_sigterm() -> None:
+    with serve_process("--port", "0") as sp, sp.connect() as sock:
+        assert round_trip(sock, b"hi") == b"HI"
+        sp.signal(signal.SIGHUP)
+        sp.wait_line("SIGHUP: shutting down, flushing 1 connection")
+        assert recv_until_eof(sock) == b""
+        assert sp.wait() == 0
+        assert sp.summary()["drain"] == "complete"
+
+
+@pytest.mark.timeout(90)
+def test_sigquit_stops_at_once_and_still_cleans_up(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    with unix_server(
+        "--unix", path, "--service", "work", "--offload", "processes", "--pool-size", "1"
+    ) as sp:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(b"work 10000\n")
+            sp.signal(signal.SIGUSR1)
+            sp.wait_line("SIGUSR1: statistics: connections=1")
+            sp.signal(signal.SIGQUIT)
+            assert sp.wait(timeout=8) == 1
+        assert sp.summary()["drain"] == "forced"
+        assert not os.path.exists(path), "the socket file was left behind"
+        text = "\n".join(sp.lines)
+        assert "leaked semaphore" not in text and "Traceback" not in text, text

@@ -7,6 +7,7 @@ failure as one line and exit code 1.  Tracebacks are for muxio's own bugs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -181,13 +182,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service_name=args.service,
     )
     # a service with resources to start on the loop and release after it (a pool)
-    serve(
-        factory,
-        config,
-        on_start=getattr(factory, "on_start", None),
-        on_close=getattr(factory, "on_close", None),
+    try:
+        totals = serve(
+            factory,
+            config,
+            on_start=getattr(factory, "on_start", None),
+            on_close=getattr(factory, "on_close", None),
+        )
+        code = 0 if totals.get("drain") == "complete" else 1
+    except KeyboardInterrupt:
+        code = 1  # one more Ctrl-C after the loop had closed: the summary is out
+    exit_despite_threads(code)
+    return code
+
+
+def exit_despite_threads(code: int) -> None:
+    """Exit now if worker threads are still running jobs that were given up on.
+
+    Python joins every non-daemon thread at exit, and a
+    `ThreadPoolExecutor` joins its workers even if they were daemons, so a
+    `work 10000` left running in a thread would hold the exit for 10 s past
+    `--shutdown-timeout` (and past a second signal).  A thread cannot be
+    stopped, so once the summary is logged and the output flushed nothing is
+    left to lose: `os._exit` ends the process without waiting for them.
+    """
+    import os
+    import signal
+    import threading
+
+    # the server is gone; one more Ctrl-C must not interrupt the exit with a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    main = threading.main_thread()
+    busy = [t for t in threading.enumerate() if t is not main and not t.daemon]
+    for thread in busy:
+        thread.join(0.05)  # idle pool threads are on their way out
+    busy = [t for t in busy if t.is_alive()]
+    if not busy:
+        return
+    logging.getLogger("muxio").warning(
+        "exiting with %d threads still running abandoned work", len(busy)
     )
-    return 0
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def cmd_connect(args: argparse.Namespace) -> int:

@@ -234,6 +234,7 @@ class Offloader:
         self._executor: concurrent.futures.Executor | None = None
         self._pending: set[Job] = set()
         self._queue: deque[Job] = deque()
+        self._retired: list[concurrent.futures.Executor] = []
         self._running: set[Job] = set()
         self._started = False
         self._closed = False
@@ -361,26 +362,29 @@ class Offloader:
         self._closed = True
         pending, self._pending = self._pending, set()
         self.stats.cancelled += len(pending)
+        running, self._running = self._running, set()
         self._queue.clear()
-        self._running.clear()
+        retired, self._retired = self._retired, []
+        for old in retired:
+            old.shutdown(wait=True)  # stopped or broken pools: only their threads are left
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        futures = [job._future for job in pending if job._future is not None]
+        futures = [job._future for job in pending | running if job._future is not None]
         # Taken before shutdown(): the executor's manager thread may clear it meanwhile.
         workers = list((getattr(executor, "_processes", None) or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
-        _, running = concurrent.futures.wait(futures, timeout=timeout)
-        if running:
+        _, busy = concurrent.futures.wait(futures, timeout=timeout)
+        if busy:
             if isinstance(executor, concurrent.futures.ProcessPoolExecutor):
-                log.warning("offload: terminating workers: %d jobs still busy", len(running))
+                log.warning("offload: terminating workers: %d jobs still busy", len(busy))
                 for process in workers:
                     with contextlib.suppress(Exception):
                         process.terminate()
             else:
                 log.warning(
                     "offload: %d jobs still running in threads; not waiting for them",
-                    len(running),
+                    len(busy),
                 )
                 return
         executor.shutdown(wait=True)
@@ -445,12 +449,15 @@ class Offloader:
             job._call = None
             fn, args = call
             executor = self._executor
-            assert executor is not None
+            if executor is None:
+                executor = self._executor = self._new_executor()
             try:
                 future = executor.submit(fn, *args)
             except BrokenProcessPool:
                 # broken since the last delivery: replace it now and try once more
-                executor = self._replace_pool(executor, "a broken pool refused a job")
+                fresh = self._replace_pool(executor, "a broken pool refused a job")
+                assert fresh is not None
+                executor = fresh
                 future = executor.submit(fn, *args)
             job._future = future
             job._executor = executor
@@ -513,23 +520,25 @@ class Offloader:
 
     def _replace_pool(
         self, broken: concurrent.futures.Executor, why: str, *, terminate: bool = False
-    ) -> concurrent.futures.Executor:
+    ) -> concurrent.futures.Executor | None:
         """Swap in a fresh pool once per broken one; jobs on the old one have failed.
 
         With `terminate` the old pool still works but runs only abandoned
         jobs: its workers are stopped rather than left to finish them.
         """
         if self._executor is not broken:
-            assert self._executor is not None
             return self._executor
         self.stats.pools_replaced += 1
         if terminate:
-            log.info("offload: %s; replacing the pool of %d workers", why, self.workers)
+            log.info("offload: %s; stopping the pool of %d workers", why, self.workers)
             workers = list((getattr(broken, "_processes", None) or {}).values())
             broken.shutdown(wait=False, cancel_futures=True)
             for process in workers:
                 with contextlib.suppress(Exception):
                     process.terminate()
+            self._retired.append(broken)
+            self._executor = None  # the next job starts a fresh pool; a closing server never does
+            return None
         else:
             log.warning(
                 "offload: %s; its pending jobs failed with BrokenProcessPool; "
@@ -538,6 +547,7 @@ class Offloader:
                 self.workers,
             )
             broken.shutdown(wait=False, cancel_futures=True)
+            self._retired.append(broken)
         fresh = self._new_executor()
         self._executor = fresh
         # start the workers now, without waiting on the loop for them

@@ -187,6 +187,8 @@ class Server:
         self._refused_warning = RateLimitedWarning()
         self._fd_warning = RateLimitedWarning()
         self._shutdown_deadline = 0.0
+        self.drain_cut_short = False
+        """True once `shutdown()` had to abort connections that did not finish in time."""
         self._on_closed: Callable[[], object] | None = None
 
     @property
@@ -368,6 +370,7 @@ class Server:
             return
         if self.loop.time() >= self._shutdown_deadline:
             if self.connections:
+                self.drain_cut_short = True
                 log.warning(
                     "shutdown timeout: aborting %d connections that did not finish",
                     len(self.connections),

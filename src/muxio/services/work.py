@@ -360,8 +360,9 @@ class WorkServiceFactory:
     def on_start(self, loop: EventLoop) -> None:
         self.offloader.start(loop)
 
-    def on_close(self) -> None:
-        self.offloader.close()
+    def on_close(self, timeout: float = 2.0) -> None:
+        """Running jobs get what is left of the shutdown timeout, then are abandoned."""
+        self.offloader.close(timeout)
 
 
 def build(options: argparse.Namespace | Any) -> WorkServiceFactory:
