@@ -12,7 +12,10 @@ import gc
 import os
 import signal
 import socket
+import stat
 import struct
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ from helpers import (
     running_server,
     send_until_blocked,
     serve_process,
+    terminate,
 )
 
 from muxio.offload import Mode, Offloader
@@ -296,3 +300,134 @@ def test_sigquit_stops_at_once_and_still_cleans_up(tmp_path: Path) -> None:
         assert not os.path.exists(path), "the socket file was left behind"
         text = "\n".join(sp.lines)
         assert "leaked semaphore" not in text and "Traceback" not in text, text
+
+
+# -- 7 and 8. Unix sockets: no takeover of a live server, only our file removed, mode --
+
+
+def muxio(*args: str, input: bytes = b"", timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "muxio", *args],
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode("utf-8", "replace")
+    )
+
+
+def unix_round_trip(path: str, data: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        return round_trip(sock, data)
+
+
+def test_a_second_server_does_not_take_over_a_live_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    with unix_server("--unix", path) as first:
+        second = muxio("serve", "--unix", path)
+        assert second.returncode == 1
+        assert second.stderr == f"muxio: another server is listening on {path} " \
+            "(stop it or choose another --unix path)\n"
+        assert unix_round_trip(path, b"first") == b"FIRST"
+        first.signal(signal.SIGTERM)
+        assert first.wait() == 0
+    assert not os.path.exists(path)
+
+
+def test_a_server_removes_its_socket_file_only_while_it_is_its_own(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    with unix_server("--unix", path) as sp:
+        os.unlink(path)
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(path)  # someone else's socket now lives at the path
+            other.listen()
+            inode = os.stat(path).st_ino
+            sp.signal(signal.SIGTERM)
+            assert sp.wait() == 0
+            assert os.stat(path).st_ino == inode, "the server removed a file that was not its own"
+
+
+def test_unix_mode_sets_the_socket_file_permissions(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    with unix_server("--unix", path, "--unix-mode", "600") as sp:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert unix_round_trip(path, b"mine") == b"MINE"
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+
+
+# -- 9 and 10. what a user can get wrong: one line, exit 2 (usage) or 1, no traceback --
+
+
+def test_errors_a_user_can_cause_are_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    dangling = tmp_path / "dangling.sock"
+    dangling.symlink_to(tmp_path / "nowhere")
+    cases = [
+        (["serve", "--unix", str(a_file / "x.sock")], 1, "is a file, not a directory"),
+        (["serve", "--unix", "a" * 5000], 2, "at most 107"),
+        (["serve", "--unix", str(dangling)], 1, "a symbolic link is there"),
+        (["serve", "--unix", ""], 2, "--unix needs a path"),
+        (["serve", "--unix", str(tmp_path / "u.sock"), "--port", "9"], 2, "--unix cannot be"),
+        (["serve", "--port", "\u0663\u0663\u0663\u06632"], 2, "invalid port"),
+        (["connect", "--port", "\u0663\u0663\u0663\u06632"], 2, "invalid port"),
+        (["serve", "--backlog", "2147483648"], 2, "from 1 to 65535"),
+        (["serve", "--host", "a" * 300], 2, "at most 253"),
+        (["serve", "--host", "a" * 70 + ".example"], 2, "1 to 63 characters"),
+        (["serve", "--slow-callback-ms", "inf"], 2, "invalid value 'inf'"),
+        (["serve", "--slow-callback-ms", "1e300"], 2, "invalid value '1e300'"),
+        (["serve", "--idle-timeout", "nan"], 2, "invalid value 'nan'"),
+        (["serve", "--shutdown-timeout=-inf"], 2, "invalid value '-inf'"),
+        (["serve", "--unix-mode", "600"], 2, "--unix-mode applies to --unix"),
+        (["bench", "--warmup", "nan"], 2, "--warmup nan"),
+        (["bench", "--stall-timeout", "inf"], 2, "--stall-timeout inf"),
+        (["connect", "--unix", str(tmp_path / "missing")], 1, "no such socket file"),
+        (["connect", "--timeout", "nan"], 2, "invalid value 'nan'"),
+    ]
+    for args, code, message in cases:
+        result = muxio(*args, timeout=20)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, result.stderr)
+        assert result.returncode == code, (args, result.stderr)
+
+
+def test_listening_on_every_interface_is_announced() -> None:
+    with serve_process("--host", "0.0.0.0", "--port", "0") as sp:
+        assert any("every network interface" in line for line in sp.lines)
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+
+
+def test_connect_timeout_gives_up_on_a_silent_server() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = str(listener.getsockname()[1])
+        result = muxio("connect", "--port", port, "--timeout", "0.5", input=b"hello\n")
+    assert result.returncode == 1
+    assert result.stderr == "muxio: no reply from the server for 0.5 s (--timeout)\n"
+
+
+def test_connect_reports_a_server_that_closes_while_input_is_still_coming() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = str(listener.getsockname()[1])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "muxio", "connect", "--port", port],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            listener.settimeout(10)
+            conn, _ = listener.accept()
+            conn.close()  # at once; the client's stdin stays open
+            assert proc.wait(timeout=10) == 1
+            assert proc.stderr is not None
+            assert b"closed the connection before all input was sent" in proc.stderr.read()
+        finally:
+            terminate(proc)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import math
 import sys
 
 from . import __version__
@@ -19,6 +20,7 @@ from .pollers import BACKENDS
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -31,42 +33,102 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _ascii_int(text: str) -> int | None:
+    """An integer written in ASCII digits; `int()` alone also takes other scripts' digits."""
+    digits = text.strip()
+    if digits.startswith(("+", "-")):
+        digits = digits[1:]
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(text.strip(), 10)
+
+
 def port_number(text: str) -> int:
+    value = _ascii_int(text)
+    if value is None or not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: use a number from 0 to 65535")
+    return value
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for a whole number in [low, high], in ASCII digits."""
+
+    def parse(text: str) -> int:
+        value = _ascii_int(text)
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}: use a whole number from {low} to {high}"
+            )
+        return value
+
+    return parse
+
+
+positive_int = bounded_int(1, 1_000_000)
+
+
+def bounded_float(high: float, low: float = 0.0) -> Callable[[str], float]:
+    """An argparse type for a finite number in [low, high]: nan and inf never get through.
+
+    A nan compares false with everything, so a loop waiting for it never ends;
+    an inf overflows the first C call that takes it.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}: use a number from {_plain(low)} to {_plain(high)}"
+            )
+        return value
+
+    return parse
+
+
+non_negative_float = bounded_float(1e6)
+
+
+def _plain(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)
+
+
+def file_mode(text: str) -> int:
+    """Permissions in octal, as chmod takes them (600, 0660)."""
     try:
-        value = int(text, 10)
+        value = int(text, 8)
     except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777 or not text.isascii():
         raise argparse.ArgumentTypeError(
-            f"invalid port {text!r}: use a number from 0 to 65535"
-        ) from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {value}: use a number from 0 to 65535")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a whole number above 0")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a number of 0 or more")
+            f"invalid mode {text!r}: use octal permissions such as 600 or 660"
+        )
     return value
 
 
 def add_address_arguments(p: argparse.ArgumentParser, default_port: int = 8080) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to use (default 127.0.0.1)")
-    p.add_argument("--port", type=port_number, default=default_port, help="TCP port (default 8080)")
+    p.add_argument("--host", default=None, help="address to use (default 127.0.0.1)")
+    p.add_argument("--port", type=port_number, default=None, help="TCP port (default 8080)")
     p.add_argument("--unix", metavar="PATH", help="use a Unix socket instead of TCP")
+    p.set_defaults(default_port=default_port)
+
+
+def check_address(args: argparse.Namespace) -> None:
+    """--unix excludes --host and --port; fill in their defaults otherwise."""
+    if args.unix is not None:
+        if not args.unix:
+            raise UsageError("--unix needs a path (leave it out to use TCP)")
+        given = [o for o, v in (("--host", args.host), ("--port", args.port)) if v is not None]
+        if given:
+            raise UsageError(f"--unix cannot be combined with {' or '.join(given)}")
+    if args.host is None:
+        args.host = "127.0.0.1"
+    if args.port is None:
+        args.port = args.default_port
+    if len(args.host) > 253:
+        raise UsageError(f"--host is {len(args.host)} characters; a host name has at most 253")
 
 
 def build_parser(argv: list[str] | None = None) -> Parser:
@@ -84,7 +146,16 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         metavar="NAME",
         help=f"auto or one of {', '.join(BACKENDS)} (default auto: the best this OS has)",
     )
-    serve.add_argument("--backlog", type=positive_int, default=1024, help="listen backlog")
+    serve.add_argument(
+        "--unix-mode",
+        type=file_mode,
+        default=None,
+        metavar="MODE",
+        help="permissions of the --unix socket file, in octal (default: what the umask leaves)",
+    )
+    serve.add_argument(
+        "--backlog", type=bounded_int(1, 65535), default=1024, help="listen backlog"
+    )
     serve.add_argument("--service", default="upper", help="the service to run (default upper)")
     serve.add_argument(
         "--max-connections",
@@ -95,21 +166,21 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     )
     serve.add_argument(
         "--idle-timeout",
-        type=non_negative_float,
+        type=bounded_float(31_536_000),
         default=None,
         metavar="S",
         help="close connections silent in both directions for S seconds",
     )
     serve.add_argument(
         "--slow-callback-ms",
-        type=non_negative_float,
+        type=bounded_float(3_600_000),
         default=100.0,
         metavar="MS",
         help="warn when a callback holds the loop longer (0 turns the watchdog off)",
     )
     serve.add_argument(
         "--shutdown-timeout",
-        type=non_negative_float,
+        type=bounded_float(86_400),
         default=10.0,
         metavar="S",
         help="on SIGINT/SIGTERM, abort connections still flushing after S seconds",
@@ -142,6 +213,13 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         "connect", help="talk to a server: interactive on a terminal, like nc when piped"
     )
     add_address_arguments(connect)
+    connect.add_argument(
+        "--timeout",
+        type=bounded_float(86_400),
+        default=None,
+        metavar="S",
+        help="give up when the server has sent nothing for S seconds (default: wait)",
+    )
 
     for name, summary in (
         ("bench", "load-test an uppercase-echo server"),
@@ -166,6 +244,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .runner import ServeConfig, serve
     from .services import build_service
 
+    check_address(args)
+    if args.unix_mode is not None and args.unix is None:
+        raise UsageError("--unix-mode applies to --unix sockets only")
     get_poller_class(args.poller)
     factory = build_service(args.service, args)
     setup_logging(args.log_level)
@@ -173,6 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         unix=args.unix,
+        unix_mode=args.unix_mode,
         poller=args.poller,
         backlog=args.backlog,
         max_connections=args.max_connections,
@@ -232,7 +314,8 @@ def exit_despite_threads(code: int) -> None:
 def cmd_connect(args: argparse.Namespace) -> int:
     from .tools.client import run
 
-    return run(args.host, args.port, args.unix)
+    check_address(args)
+    return run(args.host, args.port, args.unix, timeout=args.timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ class ServeConfig:
         host: str = "127.0.0.1",
         port: int = 8080,
         unix: str | None = None,
+        unix_mode: int | None = None,
         poller: str = "auto",
         backlog: int = 1024,
         max_connections: int | None = None,
@@ -55,6 +56,7 @@ class ServeConfig:
         self.host = host
         self.port = port
         self.unix = unix
+        self.unix_mode = unix_mode
         self.poller = poller
         self.backlog = backlog
         self.max_connections = max_connections
@@ -62,6 +64,10 @@ class ServeConfig:
         self.slow_callback_ms = slow_callback_ms
         self.shutdown_timeout = shutdown_timeout
         self.service_name = service_name
+
+
+def _is_wildcard(sock: socket.socket) -> bool:
+    return sock.getsockname()[0] in ("0.0.0.0", "::")
 
 
 class _Stopping:
@@ -92,10 +98,18 @@ def serve(
     waiting no longer than what is left of `shutdown_timeout`: 0 after a
     forced stop).
     """
-    if config.unix:
-        sockets: list[socket.socket] = [bind_unix(config.unix, backlog=config.backlog)]
+    if config.unix is not None:
+        sockets: list[socket.socket] = [
+            bind_unix(config.unix, backlog=config.backlog, mode=config.unix_mode)
+        ]
     else:
         sockets = bind_tcp(config.host, config.port, backlog=config.backlog)
+        if any(_is_wildcard(s) for s in sockets):
+            log.warning(
+                "--host %s listens on every network interface: anyone who can reach this "
+                "machine can connect (use 127.0.0.1 to stay local)",
+                config.host or "''",
+            )
     slow = config.slow_callback_ms / 1000 if config.slow_callback_ms > 0 else None
     loop = EventLoop(poller if poller is not None else config.poller, slow_callback=slow)
     server = Server(

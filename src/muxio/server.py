@@ -14,9 +14,10 @@ import os
 import socket
 import stat
 import time
+import weakref
 from collections.abc import Callable
 
-from .errors import RuntimeFailure
+from .errors import RuntimeFailure, UsageError
 from .loop import EventLoop, TimerHandle
 from .pollers import FdTooLargeError
 from .protocol import Protocol
@@ -85,6 +86,11 @@ def bind_tcp(
         )
     except socket.gaierror as exc:
         raise RuntimeFailure(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+    except UnicodeError:
+        shown = host if len(host) <= 40 else host[:40] + "..."
+        raise UsageError(
+            f"invalid --host {shown!r}: each dot-separated part of a name is 1 to 63 characters"
+        ) from None
     sockets: list[socket.socket] = []
     seen = set()
     try:
@@ -117,22 +123,115 @@ def bind_tcp(
     return sockets
 
 
-def bind_unix(path: str, *, backlog: int = 1024) -> socket.socket:
-    """Listen on a Unix socket, replacing a stale socket file but nothing else."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
-        else:
+_UNIX_PATH_MAX = 107
+"""Bytes a Unix socket path may hold (sun_path is 108 on Linux, 104 on BSDs and macOS)."""
+
+_OURS: weakref.WeakKeyDictionary[socket.socket, tuple[int, int]] = weakref.WeakKeyDictionary()
+"""Device and inode of the socket file each `bind_unix` socket created."""
+
+
+def bind_unix(path: str, *, backlog: int = 1024, mode: int | None = None) -> socket.socket:
+    """Listen on a Unix socket, replacing a stale socket file but nothing else.
+
+    A socket file is stale only if nothing answers on it: a live server's
+    socket is never taken over (that would leave it running, unreachable).
+    `mode` sets the file's permissions before the socket listens, so nobody
+    can connect under the umask's looser ones; by default the umask decides.
+    The file is removed at `Server.close()` only while it is still this one.
+    """
+    if not path:
+        raise UsageError("--unix needs a path (an empty one would mean TCP)")
+    size = len(os.fsencode(path))
+    if size > _UNIX_PATH_MAX:
+        raise UsageError(
+            f"--unix path is {size} bytes long; a Unix socket path holds at most "
+            f"{_UNIX_PATH_MAX} (use a shorter or a relative path)"
+        )
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot listen on {path}: {_explain_path(exc, path)}") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise RuntimeFailure(
+                f"cannot listen on {path}: a symbolic link is there (remove it or choose "
+                "another --unix path)"
+            )
+        if not stat.S_ISSOCK(st.st_mode):
             raise RuntimeFailure(f"cannot listen on {path}: a file that is not a socket is there")
+        if _answers(path):
+            raise RuntimeFailure(
+                f"another server is listening on {path} (stop it or choose another --unix path)"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        info = os.stat(path)
+        if mode is not None:
+            os.chmod(path, mode)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise RuntimeFailure(f"cannot listen on {path}: {_explain(exc)}") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise RuntimeFailure(
+                f"cannot listen on {path}: something took the path meanwhile "
+                "(choose another --unix path)"
+            ) from None
+        raise RuntimeFailure(f"cannot listen on {path}: {_explain_path(exc, path)}") from None
     sock.setblocking(False)
+    _OURS[sock] = (info.st_dev, info.st_ino)
     return sock
+
+
+def _answers(path: str) -> bool:
+    """True if a server accepts connections on the socket file at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return True  # its backlog is full: very much alive
+        raise RuntimeFailure(
+            f"cannot listen on {path}: cannot tell whether a server is using it "
+            f"({exc.strerror or exc})"
+        ) from None
+    finally:
+        probe.close()
+    return True
+
+
+def _explain_path(exc: OSError, path: str) -> str:
+    if exc.errno == errno.ENOTDIR:
+        return "a component of the path is a file, not a directory"
+    if exc.errno == errno.ENOENT:
+        return f"the directory {os.path.dirname(path) or '.'} does not exist"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (choose a directory you may write to)"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the path is too long"
+    return exc.strerror or str(exc)
+
+
+def _remove_if_ours(sock: socket.socket) -> None:
+    """Unlink a listening socket's file, unless another server has replaced it since."""
+    ours = _OURS.pop(sock, None)
+    if ours is None:
+        return
+    try:
+        path = sock.getsockname()
+        info = os.lstat(path)
+    except (OSError, TypeError, ValueError):
+        return
+    if (info.st_dev, info.st_ino) == ours:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def format_address(sock: socket.socket) -> str:
@@ -341,11 +440,9 @@ class Server:
         if not self._accept_paused:
             self._unwatch_listeners()
         for sock in self.sockets:
-            path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+            if sock.family == socket.AF_UNIX:
+                _remove_if_ours(sock)
             sock.close()
-            if path:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
 
     def is_shutting_down(self) -> bool:
         return self._on_closed is not None

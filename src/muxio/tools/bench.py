@@ -614,14 +614,15 @@ def run_bench(
         raise UsageError(f"--connections {connections} must be at least 1")
     if size < 1:
         raise UsageError(f"--size {size} must be at least 1 byte")
-    if not duration > 0:
-        raise UsageError(f"--duration {duration} must be positive, e.g. --duration 5")
-    if warmup < 0:
-        raise UsageError(f"--warmup {warmup} must be 0 or more")
+    # `not x <= limit` also catches nan, which compares false with everything
+    if not 0 < duration <= 86_400:
+        raise UsageError(f"--duration {duration} must be from 0 to 86400 s, e.g. --duration 5")
+    if not 0 <= warmup <= 3_600:
+        raise UsageError(f"--warmup {warmup} must be from 0 to 3600 s")
     if idle < 0:
         raise UsageError(f"--idle {idle} must be 0 or more")
-    if not stall_timeout > 0:
-        raise UsageError(f"--stall-timeout {stall_timeout} must be positive, e.g. 5")
+    if not 0 < stall_timeout <= 86_400:
+        raise UsageError(f"--stall-timeout {stall_timeout} must be from 0 to 86400 s, e.g. 5")
     procs = default_processes() if processes is None else processes
     if procs < 1:
         raise UsageError(f"--processes {procs} must be at least 1")
