@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -35,9 +37,11 @@ from helpers import (
     terminate,
 )
 
+from muxio import EventLoop, Server, bind_unix
 from muxio.offload import Mode, Offloader
 from muxio.services.upper import UpperEcho
-from muxio.services.work import WorkService, WorkServiceFactory
+from muxio.services.work import MAX_LINE, WorkService, WorkServiceFactory
+from muxio.watchdog import Watchdog
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -431,3 +435,112 @@ def test_connect_reports_a_server_that_closes_while_input_is_still_coming() -> N
             for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
                     stream.close()
+
+
+# -- 11. a peer cannot forge log lines ----------------------------------------------
+
+
+class SlowEcho(UpperEcho):
+    """Holds the loop in data_received long enough for the watchdog to name it."""
+
+    def data_received(self, data: bytes) -> None:
+        time.sleep(0.3)
+        super().data_received(data)
+
+
+def test_a_peer_address_in_a_log_line_is_escaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server_path = str(tmp_path / "s.sock")
+    evil = str(tmp_path / "x\n2026-01-01 muxio WARNING forged\x1b[2J")
+    loop = EventLoop(slow_callback=0.05)
+    server = Server(loop, SlowEcho, [bind_unix(server_path)])
+    watchdog = Watchdog(loop, 0.05)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.bind(evil)
+        client.settimeout(10)
+        client.connect(server_path)
+        client.sendall(b"hi")
+        server.start()
+        watchdog.start()
+        loop.call_later(0.05, lambda: loop.call_later(0.5, loop.stop))
+        with caplog.at_level(logging.WARNING, logger="muxio"):
+            loop.run_forever()
+        watchdog.stop()
+        assert client.recv(2) == b"HI"
+    server.close()
+    for transport in list(server.connections):
+        transport.abort()
+    loop.stop()
+    loop.run_forever()
+    loop.close()
+    slow = [r.getMessage() for r in caplog.records if "slow callback" in r.getMessage()]
+    assert slow and "SlowEcho.data_received" in slow[0], slow
+    assert "\\n2026-01-01" in slow[0]  # shown, escaped
+    for message in slow:
+        assert "\n" not in message and "\x1b" not in message, message
+
+
+# -- 12. the work service's line edges -----------------------------------------------
+
+
+def test_a_last_line_without_a_newline_is_answered() -> None:
+    with work_server() as (srv, _off):
+        for request, reply in ((b"one\ntwo", b"ONE\nTWO\n"), (b"work 5", b"WORK 5\n")):
+            with srv.connect() as sock:
+                sock.sendall(request)
+                sock.shutdown(socket.SHUT_WR)
+                assert recv_until_eof(sock) == reply
+
+
+def test_the_line_limit_counts_content_not_the_terminator() -> None:
+    content = b"a" * MAX_LINE
+    with work_server() as (srv, _off):
+        for end in (b"\n", b"\r\n"):
+            with srv.connect() as sock:
+                sock.sendall(content + end + b"next" + end)
+                sock.shutdown(socket.SHUT_WR)
+                assert recv_until_eof(sock) == content.upper() + b"\nNEXT\n", end
+        with srv.connect() as sock:
+            sock.sendall(content + b"a\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(sock) == f"ERROR line longer than {MAX_LINE} bytes\n".encode()
+
+
+# -- 13. a stopped process is not blamed on a callback ---------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_the_watchdog_says_when_the_process_was_not_running() -> None:
+    with serve_process("--port", "0", "--slow-callback-ms", "100") as sp:
+        stop = threading.Event()
+
+        def flood() -> None:
+            payload = b"x" * 65536
+            with sp.connect() as sock:
+                while not stop.is_set():
+                    with contextlib.suppress(OSError):
+                        round_trip(sock, payload, timeout=30)
+
+        flooders = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
+        for t in flooders:
+            t.start()
+        found: list[str] = []
+        try:
+            # a stop that lands while the loop waits in its poller is no stall at all:
+            # repeat until one lands inside an iteration
+            for _ in range(8):
+                sp.signal(signal.SIGSTOP)
+                time.sleep(1.2)  # the stall being simulated
+                sp.signal(signal.SIGCONT)
+                with contextlib.suppress(TimeoutError):
+                    m = sp.wait_line(r"slow callback: the loop was blocked for (\d+) ms by (.*)", 3)
+                    if int(m.group(1)) >= 1000:
+                        found.append(m.group(2))
+                        break
+        finally:
+            stop.set()
+            for t in flooders:
+                t.join(35)
+        assert found, "no stop landed inside a loop iteration"
+        assert "was not running" in found[0] and "data_received" not in found[0], found

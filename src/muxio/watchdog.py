@@ -6,6 +6,16 @@ wakes a few times per `slow_callback` period; if the loop has been busy in
 one iteration for longer than that, it samples the loop thread's stack and
 leaves a description for the loop's own slow-iteration warning.  An idle loop
 sits in its poller with the stamp cleared, so the thread finds nothing to do.
+
+A stall is not always the loop's doing: a stopped process (SIGSTOP, a
+debugger), a suspended machine or a starved one stops every thread, this
+one included.  The thread notices by waking far later than it asked to
+while the process used next to no CPU meanwhile, and then says the process
+was not running instead of blaming whatever callback the loop was in.
+
+The peer named in a description comes from the network (a Unix client
+picks its own socket path), so it is logged as a repr: a newline or a
+terminal escape in it cannot forge a log line.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ def describe_frame(frame: FrameType | None) -> str:
             if transport is not None and hasattr(transport, "get_extra_info"):
                 peer = transport.get_extra_info("peername")
             at = f"{innermost.f_code.co_filename}:{innermost.f_lineno}" if innermost else "?"
-            return f"{where} (peer {peer}) at {at}"
+            return f"{where} (peer {peer!r}) at {at}"
         frame = frame.f_back
     if innermost is None:
         return "unknown code"
@@ -52,6 +62,8 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="muxio-watchdog", daemon=True)
         self._reported = 0.0
+        self._absent: tuple[float, float] | None = None
+        """(when, seconds): the last time the whole process was found not running."""
 
     def start(self) -> None:
         self._thread.start()
@@ -64,14 +76,27 @@ class Watchdog:
     def _run(self) -> None:
         interval = max(self.threshold / 2, 0.005)
         long_block = max(self.threshold * 10, 1.0)
+        last, last_cpu = time.monotonic(), time.process_time()
         while not self._stop.wait(interval):
+            now, cpu = time.monotonic(), time.process_time()
+            missed = now - last - interval
+            if missed >= self.threshold and cpu - last_cpu < missed / 2:
+                self._absent = (now, missed)
+            last, last_cpu = now, cpu
             started = self.loop._busy_since
             thread_id = self.loop._thread_id
             if not started or thread_id is None:
                 continue
-            busy = time.monotonic() - started
+            busy = now - started
             if busy < self.threshold:
                 continue
+            absent = self._absent
+            if absent is not None and absent[0] >= started and absent[1] >= busy / 2:
+                self.loop.slow_sample = (
+                    started,
+                    f"no callback: the process was not running for {absent[1]:.1f} s of it "
+                    "(stopped, suspended or starved of CPU)",
+                )
             sample = self.loop.slow_sample
             if sample is None or sample[0] != started:
                 frame = sys._current_frames().get(thread_id)
