@@ -109,9 +109,7 @@ def held_bytes(srv: ServerThread) -> int:
 
 
 def stalled(srv: ServerThread) -> bool:
-    return bool(srv.server.connections) and not any(
-        t.is_reading() for t in srv.server.connections
-    )
+    return bool(srv.server.connections) and not any(t.is_reading() for t in srv.server.connections)
 
 
 LONG_LINE = b"a" * (64 * 1024 - 1) + b"\n"
@@ -333,8 +331,10 @@ def test_a_second_server_does_not_take_over_a_live_unix_socket(tmp_path: Path) -
     with unix_server("--unix", path) as first:
         second = muxio("serve", "--unix", path)
         assert second.returncode == 1
-        assert second.stderr == f"muxio: another server is listening on {path} " \
+        assert (
+            second.stderr == f"muxio: another server is listening on {path} "
             "(stop it or choose another --unix path)\n"
+        )
         assert unix_round_trip(path, b"first") == b"FIRST"
         first.signal(signal.SIGTERM)
         assert first.wait() == 0
@@ -544,3 +544,59 @@ def test_the_watchdog_says_when_the_process_was_not_running() -> None:
                 t.join(35)
         assert found, "no stop landed inside a loop iteration"
         assert "was not running" in found[0] and "data_received" not in found[0], found
+
+
+# -- 9. a bench worker does not outlive its killed parent -----------------------------
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_bench_workers_end_when_the_bench_is_killed() -> None:
+    with running_server() as srv:
+        bench = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "muxio",
+                "bench",
+                "--port",
+                str(srv.port),
+                "--processes",
+                "2",
+                "--connections",
+                "4",
+                "--duration",
+                "60",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            workers: list[int] = []
+            while len(workers) < 2:
+                assert time.monotonic() < deadline, "the bench workers never started"
+                time.sleep(0.05)
+                workers = children(bench.pid)
+            assert srv.wait_for(lambda: len(srv.server.connections) >= 4)
+            bench.kill()
+            bench.wait(10)
+            deadline = time.monotonic() + 10
+            while any(alive(w) for w in workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not any(alive(w) for w in workers), "a bench worker outlived its parent"
+        finally:
+            terminate(bench)

@@ -394,6 +394,10 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
     conns, first_error = _connect_all(cfg, poller, errors)
     n_active = sum(1 for c in conns.values() if not c.idle)
     pipe.send(("ready", n_active, len(conns) - n_active, dict(errors), first_error))
+    parent = os.getppid()
+    while not pipe.poll(_PROGRESS_EVERY):
+        if os.getppid() != parent:
+            return  # see below: the parent was killed
     if pipe.recv() != "go":
         return
 
@@ -459,6 +463,10 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
             measuring = True
         if now >= next_report:
             next_report = now + _PROGRESS_EVERY
+            if os.getppid() != parent:
+                # the parent was killed: a forked worker holds the parent's pipe end
+                # itself, so the pipe never breaks and only this notices
+                return
             pipe.send(("progress", done_total, measured, sum(errors.values())))
         if now >= next_stall_check:
             next_stall_check = now + 0.5
