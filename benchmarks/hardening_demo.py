@@ -132,6 +132,7 @@ def send_until_blocked(sock: socket.socket, data: bytes, stall: float = 1.0) -> 
 def work_flood(args: argparse.Namespace) -> None:
     srv = Server(args.src, "--service", "work", "--offload", "processes", "--pool-size", "2")
     before = srv.rss_mib()
+    baseline_fds = srv.fds()
     request = b"work 10000\n" + (b"a" * (64 * 1024 - 1) + b"\n") * 63
     clients = []
     sent = 0
@@ -145,15 +146,25 @@ def work_flood(args: argparse.Namespace) -> None:
     fds_during = srv.fds()
     for sock in clients:
         sock.close()
+    closed = time.monotonic()
     time.sleep(3.0)
     after = srv.rss_mib()
     fds_after = srv.fds()
+    # Their unsent input still sits in the kernels, in front of their FIN, so the server
+    # cannot see them go; the client kernels reset the orphaned sockets in the end.
+    released = None
+    while time.monotonic() - closed < args.wait:
+        if srv.fds() <= baseline_fds + 2:
+            released = time.monotonic() - closed
+            break
+        time.sleep(1.0)
     srv.stop()
     print(
         f"work-flood: {args.clients} clients that never read sent {sent / 2**20:.0f} MiB: "
         f"RSS {before:.1f} MiB idle, {during:.1f} MiB with them (peak {peak:.1f}); "
         f"{fds_during} descriptors open; 3 s after they closed: {fds_after} descriptors, "
-        f"RSS {after:.1f} MiB"
+        f"RSS {after:.1f} MiB; descriptors back to {baseline_fds} "
+        + (f"after {released:.0f} s" if released is not None else f"not within {args.wait:g} s")
     )
 
 
@@ -209,6 +220,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=None)
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--ms", type=int, default=1000)
+    ap.add_argument("--wait", type=float, default=240, help="work-flood: seconds to watch")
     args = ap.parse_args()
     if args.clients is None:
         args.clients = 100 if args.scenario == "work-flood" else 10
