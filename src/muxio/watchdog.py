@@ -9,9 +9,12 @@ sits in its poller with the stamp cleared, so the thread finds nothing to do.
 
 A stall is not always the loop's doing: a stopped process (SIGSTOP, a
 debugger), a suspended machine or a starved one stops every thread, this
-one included.  The thread notices by waking far later than it asked to
-while the process used next to no CPU meanwhile, and then says the process
-was not running instead of blaming whatever callback the loop was in.
+one included.  Such a stall shows as this thread's own ticks stopping
+while the process used next to no CPU.  Whichever thread resumes first
+notices it — this one on its next tick, or the loop thread when it reports
+the slow iteration (the watchdog hooks that report, because after a stop
+the loop thread often gets there first) — and the warning then says the
+process was not running instead of naming the callback it was in.
 
 The peer named in a description comes from the network (a Unix client
 picks its own socket path), so it is logged as a repr: a newline or a
@@ -64,25 +67,61 @@ class Watchdog:
         self._reported = 0.0
         self._absent: tuple[float, float] | None = None
         """(when, seconds): the last time the whole process was found not running."""
+        self._interval = max(threshold / 2, 0.005)
+        self._tick = (time.monotonic(), time.process_time())
+        self._report = getattr(loop, "_report_slow", None)
 
     def start(self) -> None:
+        self._tick = (time.monotonic(), time.process_time())
+        if self._report is not None:
+            self.loop._report_slow = self._report_slow  # type: ignore[method-assign]
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
+        if self._report is not None and "_report_slow" in vars(self.loop):
+            del self.loop._report_slow
+
+    def _not_running(self, now: float, cpu: float) -> float:
+        """Seconds the whole process lately spent not running (0 if it ran)."""
+        last, last_cpu = self._tick
+        missed = now - last - self._interval
+        if missed >= self.threshold and cpu - last_cpu < missed / 2:
+            return missed
+        return 0.0
+
+    def _blame_nobody(self, started: float, busy: float) -> bool:
+        """If the process was not running for most of this stall, say so in the sample."""
+        missed = self._not_running(time.monotonic(), time.process_time())
+        absent = self._absent
+        if not missed and absent is not None and absent[0] >= started:
+            missed = absent[1]
+        if not busy / 2 <= missed <= busy + self._interval + self.threshold:
+            return False  # a stall of its own, not (mostly) the process being stopped
+        self.loop.slow_sample = (
+            started,
+            f"no callback: the process was not running for {missed:.1f} s of it "
+            "(stopped, suspended or starved of CPU)",
+        )
+        return True
+
+    def _report_slow(self, started: float, busy: float, n_events: int) -> None:
+        """The loop's slow-iteration report, run on the loop thread; see the module doc."""
+        self._blame_nobody(started, busy)
+        assert self._report is not None
+        self._report(started, busy, n_events)
 
     def _run(self) -> None:
-        interval = max(self.threshold / 2, 0.005)
+        interval = self._interval
         long_block = max(self.threshold * 10, 1.0)
-        last, last_cpu = time.monotonic(), time.process_time()
         while not self._stop.wait(interval):
             now, cpu = time.monotonic(), time.process_time()
-            missed = now - last - interval
-            if missed >= self.threshold and cpu - last_cpu < missed / 2:
+            missed = self._not_running(now, cpu)
+            if missed:
                 self._absent = (now, missed)
-            last, last_cpu = now, cpu
+            self._tick = (now, cpu)
             started = self.loop._busy_since
             thread_id = self.loop._thread_id
             if not started or thread_id is None:
@@ -90,15 +129,10 @@ class Watchdog:
             busy = now - started
             if busy < self.threshold:
                 continue
-            absent = self._absent
-            if absent is not None and absent[0] >= started and absent[1] >= busy / 2:
-                self.loop.slow_sample = (
-                    started,
-                    f"no callback: the process was not running for {absent[1]:.1f} s of it "
-                    "(stopped, suspended or starved of CPU)",
-                )
             sample = self.loop.slow_sample
-            if sample is None or sample[0] != started:
+            if self._blame_nobody(started, busy):
+                pass
+            elif sample is None or sample[0] != started:
                 frame = sys._current_frames().get(thread_id)
                 self.loop.slow_sample = (started, describe_frame(frame))
             if busy >= long_block and self._reported != started:
