@@ -213,7 +213,7 @@ class CountingOffloader(Offloader):
 
 def test_pending_work_per_connection_is_capped() -> None:
     off = CountingOffloader("threads", max_workers=4)
-    srv = ServerThread(WorkServiceFactory(off, max_pending=4))
+    srv = ServerThread(WorkServiceFactory(off, max_pending=4, max_jobs=8))
     off.start(srv.loop)
     try:
         srv.start()

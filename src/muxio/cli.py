@@ -7,8 +7,10 @@ failure as one line and exit code 1.  Tracebacks are for muxio's own bugs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import math
 import sys
 
 from . import __version__
@@ -18,6 +20,7 @@ from .pollers import BACKENDS
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import NoReturn
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -30,42 +33,102 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _ascii_int(text: str) -> int | None:
+    """An integer written in ASCII digits; `int()` alone also takes other scripts' digits."""
+    digits = text.strip()
+    if digits.startswith(("+", "-")):
+        digits = digits[1:]
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(text.strip(), 10)
+
+
 def port_number(text: str) -> int:
+    value = _ascii_int(text)
+    if value is None or not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: use a number from 0 to 65535")
+    return value
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for a whole number in [low, high], in ASCII digits."""
+
+    def parse(text: str) -> int:
+        value = _ascii_int(text)
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}: use a whole number from {low} to {high}"
+            )
+        return value
+
+    return parse
+
+
+positive_int = bounded_int(1, 1_000_000)
+
+
+def bounded_float(high: float, low: float = 0.0) -> Callable[[str], float]:
+    """An argparse type for a finite number in [low, high]: nan and inf never get through.
+
+    A nan compares false with everything, so a loop waiting for it never ends;
+    an inf overflows the first C call that takes it.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(
+                f"invalid value {text!r}: use a number from {_plain(low)} to {_plain(high)}"
+            )
+        return value
+
+    return parse
+
+
+non_negative_float = bounded_float(1e6)
+
+
+def _plain(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)
+
+
+def file_mode(text: str) -> int:
+    """Permissions in octal, as chmod takes them (600, 0660)."""
     try:
-        value = int(text, 10)
+        value = int(text, 8)
     except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777 or not text.isascii():
         raise argparse.ArgumentTypeError(
-            f"invalid port {text!r}: use a number from 0 to 65535"
-        ) from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {value}: use a number from 0 to 65535")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a whole number above 0")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: use a number of 0 or more")
+            f"invalid mode {text!r}: use octal permissions such as 600 or 660"
+        )
     return value
 
 
 def add_address_arguments(p: argparse.ArgumentParser, default_port: int = 8080) -> None:
-    p.add_argument("--host", default="127.0.0.1", help="address to use (default 127.0.0.1)")
-    p.add_argument("--port", type=port_number, default=default_port, help="TCP port (default 8080)")
+    p.add_argument("--host", default=None, help="address to use (default 127.0.0.1)")
+    p.add_argument("--port", type=port_number, default=None, help="TCP port (default 8080)")
     p.add_argument("--unix", metavar="PATH", help="use a Unix socket instead of TCP")
+    p.set_defaults(default_port=default_port)
+
+
+def check_address(args: argparse.Namespace) -> None:
+    """--unix excludes --host and --port; fill in their defaults otherwise."""
+    if args.unix is not None:
+        if not args.unix:
+            raise UsageError("--unix needs a path (leave it out to use TCP)")
+        given = [o for o, v in (("--host", args.host), ("--port", args.port)) if v is not None]
+        if given:
+            raise UsageError(f"--unix cannot be combined with {' or '.join(given)}")
+    if args.host is None:
+        args.host = "127.0.0.1"
+    if args.port is None:
+        args.port = args.default_port
+    if len(args.host) > 253:
+        raise UsageError(f"--host is {len(args.host)} characters; a host name has at most 253")
 
 
 def build_parser(argv: list[str] | None = None) -> Parser:
@@ -83,7 +146,16 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         metavar="NAME",
         help=f"auto or one of {', '.join(BACKENDS)} (default auto: the best this OS has)",
     )
-    serve.add_argument("--backlog", type=positive_int, default=1024, help="listen backlog")
+    serve.add_argument(
+        "--unix-mode",
+        type=file_mode,
+        default=None,
+        metavar="MODE",
+        help="permissions of the --unix socket file, in octal (default: what the umask leaves)",
+    )
+    serve.add_argument(
+        "--backlog", type=bounded_int(1, 65535), default=1024, help="listen backlog"
+    )
     serve.add_argument("--service", default="upper", help="the service to run (default upper)")
     serve.add_argument(
         "--max-connections",
@@ -94,21 +166,21 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     )
     serve.add_argument(
         "--idle-timeout",
-        type=non_negative_float,
+        type=bounded_float(31_536_000),
         default=None,
         metavar="S",
         help="close connections silent in both directions for S seconds",
     )
     serve.add_argument(
         "--slow-callback-ms",
-        type=non_negative_float,
+        type=bounded_float(3_600_000),
         default=100.0,
         metavar="MS",
         help="warn when a callback holds the loop longer (0 turns the watchdog off)",
     )
     serve.add_argument(
         "--shutdown-timeout",
-        type=non_negative_float,
+        type=bounded_float(86_400),
         default=10.0,
         metavar="S",
         help="on SIGINT/SIGTERM, abort connections still flushing after S seconds",
@@ -127,6 +199,13 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         help="worker threads or processes for --offload (default: one per CPU for processes)",
     )
     serve.add_argument(
+        "--max-jobs-per-connection",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="for --service work: work requests of one connection in the pool at once (default 1)",
+    )
+    serve.add_argument(
         "--log-level", default="info", choices=LOG_LEVELS, type=str.lower, help="default info"
     )
 
@@ -134,6 +213,13 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         "connect", help="talk to a server: interactive on a terminal, like nc when piped"
     )
     add_address_arguments(connect)
+    connect.add_argument(
+        "--timeout",
+        type=bounded_float(86_400),
+        default=None,
+        metavar="S",
+        help="give up when the server has sent nothing for S seconds (default: wait)",
+    )
 
     for name, summary in (
         ("bench", "load-test an uppercase-echo server"),
@@ -158,6 +244,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .runner import ServeConfig, serve
     from .services import build_service
 
+    check_address(args)
+    if args.unix_mode is not None and args.unix is None:
+        raise UsageError("--unix-mode applies to --unix sockets only")
     get_poller_class(args.poller)
     factory = build_service(args.service, args)
     setup_logging(args.log_level)
@@ -165,6 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         unix=args.unix,
+        unix_mode=args.unix_mode,
         poller=args.poller,
         backlog=args.backlog,
         max_connections=args.max_connections,
@@ -174,19 +264,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
         service_name=args.service,
     )
     # a service with resources to start on the loop and release after it (a pool)
-    serve(
-        factory,
-        config,
-        on_start=getattr(factory, "on_start", None),
-        on_close=getattr(factory, "on_close", None),
+    try:
+        totals = serve(
+            factory,
+            config,
+            on_start=getattr(factory, "on_start", None),
+            on_close=getattr(factory, "on_close", None),
+        )
+        code = 0 if totals.get("drain") == "complete" else 1
+    except KeyboardInterrupt:
+        code = 1  # one more Ctrl-C after the loop had closed: the summary is out
+    exit_despite_threads(code)
+    return code
+
+
+def exit_despite_threads(code: int) -> None:
+    """Exit now if worker threads are still running jobs that were given up on.
+
+    Python joins every non-daemon thread at exit, and a
+    `ThreadPoolExecutor` joins its workers even if they were daemons, so a
+    `work 10000` left running in a thread would hold the exit for 10 s past
+    `--shutdown-timeout` (and past a second signal).  A thread cannot be
+    stopped, so once the summary is logged and the output flushed nothing is
+    left to lose: `os._exit` ends the process without waiting for them.
+    """
+    import os
+    import signal
+    import threading
+
+    # the server is gone; one more Ctrl-C must not interrupt the exit with a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    main = threading.main_thread()
+    busy = [t for t in threading.enumerate() if t is not main and not t.daemon]
+    for thread in busy:
+        thread.join(0.05)  # idle pool threads are on their way out
+    busy = [t for t in busy if t.is_alive()]
+    if not busy:
+        return
+    logging.getLogger("muxio").warning(
+        "exiting with %d threads still running abandoned work", len(busy)
     )
-    return 0
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
     from .tools.client import run
 
-    return run(args.host, args.port, args.unix)
+    check_address(args)
+    return run(args.host, args.port, args.unix, timeout=args.timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

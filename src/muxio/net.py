@@ -824,9 +824,10 @@ async def bind_server_sockets(
     )
 
 
-_unix_paths: weakref.WeakKeyDictionary[socket.socket, tuple[str | bytes, int]] = (
+_unix_files: weakref.WeakKeyDictionary[socket.socket, tuple[str, int, int]] = (
     weakref.WeakKeyDictionary()
 )
+"""Listening Unix sockets' files: (path, device, inode) when we bound them."""
 
 
 def _is_abstract(path: str | bytes) -> bool:
@@ -867,27 +868,39 @@ def bind_unix_server_socket(
         raise
     sock.setblocking(False)
     if cleanup_socket:
-        bound = sock.getsockname()
-        if not _is_abstract(bound):
-            with contextlib.suppress(FileNotFoundError):
-                _unix_paths[sock] = (bound, os.stat(bound).st_ino)
+        remember_unix_socket(sock)
     return sock
 
 
-def close_unix_server_socket(sock: socket.socket) -> None:
-    """Close `sock` and remove its file, unless another server has replaced it since."""
-    entry = _unix_paths.pop(sock, None)
-    sock.close()
+def remember_unix_socket(sock: socket.socket) -> None:
+    """Note the file a listening Unix socket was just bound to, so only it is removed later."""
+    bound = sock.getsockname()
+    if isinstance(bound, str) and bound and not _is_abstract(bound):
+        with contextlib.suppress(OSError):
+            info = os.lstat(bound)
+            _unix_files[sock] = (bound, info.st_dev, info.st_ino)
+
+
+def remove_unix_socket_file(sock: socket.socket) -> None:
+    """Unlink a listening socket's file, unless another server has replaced it since."""
+    entry = _unix_files.pop(sock, None)
     if entry is None:
         return
-    path, inode = entry
+    path, dev, ino = entry
     try:
-        if os.stat(path).st_ino == inode:
+        info = os.lstat(path)
+        if (info.st_dev, info.st_ino) == (dev, ino):
             os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as err:
         log.error("Unable to clean up listening UNIX socket %r: %r", path, err)
+
+
+def close_unix_server_socket(sock: socket.socket) -> None:
+    """Close `sock` and remove its file, unless another server has replaced it since."""
+    remove_unix_socket_file(sock)
+    sock.close()
 
 
 async def transport_sendfile(

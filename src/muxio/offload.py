@@ -26,9 +26,19 @@ worker (forkserver pays most of it once), so `start()` pre-warms the pool
 before the server accepts its first connection.
 
 A worker process that dies (a segfault, `os._exit`, the OOM killer) breaks
-a `ProcessPoolExecutor` for good: every job still pending on it fails with
+a `ProcessPoolExecutor` for good: every job running on it fails with
 `BrokenProcessPool`.  The offloader reports that error to each of those
-callers and replaces the pool, so later submits work again.
+callers and replaces the pool; jobs still in its own queue, and later
+submits, go to the fresh pool.
+
+Jobs wait in the offloader's own first-come-first-served queue and enter
+the pool only when a worker is free, so a job cancelled before it started
+(its client left) never runs.  A cancelled job that is already running is
+abandoned where the pool allows it: a process pool whose running jobs have
+all been abandoned is terminated and replaced (`ProcessPoolExecutor` cannot
+stop one worker without breaking the jobs of the others, so a job of a live
+caller is never sacrificed); a thread cannot be stopped, so an abandoned
+job in a thread runs to its end and only its result is dropped.
 
 `OrderedReplies` keeps a connection's replies in request order while the
 results that feed them complete in any order.
@@ -50,6 +60,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
 from .errors import RuntimeFailure
@@ -106,6 +117,7 @@ class OffloadStats:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
+    abandoned: int = 0
     pools_replaced: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -114,6 +126,7 @@ class OffloadStats:
             "offload_completed": self.completed,
             "offload_failed": self.failed,
             "offload_cancelled": self.cancelled,
+            "offload_abandoned": self.abandoned,
             "offload_pools_replaced": self.pools_replaced,
         }
 
@@ -121,19 +134,35 @@ class OffloadStats:
 class Job:
     """One submitted call; `cancel()` drops its callback (and the call, if queued)."""
 
-    __slots__ = ("_cancelled", "_executor", "_future", "callback")
+    __slots__ = ("_call", "_cancelled", "_executor", "_future", "_offloader", "callback")
 
-    def __init__(self, callback: Callable[[Outcome[Any]], object]) -> None:
+    def __init__(
+        self,
+        callback: Callable[[Outcome[Any]], object],
+        offloader: Offloader | None = None,
+        call: tuple[Callable[..., Any], tuple[Any, ...]] | None = None,
+    ) -> None:
         self.callback = callback
         self._cancelled = False
         self._future: concurrent.futures.Future[Any] | None = None
         self._executor: concurrent.futures.Executor | None = None
+        self._offloader = offloader
+        self._call = call
 
     def cancel(self) -> None:
-        """The callback will not run; a call not yet started will not run either."""
+        """The callback will not run; a call not yet started will not run either.
+
+        A call already running in a process pool is abandoned when every
+        running call has been (see the module docstring).
+        """
+        if self._cancelled:
+            return
         self._cancelled = True
+        self._call = None
         if self._future is not None:
             self._future.cancel()
+        if self._offloader is not None:
+            self._offloader._job_cancelled(self)
 
     def cancelled(self) -> bool:
         return self._cancelled
@@ -204,6 +233,9 @@ class Offloader:
         self.stats = OffloadStats()
         self._executor: concurrent.futures.Executor | None = None
         self._pending: set[Job] = set()
+        self._queue: deque[Job] = deque()
+        self._retired: list[concurrent.futures.Executor] = []
+        self._running: set[Job] = set()
         self._started = False
         self._closed = False
 
@@ -224,6 +256,16 @@ class Offloader:
     def pending(self) -> int:
         """Jobs submitted whose callback has not run yet."""
         return len(self._pending)
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a free worker."""
+        return sum(1 for job in self._queue if not job._cancelled)
+
+    @property
+    def running(self) -> int:
+        """Jobs handed to the pool (abandoned ones included) and not yet finished."""
+        return len(self._running)
 
     def start(self, loop: EventLoop | None = None) -> None:
         """Bind to `loop` and create the pool; a process pool is pre-warmed.
@@ -320,24 +362,29 @@ class Offloader:
         self._closed = True
         pending, self._pending = self._pending, set()
         self.stats.cancelled += len(pending)
+        running, self._running = self._running, set()
+        self._queue.clear()
+        retired, self._retired = self._retired, []
+        for old in retired:
+            old.shutdown(wait=True)  # stopped or broken pools: only their threads are left
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        futures = [job._future for job in pending if job._future is not None]
+        futures = [job._future for job in pending | running if job._future is not None]
         # Taken before shutdown(): the executor's manager thread may clear it meanwhile.
         workers = list((getattr(executor, "_processes", None) or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
-        _, running = concurrent.futures.wait(futures, timeout=timeout)
-        if running:
+        _, busy = concurrent.futures.wait(futures, timeout=timeout)
+        if busy:
             if isinstance(executor, concurrent.futures.ProcessPoolExecutor):
-                log.warning("offload: terminating workers: %d jobs still busy", len(running))
+                log.warning("offload: terminating workers: %d jobs still busy", len(busy))
                 for process in workers:
                     with contextlib.suppress(Exception):
                         process.terminate()
             else:
                 log.warning(
                     "offload: %d jobs still running in threads; not waiting for them",
-                    len(running),
+                    len(busy),
                 )
                 return
         executor.shutdown(wait=True)
@@ -375,28 +422,66 @@ class Offloader:
             self.start()
         loop = self.loop
         assert loop is not None
-        job = Job(callback)
-        self._pending.add(job)
         self.stats.submitted += 1
         if self.mode == "none":
+            job = Job(callback, self)
+            self._pending.add(job)
             try:
                 outcome: Outcome[T] = Outcome(value=fn(*args))
             except Exception as exc:
                 outcome = Outcome(error=exc)
             loop.call_soon(self._deliver, job, outcome)
             return job
-        executor = self._executor
-        assert executor is not None
-        try:
-            future = executor.submit(fn, *args)
-        except BrokenProcessPool:
-            # broken since the last delivery: replace it now and try once more
-            executor = self._replace_pool(executor, "a broken pool refused a job")
-            future = executor.submit(fn, *args)
-        job._future = future
-        job._executor = executor
-        future.add_done_callback(lambda f: self._done_in_worker(job, f))
+        job = Job(callback, self, (fn, args))
+        self._pending.add(job)
+        self._queue.append(job)
+        self._dispatch()
         return job
+
+    def _dispatch(self) -> None:
+        """Hand queued jobs to the pool while it has a free worker."""
+        queue = self._queue
+        while queue and len(self._running) < self.workers and not self._closed:
+            job = queue.popleft()
+            call = job._call
+            if job._cancelled or call is None:
+                continue
+            job._call = None
+            fn, args = call
+            executor = self._executor
+            if executor is None:
+                executor = self._executor = self._new_executor()
+            try:
+                future = executor.submit(fn, *args)
+            except BrokenProcessPool:
+                # broken since the last delivery: replace it now and try once more
+                fresh = self._replace_pool(executor, "a broken pool refused a job")
+                assert fresh is not None
+                executor = fresh
+                future = executor.submit(fn, *args)
+            job._future = future
+            job._executor = executor
+            self._running.add(job)
+            future.add_done_callback(partial(self._done_in_worker, job))
+
+    def _job_cancelled(self, job: Job) -> None:
+        """A caller gave up on `job`: forget it, and stop its worker if that is free."""
+        if job not in self._pending:
+            return
+        self._pending.discard(job)
+        self.stats.cancelled += 1
+        running = self._running
+        if job not in running or self.mode != "processes" or self._executor is None:
+            return
+        if any(not other._cancelled for other in running):
+            return  # a live caller's job shares the pool: let the abandoned one finish
+        executor = self._executor
+        if job._executor is not executor:
+            return
+        self.stats.abandoned += len(running)
+        running.clear()
+        self._replace_pool(executor, "every running job was abandoned", terminate=True)
+        self._dispatch()
 
     def _done_in_worker(self, job: Job, future: concurrent.futures.Future[Any]) -> None:
         """Runs in a pool thread (or the pool's manager thread): hand over to the loop."""
@@ -416,13 +501,14 @@ class Offloader:
         """On the loop: account, replace a broken pool, run the caller's callback."""
         if self._closed:
             return
-        self._pending.discard(job)
+        self._running.discard(job)
         if isinstance(outcome.error, BrokenProcessPool) and job._executor is self._executor:
             assert job._executor is not None
             self._replace_pool(job._executor, "a worker process died")
-        if job._cancelled:
-            self.stats.cancelled += 1
+        self._dispatch()
+        if job._cancelled or job not in self._pending:
             return
+        self._pending.discard(job)
         if outcome.error is None:
             self.stats.completed += 1
         else:
@@ -433,20 +519,35 @@ class Offloader:
             log.exception("exception in offload callback %r", job.callback)
 
     def _replace_pool(
-        self, broken: concurrent.futures.Executor, why: str
-    ) -> concurrent.futures.Executor:
-        """Swap in a fresh pool once per broken one; jobs on the old one have failed."""
+        self, broken: concurrent.futures.Executor, why: str, *, terminate: bool = False
+    ) -> concurrent.futures.Executor | None:
+        """Swap in a fresh pool once per broken one; jobs on the old one have failed.
+
+        With `terminate` the old pool still works but runs only abandoned
+        jobs: its workers are stopped rather than left to finish them.
+        """
         if self._executor is not broken:
-            assert self._executor is not None
             return self._executor
         self.stats.pools_replaced += 1
-        log.warning(
-            "offload: %s; its pending jobs failed with BrokenProcessPool; "
-            "starting a fresh pool of %d workers",
-            why,
-            self.workers,
-        )
-        broken.shutdown(wait=False, cancel_futures=True)
+        if terminate:
+            log.info("offload: %s; stopping the pool of %d workers", why, self.workers)
+            workers = list((getattr(broken, "_processes", None) or {}).values())
+            broken.shutdown(wait=False, cancel_futures=True)
+            for process in workers:
+                with contextlib.suppress(Exception):
+                    process.terminate()
+            self._retired.append(broken)
+            self._executor = None  # the next job starts a fresh pool; a closing server never does
+            return None
+        else:
+            log.warning(
+                "offload: %s; its pending jobs failed with BrokenProcessPool; "
+                "starting a fresh pool of %d workers",
+                why,
+                self.workers,
+            )
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._retired.append(broken)
         fresh = self._new_executor()
         self._executor = fresh
         # start the workers now, without waiting on the loop for them
@@ -467,6 +568,7 @@ class ReplySlot:
         if self.data is not None:
             raise RuntimeError("reply slot filled twice")
         self.data = data
+        self._owner.queued_bytes += len(data)
         self._owner._flush()
 
 
@@ -478,7 +580,7 @@ class OrderedReplies:
     written, so pipelined requests are answered in the order they came.
     """
 
-    __slots__ = ("_queue", "_write", "on_written")
+    __slots__ = ("_queue", "_write", "on_written", "queued_bytes")
 
     def __init__(
         self,
@@ -489,6 +591,8 @@ class OrderedReplies:
         self._queue: deque[ReplySlot] = deque()
         self.on_written = on_written
         """Called after a filled slot let replies be written (a chance to resume)."""
+        self.queued_bytes = 0
+        """Bytes of replies ready but waiting behind an earlier, unfinished one."""
 
     def __len__(self) -> int:
         """Replies promised but not yet written."""
@@ -502,6 +606,7 @@ class OrderedReplies:
         """Answer now, or as soon as the earlier replies are written."""
         if self._queue:
             self._queue.append(ReplySlot(self, data))
+            self.queued_bytes += len(data)
         else:
             self._write(data)
 
@@ -513,6 +618,7 @@ class OrderedReplies:
     def clear(self) -> None:
         """Forget every pending reply (the connection is gone)."""
         self._queue.clear()
+        self.queued_bytes = 0
 
     def _flush(self) -> None:
         queue = self._queue
@@ -520,6 +626,7 @@ class OrderedReplies:
         while queue and queue[0].data is not None:
             data = queue.popleft().data
             assert data is not None
+            self.queued_bytes -= len(data)
             self._write(data)
             wrote = True
         if wrote and self.on_written is not None:

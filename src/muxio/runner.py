@@ -1,8 +1,21 @@
-"""Run a service until SIGINT/SIGTERM, then shut down gracefully and report.
+"""Run a service until a signal, then shut down gracefully and report.
 
 This is `muxio serve` without the argument parsing, so an embedding program
 gets the same lifecycle: one log line when listening, a drain on the first
 signal, an immediate stop on the second, one summary line at the end.
+
+Every signal whose default action would kill the server outright (leaving
+the Unix socket file and the worker pool behind) is handled on the loop:
+
+    SIGTERM, SIGINT, SIGHUP  drain (a closed terminal is a request to stop);
+                             the second one stops at once
+    SIGQUIT                  stop at once, but still clean up
+    SIGUSR1                  log the statistics line and go on
+    SIGUSR2, SIGALRM         ignored (logged at debug level)
+
+The summary's ``drain`` field says how the shutdown ended: ``complete``
+(every connection finished), ``timeout`` (``shutdown_timeout`` aborted some)
+or ``forced`` (a second signal, or SIGQUIT).
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ class ServeConfig:
         host: str = "127.0.0.1",
         port: int = 8080,
         unix: str | None = None,
+        unix_mode: int | None = None,
         poller: str = "auto",
         backlog: int = 1024,
         max_connections: int | None = None,
@@ -41,6 +55,7 @@ class ServeConfig:
         self.host = host
         self.port = port
         self.unix = unix
+        self.unix_mode = unix_mode
         self.poller = poller
         self.backlog = backlog
         self.max_connections = max_connections
@@ -50,6 +65,21 @@ class ServeConfig:
         self.service_name = service_name
 
 
+def _is_wildcard(sock: socket.socket) -> bool:
+    return sock.getsockname()[0] in ("0.0.0.0", "::")
+
+
+class _Stopping:
+    """How the shutdown is going: its outcome so far, and when its time is up."""
+
+    __slots__ = ("began", "deadline", "drain")
+
+    def __init__(self) -> None:
+        self.began = False
+        self.drain = "complete"
+        self.deadline = float("inf")
+
+
 def serve(
     protocol_factory: Callable[[], Protocol],
     config: ServeConfig,
@@ -57,18 +87,28 @@ def serve(
     on_shutdown: Callable[[], object] | None = None,
     poller: Poller | None = None,
     on_start: Callable[[EventLoop], object] | None = None,
-    on_close: Callable[[], object] | None = None,
+    on_close: Callable[[float], object] | None = None,
 ) -> dict[str, object]:
     """Serve until a signal, returning the totals printed in the summary.
 
     `on_start(loop)` runs once the loop exists, before the server listens
-    (start a worker pool there); `on_close()` runs once the loop has
-    stopped for good, before it is closed (shut the pool down there).
+    (start a worker pool there); `on_close(seconds_left)` runs once the loop
+    has stopped for good, before it is closed (shut the pool down there,
+    waiting no longer than what is left of `shutdown_timeout`: 0 after a
+    forced stop).
     """
-    if config.unix:
-        sockets: list[socket.socket] = [bind_unix(config.unix, backlog=config.backlog)]
+    if config.unix is not None:
+        sockets: list[socket.socket] = [
+            bind_unix(config.unix, backlog=config.backlog, mode=config.unix_mode)
+        ]
     else:
         sockets = bind_tcp(config.host, config.port, backlog=config.backlog)
+        if any(_is_wildcard(s) for s in sockets):
+            log.warning(
+                "--host %s listens on every network interface: anyone who can reach this "
+                "machine can connect (use 127.0.0.1 to stay local)",
+                config.host or "''",
+            )
     loop = EventLoop(
         poller if poller is not None else config.poller,
         slow_callback_ms=config.slow_callback_ms,
@@ -80,23 +120,60 @@ def serve(
         max_connections=config.max_connections,
         idle_timeout=config.idle_timeout,
     )
+    state = _Stopping()
+
+    def stop_now() -> None:
+        state.began = True
+        state.drain = "forced"
+        state.deadline = loop.time()
+        for transport in list(server.connections):
+            transport.abort()
+        loop.call_soon(loop.stop)
 
     def begin_shutdown(signame: str) -> None:
-        if server.is_shutting_down():
-            log.warning("%s again: stopping now", signame)
-            for transport in list(server.connections):
-                transport.abort()
-            loop.call_soon(loop.stop)
+        if state.drain == "forced":
             return
+        if state.began:
+            log.warning("%s again: stopping now", signame)
+            stop_now()
+            return
+        state.began = True
         log.info(
             "%s: shutting down, flushing %d connections (up to %g s)",
             signame,
             len(server.connections),
             config.shutdown_timeout,
         )
+        state.deadline = loop.time() + config.shutdown_timeout
         if on_shutdown is not None:
             on_shutdown()
         server.shutdown(config.shutdown_timeout, loop.stop)
+
+    def quit_now(signame: str) -> None:
+        if state.drain == "forced":
+            return
+        log.warning("%s: stopping now, without waiting for %d connections",
+                    signame, len(server.connections))
+        server.close()
+        stop_now()
+
+    def log_statistics(signame: str) -> None:
+        totals: dict[str, object] = dict(server.totals())
+        totals.update(loop.stats().as_dict())
+        log.info("%s: statistics: %s", signame, " ".join(f"{k}={v}" for k, v in totals.items()))
+
+    def ignore(signame: str) -> None:
+        log.debug("%s ignored", signame)
+
+    handlers: dict[str, Callable[[str], None]] = {
+        "SIGINT": begin_shutdown,
+        "SIGTERM": begin_shutdown,
+        "SIGHUP": begin_shutdown,
+        "SIGQUIT": quit_now,
+        "SIGUSR1": log_statistics,
+        "SIGUSR2": ignore,
+        "SIGALRM": ignore,
+    }
 
     if on_start is not None:
         try:
@@ -105,8 +182,10 @@ def serve(
             server.close()
             loop.close()
             raise
-    loop.add_signal_handler(signal.SIGINT, begin_shutdown, "SIGINT")
-    loop.add_signal_handler(signal.SIGTERM, begin_shutdown, "SIGTERM")
+    for signame, handler in handlers.items():
+        signum = getattr(signal, signame, None)
+        if signum is not None:
+            loop.add_signal_handler(signum, handler, signame)
     server.start()
     log.info(
         "listening on %s (poller %s, service %s, pid %d)",
@@ -123,16 +202,20 @@ def serve(
             transport.abort()
         loop.stop()
         loop.run_forever()
+        if server.drain_cut_short and state.drain == "complete":
+            state.drain = "timeout"
         if on_close is not None:
             try:
-                on_close()
+                on_close(max(0.0, state.deadline - loop.time()))
             except Exception:
                 log.exception("exception in on_close")
         totals: dict[str, object] = dict(server.totals())
         totals.update(loop.stats().as_dict())
+        totals["drain"] = state.drain
+        # logged before the loop restores the default handlers: a signal then cannot lose it
+        log.info(
+            "shutdown complete: %s",
+            " ".join(f"{k}={v}" for k, v in totals.items()),
+        )
         loop.close()
-    log.info(
-        "shutdown complete: %s",
-        " ".join(f"{k}={v}" for k, v in totals.items()),
-    )
     return totals

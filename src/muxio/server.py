@@ -18,7 +18,8 @@ import time
 from asyncio import trsock
 from collections.abc import Callable
 
-from .errors import RuntimeFailure
+from .errors import RuntimeFailure, UsageError
+from .net import remember_unix_socket, remove_unix_socket_file
 from .pollers import FdTooLargeError
 from .transports.stream import Transport
 
@@ -91,6 +92,11 @@ def bind_tcp(
         )
     except socket.gaierror as exc:
         raise RuntimeFailure(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+    except UnicodeError:
+        shown = host if len(host) <= 40 else host[:40] + "..."
+        raise UsageError(
+            f"invalid --host {shown!r}: each dot-separated part of a name is 1 to 63 characters"
+        ) from None
     sockets: list[socket.socket] = []
     seen = set()
     try:
@@ -123,22 +129,95 @@ def bind_tcp(
     return sockets
 
 
-def bind_unix(path: str, *, backlog: int = 1024) -> socket.socket:
-    """Listen on a Unix socket, replacing a stale socket file but nothing else."""
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
-        else:
+_UNIX_PATH_MAX = 107
+"""Bytes a Unix socket path may hold (sun_path is 108 on Linux, 104 on BSDs and macOS)."""
+
+def bind_unix(path: str, *, backlog: int = 1024, mode: int | None = None) -> socket.socket:
+    """Listen on a Unix socket, replacing a stale socket file but nothing else.
+
+    A socket file is stale only if nothing answers on it: a live server's
+    socket is never taken over (that would leave it running, unreachable).
+    `mode` sets the file's permissions before the socket listens, so nobody
+    can connect under the umask's looser ones; by default the umask decides.
+    The file is removed at `Server.close()` only while it is still this one.
+    """
+    if not path:
+        raise UsageError("--unix needs a path (an empty one would mean TCP)")
+    size = len(os.fsencode(path))
+    if size > _UNIX_PATH_MAX:
+        raise UsageError(
+            f"--unix path is {size} bytes long; a Unix socket path holds at most "
+            f"{_UNIX_PATH_MAX} (use a shorter or a relative path)"
+        )
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot listen on {path}: {_explain_path(exc, path)}") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise RuntimeFailure(
+                f"cannot listen on {path}: a symbolic link is there (remove it or choose "
+                "another --unix path)"
+            )
+        if not stat.S_ISSOCK(st.st_mode):
             raise RuntimeFailure(f"cannot listen on {path}: a file that is not a socket is there")
+        if _answers(path):
+            raise RuntimeFailure(
+                f"another server is listening on {path} (stop it or choose another --unix path)"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        if mode is not None:
+            os.chmod(path, mode)
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        raise RuntimeFailure(f"cannot listen on {path}: {_explain(exc)}") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise RuntimeFailure(
+                f"cannot listen on {path}: something took the path meanwhile "
+                "(choose another --unix path)"
+            ) from None
+        raise RuntimeFailure(f"cannot listen on {path}: {_explain_path(exc, path)}") from None
     sock.setblocking(False)
+    remember_unix_socket(sock)
     return sock
+
+
+def _answers(path: str) -> bool:
+    """True if a server accepts connections on the socket file at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return True  # its backlog is full: very much alive
+        raise RuntimeFailure(
+            f"cannot listen on {path}: cannot tell whether a server is using it "
+            f"({exc.strerror or exc})"
+        ) from None
+    finally:
+        probe.close()
+    return True
+
+
+def _explain_path(exc: OSError, path: str) -> str:
+    if exc.errno == errno.ENOTDIR:
+        return "a component of the path is a file, not a directory"
+    if exc.errno == errno.ENOENT:
+        return f"the directory {os.path.dirname(path) or '.'} does not exist"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied (choose a directory you may write to)"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "the path is too long"
+    return exc.strerror or str(exc)
 
 
 def format_address(sock: socket.socket) -> str:
@@ -160,6 +239,14 @@ class Server(asyncio.AbstractServer):
     returns, with asyncio's `Server` API (`serve_forever`, `wait_closed`,
     `close_clients`, …) and the semantics of Python 3.12.1+: `wait_closed()`
     returns once the server is closed and its last connection is gone.
+
+    Idle connections are found by one periodic sweep over the open
+    connections, every `idle_timeout / 2` seconds, rather than by a timer per
+    connection: a timer outlives its connection (a heap entry holding the
+    transport and protocol until it fires), so a storm of short connections
+    would pin memory for the whole timeout.  The sweep only sees what is open,
+    so a closed connection costs nothing; a silent connection is closed after
+    between `idle_timeout` and 1.5 times `idle_timeout` seconds.
     """
 
     accepts_per_event = 128
@@ -196,9 +283,12 @@ class Server(asyncio.AbstractServer):
         self._listening = False
         self._accept_paused = False
         self._resume_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._refused_warning = RateLimitedWarning()
         self._fd_warning = RateLimitedWarning()
         self._shutdown_deadline = 0.0
+        self.drain_cut_short = False
+        """True once `shutdown()` had to abort connections that did not finish in time."""
         self._on_closed: Callable[[], object] | None = None
 
     @property
@@ -220,6 +310,8 @@ class Server(asyncio.AbstractServer):
             return
         self._listening = True
         self._watch_listeners()
+        if self.idle_timeout and self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.idle_timeout / 2, self._sweep_idle)
 
     def _watch_listeners(self) -> None:
         for sock in self._sockets or ():
@@ -348,7 +440,6 @@ class Server(asyncio.AbstractServer):
         self.connections.add(transport)
         if self.idle_timeout:
             transport.idle_mark = (0, self.loop.time())
-            self.loop.call_later(self.idle_timeout / 2, self._check_idle, transport)
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in _OUT_OF_FDS:
@@ -388,24 +479,26 @@ class Server(asyncio.AbstractServer):
         if self._sockets is None and not self.connections:
             self._wake_waiters()
 
-    def _check_idle(self, transport: Transport) -> None:
-        if transport.is_closing() or transport not in self.connections:
-            return
-        assert self.idle_timeout
+    def _sweep_idle(self) -> None:
+        """Close what was silent for `idle_timeout`; note activity on the rest."""
+        timeout = self.idle_timeout
+        assert timeout
         now = self.loop.time()
-        total = transport.bytes_in + transport.bytes_out
-        mark, since = transport.idle_mark
-        if total != mark:
-            transport.idle_mark = (total, now)
-        elif now - since >= self.idle_timeout:
-            self.stats.idle_closed += 1
-            log.debug("closing %s: idle for %.1f s", transport, now - since)
-            if transport.get_write_buffer_size():
-                transport.abort()
-            else:
-                transport.close()
-            return
-        self.loop.call_later(self.idle_timeout / 2, self._check_idle, transport)
+        for transport in list(self.connections):
+            if transport.is_closing():
+                continue
+            total = transport.bytes_in + transport.bytes_out
+            mark, since = transport.idle_mark
+            if total != mark:
+                transport.idle_mark = (total, now)
+            elif now - since >= timeout:
+                self.stats.idle_closed += 1
+                log.debug("closing %s: idle for %.1f s", transport, now - since)
+                if transport.get_write_buffer_size():
+                    transport.abort()
+                else:
+                    transport.close()
+        self._idle_timer = self.loop.call_later(timeout / 2, self._sweep_idle)
 
     # -- totals and shutdown -------------------------------------------------
 
@@ -430,16 +523,17 @@ class Server(asyncio.AbstractServer):
             return
         if self._resume_timer is not None:
             self._resume_timer.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         if self._listening and not self._accept_paused:
             self._unwatch_listeners()
         self._listening = False
         self._sockets = None
         for sock in sockets:
-            path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+            if sock.family == socket.AF_UNIX and self._unlink_on_close:
+                remove_unix_socket_file(sock)
             sock.close()
-            if path and self._unlink_on_close:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
         if self._serving_forever is not None and not self._serving_forever.done():
             self._serving_forever.cancel()
         if not self.connections:
@@ -468,6 +562,7 @@ class Server(asyncio.AbstractServer):
             return
         if self.loop.time() >= self._shutdown_deadline:
             if self.connections:
+                self.drain_cut_short = True
                 log.warning(
                     "shutdown timeout: aborting %d connections that did not finish",
                     len(self.connections),
@@ -476,7 +571,8 @@ class Server(asyncio.AbstractServer):
                 transport.abort()
         else:
             for transport in list(self.connections):
-                transport.finish_drain()
+                if transport.finish_drain():
+                    transport.close_drained()
         if not self.connections:
             self._finish_shutdown()
         else:

@@ -8,6 +8,19 @@ longer than that, it samples the loop thread's stack and leaves a description
 for the loop's own slow-iteration warning: the coroutine and task, the
 protocol method, or the callback that holds the loop.  An idle loop sits in
 its poller with the stamp cleared, so the thread finds nothing to do.
+
+A stall is not always the loop's doing: a stopped process (SIGSTOP, a
+debugger), a suspended machine or a starved one stops every thread, this
+one included.  Such a stall shows as this thread's own ticks stopping
+while the process used next to no CPU.  Whichever thread resumes first
+notices it — this one on its next tick, or the loop thread when it reports
+the slow iteration (the watchdog hooks that report, because after a stop
+the loop thread often gets there first) — and the warning then says the
+process was not running instead of naming the callback it was in.
+
+The peer named in a description comes from the network (a Unix client
+picks its own socket path), so it is logged as a repr: a newline or a
+terminal escape in it cannot forge a log line.
 """
 
 from __future__ import annotations
@@ -78,7 +91,7 @@ def describe_frame(frame: FrameType | None) -> str:
         if transport is not None and hasattr(transport, "get_extra_info"):
             peer = transport.get_extra_info("peername")
         what = f"{type(owner).__name__}.{protocol_frame.f_code.co_name}"
-        return f"{what} (peer {peer}) at {where}"
+        return f"{what} (peer {peer!r}) at {where}"
     in_loop = innermost is not None and innermost.f_code.co_filename == _LOOP_FILE
     if callback is not None and in_loop:
         from .loop import _describe
@@ -99,28 +112,74 @@ class Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="muxio-watchdog", daemon=True)
         self._reported = 0.0
+        self._absent: tuple[float, float] | None = None
+        """(when, seconds): the last time the whole process was found not running."""
+        self._interval = max(threshold / 2, 0.005)
+        self._tick = (time.monotonic(), time.process_time())
+        self._report = getattr(loop, "_report_slow", None)
 
     def start(self) -> None:
+        self._tick = (time.monotonic(), time.process_time())
+        if self._report is not None:
+            self.loop._report_slow = self._report_slow  # type: ignore[method-assign]
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
+        if self._report is not None and "_report_slow" in vars(self.loop):
+            del self.loop._report_slow
+
+    def _not_running(self, now: float, cpu: float) -> float:
+        """Seconds the whole process lately spent not running (0 if it ran)."""
+        last, last_cpu = self._tick
+        missed = now - last - self._interval
+        if missed >= self.threshold and cpu - last_cpu < missed / 2:
+            return missed
+        return 0.0
+
+    def _blame_nobody(self, started: float, busy: float) -> bool:
+        """If the process was not running for most of this stall, say so in the sample."""
+        missed = self._not_running(time.monotonic(), time.process_time())
+        absent = self._absent
+        if not missed and absent is not None and absent[0] >= started:
+            missed = absent[1]
+        if not busy / 2 <= missed <= busy + self._interval + self.threshold:
+            return False  # a stall of its own, not (mostly) the process being stopped
+        self.loop.slow_sample = (
+            started,
+            f"no callback: the process was not running for {missed:.1f} s of it "
+            "(stopped, suspended or starved of CPU)",
+        )
+        return True
+
+    def _report_slow(self, started: float, busy: float, n_events: int) -> None:
+        """The loop's slow-iteration report, run on the loop thread; see the module doc."""
+        self._blame_nobody(started, busy)
+        assert self._report is not None
+        self._report(started, busy, n_events)
 
     def _run(self) -> None:
-        interval = max(self.threshold / 2, 0.005)
+        interval = self._interval
         long_block = max(self.threshold * 10, 1.0)
         while not self._stop.wait(interval):
+            now, cpu = time.monotonic(), time.process_time()
+            missed = self._not_running(now, cpu)
+            if missed:
+                self._absent = (now, missed)
+            self._tick = (now, cpu)
             started = self.loop._busy_since
             thread_id = self.loop._thread_id
             if not started or thread_id is None:
                 continue
-            busy = time.monotonic() - started
+            busy = now - started
             if busy < self.threshold:
                 continue
             sample = self.loop.slow_sample
-            if sample is None or sample[0] != started:
+            if self._blame_nobody(started, busy):
+                pass
+            elif sample is None or sample[0] != started:
                 frame = sys._current_frames().get(thread_id)
                 self.loop.slow_sample = (started, describe_frame(frame))
             if busy >= long_block and self._reported != started:

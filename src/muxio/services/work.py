@@ -7,10 +7,26 @@ first burns ``<ms>`` milliseconds of CPU (0 to 10000) and is answered
 ``none`` runs it on the loop, stalling every other connection meanwhile.
 
 Replies keep request order even when work finishes out of order.  A
-connection may have `max_pending` requests waiting; past that it is not
-read until the work drains, so a client cannot queue unbounded work.  A line
-longer than `max_line` bytes gets an error reply and the connection is
-closed: the buffer never holds more than one line plus one read.
+connection is not read while it has `max_pending` requests unanswered or
+more than the transport's high-water mark of replies waiting (computed but
+queued behind slower ones, or not yet taken by a peer that does not read):
+what a client can make the server hold is bounded in requests and in bytes.
+A line longer than `max_line` bytes (not counting its LF or CRLF) gets an
+error reply and the connection is closed; a last line without a newline
+before EOF is answered like any other.
+
+Fairness: a connection has at most `max_jobs` ``work`` requests in the pool
+at once; the rest wait in that connection, and the pool takes jobs first
+come, first served.  With the default of one, busy connections take turns:
+one client's pipelined work cannot hold every worker.
+
+A client that is gone must not cost work.  Its queued requests are dropped
+when the connection is lost, and a connection that is not being read (the
+loop does not watch it) is checked every `PEER_CHECK` seconds and before
+each job starts, so a reset is noticed.  A peer that only half-closed may
+still read its answers, so it gets them; one that closed entirely is
+noticed at the first reply written to it, which its kernel answers with a
+reset, so it costs at most the `max_jobs` already started.
 """
 
 from __future__ import annotations
@@ -18,7 +34,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import select
+import socket
 import time
+from collections import deque
 from functools import partial
 from typing import Any
 
@@ -30,10 +49,15 @@ from ..transports.stream import Transport
 MAX_LINE = 64 * 1024
 MAX_WORK_MS = 10_000
 MAX_PENDING = 64
+MAX_JOBS = 1
+"""Default `work` requests per connection in the pool at once."""
 LINGER = 2.0
 """After rejecting a line, how long to discard the peer's input before aborting."""
+PEER_CHECK = 1.0
+"""How often a connection with work but no reader checks that its peer is still there."""
 
 _NUMBER = re.compile(rb"[0-9]{1,9}")
+_GONE = getattr(select, "POLLHUP", 0) | getattr(select, "POLLERR", 0)
 
 
 def burn_cpu(ms: int) -> int:
@@ -46,18 +70,35 @@ def burn_cpu(ms: int) -> int:
     return ms
 
 
+def peer_gone(sock: socket.socket) -> bool:
+    """True once the peer reset the connection (or it failed), without reading from it."""
+    try:
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            return True
+        if not _GONE or not hasattr(select, "poll"):
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), _GONE)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
+
+
 class WorkService(Protocol):
     """One connection of the ``work`` service."""
 
     __slots__ = (
         "_buffer",
+        "_check",
         "_eof",
         "_jobs",
         "_linger",
         "_rejected",
         "_scanned",
         "_stalled",
+        "_waiting",
         "_write_paused",
+        "max_jobs",
         "max_line",
         "max_pending",
         "offloader",
@@ -71,18 +112,22 @@ class WorkService(Protocol):
         *,
         max_line: int = MAX_LINE,
         max_pending: int = MAX_PENDING,
+        max_jobs: int = MAX_JOBS,
     ) -> None:
         self.offloader = offloader
         self.max_line = max_line
         self.max_pending = max_pending
+        self.max_jobs = max_jobs
         self._buffer = bytearray()
         self._scanned = 0
         self._jobs: dict[ReplySlot, Job] = {}
+        self._waiting: deque[tuple[ReplySlot, int]] = deque()
         self._eof = False
         self._stalled = False
         self._write_paused = False
         self._rejected = False
         self._linger: asyncio.TimerHandle | None = None
+        self._check: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -96,33 +141,47 @@ class WorkService(Protocol):
         self._buffer += data
         self._process()
 
+    def _held(self) -> bool:
+        """Too much unanswered: stop taking requests until replies drain."""
+        if len(self.replies) >= self.max_pending:
+            return True
+        waiting = self.replies.queued_bytes + self.transport.get_write_buffer_size()
+        return waiting > self.transport.get_write_buffer_limits()[1]
+
     def _process(self) -> None:
-        """Answer every complete line, unless too much work is already waiting."""
+        """Answer every complete line, unless too much is already waiting."""
         buf = self._buffer
         start = 0
         self._stalled = False
         while True:
-            if len(self.replies) >= self.max_pending:
+            if self._held():
                 self._stalled = True
                 break
             # nothing before self._scanned holds a newline: do not search it twice
             end = buf.find(b"\n", max(start, self._scanned))
             if end < 0:
                 break
-            if end - start > self.max_line:
+            stop = end - 1 if end > start and buf[end - 1] == 13 else end
+            if stop - start > self.max_line:
                 self._reject()
                 return
-            line = bytes(buf[start:end])
+            line = bytes(buf[start:stop])
             start = end + 1
-            self._on_line(line[:-1] if line.endswith(b"\r") else line)
+            self._on_line(line)
         del buf[:start]
         if self._stalled:
             self._scanned = 0
         else:
             self._scanned = len(buf)
-            if len(buf) > self.max_line:
+            if len(buf) - buf.endswith(b"\r") > self.max_line:
                 self._reject()
                 return
+            if self._eof and buf:
+                # the last line had no newline: it is a request all the same
+                line = bytes(buf[:-1] if buf.endswith(b"\r") else buf)
+                buf.clear()
+                self._scanned = 0
+                self._on_line(line)
         self._update_reading()
 
     def _on_line(self, line: bytes) -> None:
@@ -138,11 +197,43 @@ class WorkService(Protocol):
                 f"not {shown!r}\n".encode()
             )
             return
-        ms = int(arg)
-        slot = self.replies.reserve()
-        self._jobs[slot] = self.offloader.submit(
-            burn_cpu, ms, callback=partial(self._work_done, slot, ms)
-        )
+        self._waiting.append((self.replies.reserve(), int(arg)))
+        self._start_jobs()
+
+    # -- work ----------------------------------------------------------------
+
+    def _start_jobs(self) -> None:
+        """Hand waiting work to the pool, up to `max_jobs`, if the peer is still there."""
+        if not self._waiting or len(self._jobs) >= self.max_jobs:
+            return
+        if self.transport.is_closing():
+            return
+        if peer_gone(self.transport.get_extra_info("socket")):
+            self.transport.abort()
+            return
+        while self._waiting and len(self._jobs) < self.max_jobs:
+            slot, ms = self._waiting.popleft()
+            self._jobs[slot] = self.offloader.submit(
+                burn_cpu, ms, callback=partial(self._work_done, slot, ms)
+            )
+        self._watch_peer()
+
+    def _watch_peer(self) -> None:
+        """While work is out and nobody reads the socket, look for a reset now and then."""
+        if self._check is not None or not (self._jobs or self._waiting):
+            return
+        loop = self.offloader.loop
+        if loop is not None:
+            self._check = loop.call_later(PEER_CHECK, self._check_peer)
+
+    def _check_peer(self) -> None:
+        self._check = None
+        if self.transport.is_closing():
+            return
+        if not self.transport.is_reading() and peer_gone(self.transport.get_extra_info("socket")):
+            self.transport.abort()
+            return
+        self._watch_peer()
 
     def _work_done(self, slot: ReplySlot, ms: int, outcome: Outcome[int]) -> None:
         self._jobs.pop(slot, None)
@@ -151,6 +242,7 @@ class WorkService(Protocol):
             slot.fill(f"ERROR work {ms} failed: {type(err).__name__}: {err}\n".encode())
         else:
             slot.fill(f"WORK {outcome.value}\n".encode())
+        self._start_jobs()
 
     # -- flow control --------------------------------------------------------
 
@@ -177,7 +269,10 @@ class WorkService(Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._update_reading()
+        if self._stalled and not self._rejected:
+            self._process()
+        else:
+            self._update_reading()
 
     def is_busy(self) -> bool:
         """Work in flight or lines read but not yet answered: a drain waits for them."""
@@ -216,6 +311,8 @@ class WorkService(Protocol):
 
     def eof_received(self) -> bool | None:
         self._eof = True
+        if not self._rejected and not self._stalled:
+            self._process()  # a last line without a newline
         if self.replies or self._stalled:
             return True  # answer what was asked first (see _replies_written)
         return None
@@ -224,10 +321,12 @@ class WorkService(Protocol):
         for job in self._jobs.values():
             job.cancel()
         self._jobs.clear()
+        self._waiting.clear()
         self.replies.clear()
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
+        for timer in (self._linger, self._check):
+            if timer is not None:
+                timer.cancel()
+        self._linger = self._check = None
 
 
 class WorkServiceFactory:
@@ -244,19 +343,27 @@ class WorkServiceFactory:
         *,
         max_line: int = MAX_LINE,
         max_pending: int = MAX_PENDING,
+        max_jobs: int = MAX_JOBS,
     ) -> None:
         self.offloader = offloader
         self.max_line = max_line
         self.max_pending = max_pending
+        self.max_jobs = max_jobs
 
     def __call__(self) -> WorkService:
-        return WorkService(self.offloader, max_line=self.max_line, max_pending=self.max_pending)
+        return WorkService(
+            self.offloader,
+            max_line=self.max_line,
+            max_pending=self.max_pending,
+            max_jobs=self.max_jobs,
+        )
 
     def on_start(self, loop: EventLoop) -> None:
         self.offloader.start(loop)
 
-    def on_close(self) -> None:
-        self.offloader.close()
+    def on_close(self, timeout: float = 2.0) -> None:
+        """Running jobs get what is left of the shutdown timeout, then are abandoned."""
+        self.offloader.close(timeout)
 
 
 def build(options: argparse.Namespace | Any) -> WorkServiceFactory:
@@ -269,4 +376,5 @@ def build(options: argparse.Namespace | Any) -> WorkServiceFactory:
         max_workers=getattr(options, "pool_size", None),
         preload=(__name__,),
     )
-    return WorkServiceFactory(offloader)
+    max_jobs = getattr(options, "max_jobs_per_connection", None) or MAX_JOBS
+    return WorkServiceFactory(offloader, max_jobs=max_jobs)

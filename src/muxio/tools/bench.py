@@ -394,6 +394,10 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
     conns, first_error = _connect_all(cfg, poller, errors)
     n_active = sum(1 for c in conns.values() if not c.idle)
     pipe.send(("ready", n_active, len(conns) - n_active, dict(errors), first_error))
+    parent = os.getppid()
+    while not pipe.poll(_PROGRESS_EVERY):
+        if os.getppid() != parent:
+            return  # see below: the parent was killed
     if pipe.recv() != "go":
         return
 
@@ -459,6 +463,10 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
             measuring = True
         if now >= next_report:
             next_report = now + _PROGRESS_EVERY
+            if os.getppid() != parent:
+                # the parent was killed: a forked worker holds the parent's pipe end
+                # itself, so the pipe never breaks and only this notices
+                return
             pipe.send(("progress", done_total, measured, sum(errors.values())))
         if now >= next_stall_check:
             next_stall_check = now + 0.5
@@ -614,14 +622,15 @@ def run_bench(
         raise UsageError(f"--connections {connections} must be at least 1")
     if size < 1:
         raise UsageError(f"--size {size} must be at least 1 byte")
-    if not duration > 0:
-        raise UsageError(f"--duration {duration} must be positive, e.g. --duration 5")
-    if warmup < 0:
-        raise UsageError(f"--warmup {warmup} must be 0 or more")
+    # `not x <= limit` also catches nan, which compares false with everything
+    if not 0 < duration <= 86_400:
+        raise UsageError(f"--duration {duration} must be from 0 to 86400 s, e.g. --duration 5")
+    if not 0 <= warmup <= 3_600:
+        raise UsageError(f"--warmup {warmup} must be from 0 to 3600 s")
     if idle < 0:
         raise UsageError(f"--idle {idle} must be 0 or more")
-    if not stall_timeout > 0:
-        raise UsageError(f"--stall-timeout {stall_timeout} must be positive, e.g. 5")
+    if not 0 < stall_timeout <= 86_400:
+        raise UsageError(f"--stall-timeout {stall_timeout} must be from 0 to 86400 s, e.g. 5")
     procs = default_processes() if processes is None else processes
     if procs < 1:
         raise UsageError(f"--processes {procs} must be at least 1")

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import socket
 import sys
 import threading
 from typing import BinaryIO
 
-from ..errors import RuntimeFailure
+from ..errors import RuntimeFailure, UsageError
 
 CHUNK = 256 * 1024
 
@@ -37,9 +38,23 @@ def open_connection(host: str, port: int, unix: str | None, timeout: float = 10.
         else:
             sock = socket.create_connection((host, port), timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (ConnectionRefusedError, FileNotFoundError):
+    except FileNotFoundError:
+        raise RuntimeFailure(
+            f"cannot connect to {where}: no such socket file (is `muxio serve --unix` "
+            "running with that path?)"
+        ) from None
+    except ConnectionRefusedError:
+        if unix:
+            raise RuntimeFailure(
+                f"cannot connect to {where}: nothing is listening on that socket file "
+                "(a server that stopped without removing it?)"
+            ) from None
         raise RuntimeFailure(
             f"cannot connect to {where}: connection refused (is `muxio serve` running there?)"
+        ) from None
+    except UnicodeError:
+        raise UsageError(
+            "invalid --host: each dot-separated part of a name is 1 to 63 characters"
         ) from None
     except socket.gaierror as exc:
         raise RuntimeFailure(f"cannot resolve {host!r}: {exc.strerror}") from None
@@ -81,6 +96,9 @@ def interactive(sock: socket.socket) -> int:
             try:
                 sock.sendall(data)
                 reply = recv_exactly(sock, len(data))
+            except TimeoutError:
+                print("muxio: no reply from the server in time (--timeout)", file=sys.stderr)
+                return 1
             except OSError as exc:
                 print(f"muxio: the server went away ({exc.strerror or exc})", file=sys.stderr)
                 return 1
@@ -93,8 +111,16 @@ def interactive(sock: socket.socket) -> int:
             print(reply.decode("utf-8", errors="replace"))
 
 
-def pipe(sock: socket.socket, stdin: BinaryIO, stdout: BinaryIO) -> int:
-    """Copy stdin to the server and the server to stdout until both directions end."""
+def pipe(
+    sock: socket.socket, stdin: BinaryIO, stdout: BinaryIO, timeout: float | None = None
+) -> int:
+    """Copy stdin to the server and the server to stdout until both directions end.
+
+    A server that closes while input is still being sent ends the copy at
+    once, with exit 1: waiting for stdin to end (perhaps never, on a pipe
+    from a live program) would report nothing.  With `timeout`, a server
+    silent for that long ends it too.
+    """
     failure: list[str] = []
 
     def upload() -> None:
@@ -119,8 +145,22 @@ def pipe(sock: socket.socket, stdin: BinaryIO, stdout: BinaryIO) -> int:
     out = stdout.fileno()
     try:
         while True:
-            chunk = sock.recv(CHUNK)
+            try:
+                chunk = _recv(sock, timeout)
+            except TimeoutError:
+                print(
+                    f"muxio: no reply from the server for {timeout:g} s (--timeout)",
+                    file=sys.stderr,
+                )
+                return 1
             if not chunk:
+                sender.join(0.5)  # a sender that just sent its EOF is about to end
+                if sender.is_alive() and not failure:
+                    print(
+                        "muxio: the server closed the connection before all input was sent",
+                        file=sys.stderr,
+                    )
+                    return 1
                 break
             view = memoryview(chunk)
             while view:
@@ -137,9 +177,20 @@ def pipe(sock: socket.socket, stdin: BinaryIO, stdout: BinaryIO) -> int:
     return 0
 
 
-def run(host: str, port: int, unix: str | None) -> int:
-    sock = open_connection(host, port, unix)
+def _recv(sock: socket.socket, timeout: float | None) -> bytes:
+    """One recv, waiting at most `timeout` (the socket itself stays blocking for the sender)."""
+    if timeout is not None:
+        ready, _, _ = select.select([sock], [], [], timeout)
+        if not ready:
+            raise TimeoutError
+    return sock.recv(CHUNK)
+
+
+def run(host: str, port: int, unix: str | None, *, timeout: float | None = None) -> int:
+    sock = open_connection(host, port, unix, timeout=timeout or 10.0)
     if sys.stdin.isatty():
+        if timeout is not None:
+            sock.settimeout(timeout)
         return interactive(sock)
     sys.stdout.flush()
-    return pipe(sock, sys.stdin.buffer, sys.stdout.buffer)
+    return pipe(sock, sys.stdin.buffer, sys.stdout.buffer, timeout)

@@ -417,6 +417,28 @@ class Transport(asyncio.Transport):
             self._loop._add_reader(self._fd, self._discard)
         return True
 
+    def close_drained(self) -> None:
+        """Close a half-closed, flushed connection now rather than wait for its peer.
+
+        Our FIN is queued and nothing is left to send, so a well-behaved
+        client sees EOF either way; waiting for its own FIN would let one
+        client that neither sends nor closes hold a whole shutdown.  Input
+        that arrived since the drain began was never accepted: it is read and
+        dropped first, because closing with unread input would send a reset,
+        which can destroy replies still in flight.
+        """
+        if self._buffer or self._conn_lost:
+            return
+        try:
+            for _ in range(16):
+                if not self._sock.recv(self._read_size):
+                    break
+            else:
+                return  # still sending: the discard reader takes over
+        except OSError:
+            pass
+        self._force_close(None)
+
     def _discard(self) -> None:
         try:
             if self._sock.recv(self._read_size):
