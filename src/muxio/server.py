@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import socket
 import stat
+import struct
+import sys
+import termios
 import time
 import weakref
 from collections.abc import Callable
@@ -232,6 +236,26 @@ def _remove_if_ours(sock: socket.socket) -> None:
     if (info.st_dev, info.st_ino) == ours:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """TCP bytes in the kernel's send queue the peer has not acknowledged (0 if unknown).
+
+    A Unix socket never resets: its peer reads what was sent even after the close.
+    """
+    if sock.family == socket.AF_UNIX:
+        return 0
+    request = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") else None
+    nwrite = getattr(socket, "SO_NWRITE", None)
+    try:
+        if request is not None:
+            queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
+            return queued
+        if nwrite is not None:
+            return sock.getsockopt(socket.SOL_SOCKET, nwrite)
+    except OSError:
+        pass
+    return 0
 
 
 def format_address(sock: socket.socket) -> str:
@@ -488,14 +512,18 @@ class Server:
 
         Our FIN is queued and nothing is left to send, so a well-behaved
         client sees EOF either way; waiting for its own FIN would let one
-        client that neither sends nor closes hold the whole shutdown.  Input
-        that arrived since the drain began was never accepted: it is read and
-        dropped first, because closing with unread input would send a reset,
-        which can destroy replies still in flight.
+        client that neither sends nor closes hold the whole shutdown.  Only
+        once the peer has acknowledged every byte, though: data it sends
+        after our close is answered with a reset, which would destroy replies
+        still in flight.  Input that arrived since the drain began was never
+        accepted: it is read and dropped first (closing with unread input
+        sends a reset too).
         """
         if transport.get_write_buffer_size():
             return
         sock = transport.get_extra_info("socket")
+        if _unacknowledged(sock):
+            return  # the next shutdown tick looks again
         try:
             for _ in range(16):
                 if not sock.recv(65536):
