@@ -179,6 +179,22 @@ def test_a_running_process_job_of_a_client_that_left_is_abandoned() -> None:
         assert off.stats.abandoned == 1
 
 
+@pytest.mark.timeout(90)
+def test_an_abandoned_process_job_is_stopped_once_no_live_job_shares_the_pool() -> None:
+    with work_server("processes", workers=2) as (srv, off), srv.connect() as live:
+        gone = srv.connect()
+        live.sendall(b"work 1500\n")
+        gone.sendall(b"work 10000\n")
+        assert srv.wait_for(lambda: off.pending == 2)
+        rst_close(gone)
+        assert srv.wait_for(lambda: off.stats.cancelled == 1)
+        # stopping the pool now would break the live client's job with it
+        assert srv.call(lambda: off.stats.pools_replaced) == 0
+        assert recv_exactly(live, 10, timeout=10) == b"WORK 1500\n"
+        assert srv.wait_for(lambda: off.stats.pools_replaced == 1, timeout=5)
+        assert srv.call(lambda: off.stats.abandoned) == 1
+
+
 # -- 5. shutdown does not wait for a client that neither sends nor closes -----------
 
 

@@ -153,9 +153,7 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         metavar="MODE",
         help="permissions of the --unix socket file, in octal (default: what the umask leaves)",
     )
-    serve.add_argument(
-        "--backlog", type=bounded_int(1, 65535), default=1024, help="listen backlog"
-    )
+    serve.add_argument("--backlog", type=bounded_int(1, 65535), default=1024, help="listen backlog")
     serve.add_argument("--service", default="upper", help="the service to run (default upper)")
     serve.add_argument(
         "--max-connections",

@@ -470,18 +470,25 @@ class Offloader:
             return
         self._pending.discard(job)
         self.stats.cancelled += 1
+        if job in self._running and self._stop_abandoned():
+            self._dispatch()
+
+    def _stop_abandoned(self) -> bool:
+        """Stop a process pool whose running jobs nobody waits for any more.
+
+        While one of them is a live caller's, the abandoned ones run on:
+        stopping their workers would break the pool under the live job too.
+        """
         running = self._running
-        if job not in running or self.mode != "processes" or self._executor is None:
-            return
-        if any(not other._cancelled for other in running):
-            return  # a live caller's job shares the pool: let the abandoned one finish
         executor = self._executor
-        if job._executor is not executor:
-            return
+        if self.mode != "processes" or executor is None or not running:
+            return False
+        if any(not job._cancelled or job._executor is not executor for job in running):
+            return False
         self.stats.abandoned += len(running)
         running.clear()
         self._replace_pool(executor, "every running job was abandoned", terminate=True)
-        self._dispatch()
+        return True
 
     def _done_in_worker(self, job: Job, future: concurrent.futures.Future[Any]) -> None:
         """Runs in a pool thread (or the pool's manager thread): hand over to the loop."""
@@ -506,6 +513,8 @@ class Offloader:
             assert job._executor is not None
             self._replace_pool(job._executor, "a worker process died")
         self._dispatch()
+        if self._stop_abandoned():
+            self._dispatch()
         if job._cancelled or job not in self._pending:
             return
         self._pending.discard(job)

@@ -109,6 +109,10 @@ def serve(
                 "machine can connect (use 127.0.0.1 to stay local)",
                 config.host or "''",
             )
+    if not 0 <= config.slow_callback_ms < float("inf"):
+        raise ValueError(
+            f"slow_callback_ms must be a finite number >= 0, not {config.slow_callback_ms!r}"
+        )
     loop = EventLoop(
         poller if poller is not None else config.poller,
         slow_callback_ms=config.slow_callback_ms,
@@ -152,8 +156,9 @@ def serve(
     def quit_now(signame: str) -> None:
         if state.drain == "forced":
             return
-        log.warning("%s: stopping now, without waiting for %d connections",
-                    signame, len(server.connections))
+        log.warning(
+            "%s: stopping now, without waiting for %d connections", signame, len(server.connections)
+        )
         server.close()
         stop_now()
 

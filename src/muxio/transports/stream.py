@@ -21,8 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import socket
+import struct
+import sys
+import termios
 import weakref
 from asyncio import constants as _aio_constants
 from asyncio import trsock
@@ -422,13 +426,14 @@ class Transport(asyncio.Transport):
 
         Our FIN is queued and nothing is left to send, so a well-behaved
         client sees EOF either way; waiting for its own FIN would let one
-        client that neither sends nor closes hold a whole shutdown.  Input
-        that arrived since the drain began was never accepted: it is read and
-        dropped first, because closing with unread input would send a reset,
-        which can destroy replies still in flight.
+        client that neither sends nor closes hold a whole shutdown.  Only once
+        the peer has acknowledged every byte, though: data it sends after our
+        close is answered with a reset, which would destroy replies still in
+        flight.  Input that arrived since the drain began was never accepted:
+        it is read and dropped first (closing with unread input resets too).
         """
-        if self._buffer or self._conn_lost:
-            return
+        if self._buffer or self._conn_lost or _unacknowledged(self._sock):
+            return  # the next shutdown tick looks again
         try:
             for _ in range(16):
                 if not self._sock.recv(self._read_size):
@@ -575,3 +580,23 @@ def _wake_flush_waiter(transport: Transport, exc: BaseException | None) -> None:
             waiter.set_result(None)
         else:
             waiter.set_exception(exc)
+
+
+def _unacknowledged(sock: socket.socket) -> int:
+    """TCP bytes in the kernel's send queue the peer has not acknowledged (0 if unknown).
+
+    A Unix socket never resets: its peer reads what was sent even after the close.
+    """
+    if sock.family == socket.AF_UNIX:
+        return 0
+    request = getattr(termios, "TIOCOUTQ", None) if sys.platform.startswith("linux") else None
+    nwrite = getattr(socket, "SO_NWRITE", None)
+    try:
+        if request is not None:
+            queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
+            return queued
+        if nwrite is not None:
+            return sock.getsockopt(socket.SOL_SOCKET, nwrite)
+    except OSError:
+        pass
+    return 0
