@@ -197,9 +197,9 @@ def read_instructions(path: Path) -> tuple[int, int]:
     """Ir of one dump as (summary, totals).
 
     'summary:' is what was executed since the zero (an idle server shows a few
-    hundred); 'totals:', the sum of the file's cost lines, runs a few percent
-    higher mid-run because the calls still on the stack are charged in full
-    (an idle server shows ~60,000), so the per-request figure uses summary.
+    hundred) and what callgrind_annotate reports as PROGRAM TOTALS; 'totals:'
+    ran a few percent higher in mid-run dumps here (~60,000 on an idle
+    server), so the per-request figure uses summary and totals is only kept.
     """
     found = {k: int(v) for k, v in _TOTALS.findall(path.read_bytes())}
     summary = found.get(b"summary", found.get(b"totals"))
@@ -242,8 +242,12 @@ def measure(
     warmup_per_conn: int,
     server_cpu: int | None,
     load_cpus: Sequence[int],
+    keep: Path | None = None,
 ) -> Measurement:
-    """One server under callgrind: warm, zero, fixed load, dump, stop."""
+    """One server under callgrind: warm, zero, fixed load, dump, stop.
+
+    With `keep`, the measured dump is copied there for callgrind_annotate.
+    """
     m = Measurement(spec.name, repeat, ok=False)
     http = kind(spec.name) == "http"
     per_conn = max(1, requests // connections)
@@ -278,7 +282,11 @@ def measure(
         callgrind_control("-z", server.pid)
         m.requests = driver.run(per_conn)
         callgrind_control("-d", server.pid)
-        m.instructions, m.totals_line = read_instructions(_newest_dump(out_dir, server.pid, before))
+        dump = _newest_dump(out_dir, server.pid, before)
+        m.instructions, m.totals_line = read_instructions(dump)
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(dump, keep / f"{spec.name}.{repeat + 1}.callgrind")
         if not server.alive():
             m.reason = f"server exited with code {server.proc.returncode}: {server.tail()}"
         else:
@@ -424,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="requests per connection first (5)")
     p.add_argument("--repeat", type=int, default=2, help="runs per server (default 2)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="copy each measured dump to DIR/SERVER.RUN.callgrind",
+    )
     args = p.parse_args(argv)
 
     def body() -> int:
@@ -474,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                     warmup_per_conn=args.warmup,
                     server_cpu=server_cpu,
                     load_cpus=load_cpus,
+                    keep=args.keep,
                 )
                 report.runs.append(m)
                 print(
