@@ -71,7 +71,17 @@ def kind(name: str) -> str:
 
 
 def known_servers() -> dict[str, ServerSpec]:
-    return {s.name: s for s in [*all_servers(), *http_servers()]}
+    """compare's servers, the HTTP ones, and muxio's loop without its watchdog thread."""
+    helper = str(Path(__file__).with_name("muxio_no_watchdog.py"))
+    quiet = [
+        ServerSpec(f"{name}-nowatchdog", (sys.executable, helper, peer))
+        for name, peer in (
+            ("muxio-asyncio-protocol", "asyncio_protocol"),
+            ("muxio-asyncio-streams", "asyncio_streams"),
+            ("aiohttp-muxio", "aiohttp_hello"),
+        )
+    ]
+    return {s.name: s for s in [*all_servers(), *http_servers(), *quiet]}
 
 
 # --- the fixed-count load -------------------------------------------------------------------

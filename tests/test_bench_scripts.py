@@ -93,3 +93,26 @@ def test_http_compare_without_wrk_says_how_to_install_it(tmp_path: Path) -> None
     )
     assert out.returncode == 1
     assert out.stderr.strip() == "muxio: wrk is not installed; apt-get install -y wrk"
+
+
+CALLGRIND = ROOT / "benchmarks" / "callgrind_per_request.py"
+
+
+def test_callgrind_script_help_and_unknown_server_are_one_line_answers() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(CALLGRIND), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_env(),
+            check=False,
+        )
+
+    helped = run("--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "--requests" in helped.stdout and "--keep" in helped.stdout
+    bad = run("--servers", "nginx")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("muxio: unknown server 'nginx'")
+    assert bad.stderr.strip().count("\n") == 0
