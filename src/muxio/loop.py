@@ -49,7 +49,7 @@ from types import ModuleType
 from . import net
 from .pollers import READ, WRITE, Poller, new_poller
 from .server import Server
-from .transports.stream import Transport
+from .transports.stream import UncountedTransport
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
@@ -862,7 +862,14 @@ class EventLoop(asyncio.AbstractEventLoop):
         return self._debug
 
     def set_debug(self, enabled: bool) -> None:
+        """Also rebinds `get_debug` to the new value's C-level `__bool__`.
+
+        asyncio's C `Future` and `Task` ask the loop `get_debug()` every time
+        one is made (three times per aiohttp request); a method-wrapper answers
+        without a Python frame.
+        """
         self._debug = bool(enabled)
+        self.get_debug = self._debug.__bool__  # type: ignore[method-assign]
         if self.is_running():
             self.call_soon_threadsafe(self._set_coroutine_origin_tracking, self._debug)
 
@@ -1085,10 +1092,10 @@ class EventLoop(asyncio.AbstractEventLoop):
                 handshake_timeout=ssl_handshake_timeout,
                 shutdown_timeout=ssl_shutdown_timeout,
             )
-            Transport(self, sock, driven).start()
+            UncountedTransport(self, sock, driven).start()
             app_transport: asyncio.BaseTransport = driven._app_transport
             return app_transport
-        transport = Transport(self, sock, protocol)  # type: ignore[arg-type]
+        transport = UncountedTransport(self, sock, protocol)  # type: ignore[arg-type]
         transport.start()
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -1340,6 +1347,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             ssl=ssl,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
+            count_bytes=False,
         )
         if start_serving:
             server.start()
@@ -1385,6 +1393,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
             unlink_on_close=cleanup_socket and path is not None,
+            count_bytes=False,
         )
         if start_serving:
             server.start()

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from .errors import RuntimeFailure, UsageError
 from .net import remember_unix_socket, remove_unix_socket_file
 from .pollers import FdTooLargeError
-from .transports.stream import Transport
+from .transports.stream import Transport, UncountedTransport
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -265,6 +265,7 @@ class Server(asyncio.AbstractServer):
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
         unlink_on_close: bool = True,
+        count_bytes: bool = True,
     ) -> None:
         self.loop = loop
         self.protocol_factory = protocol_factory
@@ -274,6 +275,10 @@ class Server(asyncio.AbstractServer):
         self._ssl_handshake_timeout = ssl_handshake_timeout
         self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._unlink_on_close = unlink_on_close
+        self._transport_class = (
+            Transport if count_bytes or idle_timeout else UncountedTransport
+        )
+        """Byte counts feed the summary and idle detection; asyncio's API needs neither."""
         self._serving_forever: asyncio.Future[None] | None = None
         self._waiters: list[asyncio.Future[None]] | None = []
         self.max_connections = max_connections
@@ -424,7 +429,7 @@ class Server(asyncio.AbstractServer):
                 }
             )
             return
-        transport = Transport(self.loop, conn, protocol)
+        transport = self._transport_class(self.loop, conn, protocol)
         try:
             transport.start(self._connection_lost)
         except FdTooLargeError as exc:

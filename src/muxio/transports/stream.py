@@ -92,6 +92,13 @@ class Transport(asyncio.Transport):
 
     read_size = 65536
     """Largest single `recv`; a shorter read means the socket is drained."""
+    counts_bytes = True
+    """Keep `bytes_in` / `bytes_out` (muxio's server: totals, idle detection).
+
+    An int `+=` above 256 allocates: two per echo request, about 6 % of the
+    instructions the loop spends on one, so transports made through asyncio's
+    API, which has no use for the counts, are `UncountedTransport`s.
+    """
     high_water = 64 * 1024
     low_water = 16 * 1024
     _start_tls_compatible = True
@@ -163,7 +170,8 @@ class Transport(asyncio.Transport):
         if not data:
             self._on_eof()
             return
-        self.bytes_in += len(data)
+        if self.counts_bytes:
+            self.bytes_in += len(data)
         try:
             self._protocol.data_received(data)
         except Exception as exc:
@@ -189,7 +197,8 @@ class Transport(asyncio.Transport):
         if not n:
             self._on_eof()
             return
-        self.bytes_in += n
+        if self.counts_bytes:
+            self.bytes_in += n
         try:
             protocol.buffer_updated(n)
         except Exception as exc:
@@ -238,16 +247,8 @@ class Transport(asyncio.Transport):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
             )
-        if self._eof_requested:
-            if self._eof_requested == _SENDFILE:
-                raise RuntimeError("unable to write; sendfile is in progress")
-            raise RuntimeError("Cannot call write() after write_eof()")
-        if not data:
-            return
-        if self._conn_lost:
-            if self._conn_lost >= _CONNLOST_WRITES:
-                log.warning("socket.send() raised exception.")
-            self._conn_lost += 1
+        if self._eof_requested or self._conn_lost or not data:
+            self._write_refused(data)
             return
         buf = self._buffer
         if buf:
@@ -261,7 +262,8 @@ class Transport(asyncio.Transport):
             except OSError as exc:
                 self._fatal_error(exc, "send")
                 return
-            self.bytes_out += n
+            if self.counts_bytes:
+                self.bytes_out += n
             if n == len(data):
                 return
             if type(data) is not bytes:
@@ -275,6 +277,17 @@ class Transport(asyncio.Transport):
         self._buffered += len(data)
         if self._buffered > self._high_water and not self._protocol_paused:
             self._pause_protocol()
+
+    def _write_refused(self, data: bytes | bytearray | memoryview) -> None:
+        """`write()`'s rare cases, in asyncio's order, off the hot path."""
+        if self._eof_requested:
+            if self._eof_requested == _SENDFILE:
+                raise RuntimeError("unable to write; sendfile is in progress")
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if data and self._conn_lost:
+            if self._conn_lost >= _CONNLOST_WRITES:
+                log.warning("socket.send() raised exception.")
+            self._conn_lost += 1
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -301,7 +314,8 @@ class Transport(asyncio.Transport):
         except OSError as exc:
             self._fatal_error(exc, "send")
             return
-        self.bytes_out += n
+        if self.counts_bytes:
+            self.bytes_out += n
         self._buffered -= n
         done = 0
         for head in buf:
@@ -524,7 +538,8 @@ class Transport(asyncio.Transport):
             finally:
                 if self._eof_requested == _SENDFILE:
                     self._eof_requested = 0
-            self.bytes_out += sent
+            if self.counts_bytes:
+                self.bytes_out += sent
             return sent
         finally:
             if resume and not self._closing:
@@ -571,6 +586,13 @@ class Transport(asyncio.Transport):
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
         return f"<Transport fd={self._fd} {state} buffered={self._buffered}>"
+
+
+class UncountedTransport(Transport):
+    """The same transport without byte counters: what asyncio's API hands out."""
+
+    __slots__ = ()
+    counts_bytes = False
 
 
 def _wake_flush_waiter(transport: Transport, exc: BaseException | None) -> None:
