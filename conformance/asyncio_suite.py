@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 PREFIX = "test.test_asyncio."
 
@@ -317,7 +317,11 @@ class RecordingResult(unittest.TestResult):
 
     def _set(self, test: unittest.TestCase, outcome: str, detail: str = "") -> None:
         tid = _short(test.id())
-        if self._outcome.get(tid, ("pass", ""))[0] in ("fail", "error") and outcome == "pass":
+        first, first_detail = self._outcome.get(tid, ("pass", ""))
+        if first in ("fail", "error"):
+            # The first problem is the cause; later ones (cleanup) are usually its echo.
+            if outcome in ("fail", "error") and "(+ later" not in first_detail:
+                self._outcome[tid] = (first, f"{first_detail} (+ later {outcome}: {detail})")
             return
         self._outcome[tid] = (outcome, detail)
         if tid not in self._started:
@@ -785,14 +789,23 @@ def build_report(
     return "\n".join(lines), data, (1 if regressions else 0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         description="Run CPython's test.test_asyncio against an event loop and compare.",
     )
     p.add_argument("--loop", default="muxio", help="asyncio, uvloop, muxio or module:callable")
     p.add_argument("--against", default="asyncio", help="reference loop (same choices)")
     p.add_argument("--modules", default="", help="comma-separated, e.g. test_events,test_tasks")
-    p.add_argument("--jobs", type=int, default=2, help="subprocesses at once (default 2)")
+    jobs = min(4, os.cpu_count() or 2)
+    p.add_argument("--jobs", type=int, default=jobs, help=f"subprocesses at once ({jobs})")
     p.add_argument("--json", dest="json_out", default=None, help="write per-test results here")
     p.add_argument("--test-timeout", type=float, default=45.0, help="seconds per test (45)")
     p.add_argument("--unit-timeout", type=float, default=600.0, help="seconds per subprocess")

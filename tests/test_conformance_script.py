@@ -113,6 +113,7 @@ def test_hanging_loop_is_reported_as_hung_without_hanging_the_run() -> None:
         (["--loop", "asyncio", "--modules", "test_nosuch"], "unknown module 'test_nosuch'"),
         (["--loop", "asyncio", "--modules", "test_base_events"], "is not run"),
         (["--loop", "nosuchmodule_xyz:factory"], "cannot be imported"),
+        (["--jobs", "x"], "invalid int value"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> None:
