@@ -294,10 +294,17 @@ def _short(test_id: str) -> str:
     return test_id[len(PREFIX) :] if test_id.startswith(PREFIX) else test_id
 
 
-def _last_line(err: Any) -> str:
-    text = "".join(traceback.format_exception(*err)) if isinstance(err, tuple) else str(err)
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
+def _summary(err: Any, where: bool = True) -> str:
+    """First line of the exception, and for errors the innermost frame that raised it."""
+    if not (isinstance(err, tuple) and len(err) == 3 and err[1] is not None):
+        return str(err)[:300]
+    only = "".join(traceback.format_exception_only(err[0], err[1])).strip()
+    text = only.splitlines()[0] if only else err[0].__name__
+    frames = traceback.extract_tb(err[2]) if where else []
+    if frames:
+        last = frames[-1]
+        text += f" (at {Path(last.filename).name}:{last.lineno} {last.name})"
+    return text[:300]
 
 
 class RecordingResult(unittest.TestResult):
@@ -361,17 +368,17 @@ class RecordingResult(unittest.TestResult):
 
     def addFailure(self, test: unittest.TestCase, err: Any) -> None:
         super().addFailure(test, err)
-        self._set(test, "fail", _last_line(err))
+        self._set(test, "fail", _summary(err, where=False))
 
     def addError(self, test: unittest.TestCase, err: Any) -> None:
         super().addError(test, err)
-        self._set(test, "error", _last_line(err))
+        self._set(test, "error", _summary(err))
 
     def addSkip(self, test: unittest.TestCase, reason: str) -> None:
         self._set(test, "skip", reason[:300])
 
     def addExpectedFailure(self, test: unittest.TestCase, err: Any) -> None:
-        self._set(test, "xfail", _last_line(err))
+        self._set(test, "xfail", _summary(err, where=False))
 
     def addUnexpectedSuccess(self, test: unittest.TestCase) -> None:
         self._set(test, "xpass", "unexpected success")
@@ -379,7 +386,8 @@ class RecordingResult(unittest.TestResult):
     def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase, err: Any) -> None:
         if err is not None:
             failed = issubclass(err[0], test.failureException)
-            self._set(test, "fail" if failed else "error", f"{subtest.id()}: {_last_line(err)}")
+            summary = _summary(err, where=not failed)
+            self._set(test, "fail" if failed else "error", f"{subtest.id()}: {summary}")
 
 
 def _iter_tests(suite: unittest.TestSuite) -> Iterator[unittest.TestCase]:
@@ -751,6 +759,16 @@ def build_report(
         lines.append("")
         lines.append("Run problems:")
         lines += ["  " + p.replace("\n", "\n    ") for p in problems]
+    excluded_by: dict[str, int] = {}
+    for tid, rec in mine.items():
+        if rec["outcome"] == "excluded":
+            key = next((p for p in exclusions if tid == p or fnmatch.fnmatchcase(tid, p)), "?")
+            excluded_by[key] = excluded_by.get(key, 0) + 1
+    if excluded_by:
+        lines.append("")
+        lines.append(f"Excluded on {left} (conformance/exclusions.py or --exclusions):")
+        for key, n in sorted(excluded_by.items()):
+            lines.append(f"  {n:>5}  {key}: {exclusions.get(key, '')[:100]}")
     lines.append("")
     if regressions:
         causes: dict[str, int] = {}

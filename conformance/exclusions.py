@@ -10,4 +10,18 @@ exclusion may be for a test that hangs), only on the ``--against`` loop.
 
 from __future__ import annotations
 
-EXCLUSIONS: dict[str, str] = {}
+EXCLUSIONS: dict[str, str] = {
+    "test_events.*OnLoop.test_internal_fds": (
+        "asserts BaseSelectorEventLoop._internal_fds/_csock/_ssock and skips itself on any "
+        "other loop"
+    ),
+    "test_events.*OnLoop.test_create_server_multiple_hosts_ipv[46]": (
+        "mocks asyncio.base_events.socket and replaces loop._start_serving/_stop_serving, so it "
+        "only works for a create_server inherited from BaseEventLoop; otherwise it binds to "
+        "1.2.3.4:80 for real"
+    ),
+    "test_unix_events.SelectorEventLoopUnixSockSendfileTests.*": (
+        "calls _UnixSelectorEventLoop._sock_sendfile_native(_impl) directly with mocked "
+        "_selector/sockets: asyncio's private sendfile machinery, not the loop API"
+    ),
+}
