@@ -131,7 +131,7 @@ def resolve_loop(name: str) -> LoopSpec:
     if name == "muxio":
         try:
             muxio = importlib.import_module("muxio")
-        except ImportError as exc:
+        except Exception as exc:
             raise UsageError(
                 f"loop 'muxio' is not importable ({exc}); set PYTHONPATH=src or install muxio"
             ) from exc
@@ -153,8 +153,8 @@ def resolve_loop(name: str) -> LoopSpec:
             obj: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 obj = getattr(obj, part)
-        except (ImportError, AttributeError) as exc:
-            raise UsageError(f"loop {name!r} cannot be imported: {exc}") from exc
+        except Exception as exc:
+            raise UsageError(f"loop {name!r} cannot be imported: {exc!r}") from exc
         if isinstance(obj, type) and issubclass(obj, asyncio.AbstractEventLoopPolicy):
             policy_cls: type[asyncio.AbstractEventLoopPolicy] = obj
             return LoopSpec(name, lambda: policy_cls().new_event_loop(), policy_cls, True)
@@ -164,6 +164,19 @@ def resolve_loop(name: str) -> LoopSpec:
     raise UsageError(
         f"unknown loop {name!r}; use asyncio, uvloop, muxio or module:callable (a loop factory)"
     )
+
+
+class LoopBroken(Exception):
+    """The loop cannot even be created: a runtime failure (exit 1), not a usage error."""
+
+
+def check_loop(spec: LoopSpec) -> None:
+    """Create and close one loop up front, so a broken build fails once, not per module."""
+    try:
+        loop = spec.factory()
+        loop.close()
+    except Exception as exc:
+        raise LoopBroken(f"loop {spec.name!r} cannot be created: {exc!r}") from exc
 
 
 # --------------------------------------------------------------------------- child side
@@ -232,6 +245,7 @@ def install_default_executor_shim() -> None:
 
 
 def _pinned_hook(cls: type) -> str | None:
+    """The loop hook of a per-selector class (one that builds asyncio's own loop), if any."""
     for hook in HOOKS:
         fn = cls.__dict__.get(hook)
         if fn is None:
@@ -750,15 +764,15 @@ def build_report(
     skipped_units = {m: r for u in (*loop_units, *against_units) for m, r in u.module_skips.items()}
     for mod, reason in sorted(skipped_units.items()):
         lines.append(f"  module {mod} skipped itself: {reason}")
-    problems = [
-        f"[{u.side} {','.join(u.modules)}] {p}"
-        for u in (*loop_units, *against_units)
-        for p in u.problems
-    ]
+    problems: dict[str, list[str]] = {}
+    for u in (*loop_units, *against_units):
+        for p in u.problems:
+            problems.setdefault(p, []).append(f"{u.side} {','.join(u.modules)}")
     if problems:
         lines.append("")
         lines.append("Run problems:")
-        lines += ["  " + p.replace("\n", "\n    ") for p in problems]
+        for p, where in problems.items():
+            lines.append(f"  [{'; '.join(where)}] " + p.replace("\n", "\n    "))
     excluded_by: dict[str, int] = {}
     for tid, rec in mine.items():
         if rec["outcome"] == "excluded":
@@ -826,7 +840,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=jobs, help=f"subprocesses at once ({jobs})")
     p.add_argument("--json", dest="json_out", default=None, help="write per-test results here")
     p.add_argument("--test-timeout", type=float, default=45.0, help="seconds per test (45)")
-    p.add_argument("--unit-timeout", type=float, default=600.0, help="seconds per subprocess")
+    p.add_argument("--unit-timeout", type=float, default=600.0, help="seconds per subprocess (600)")
     p.add_argument("--exclusions", help="exclusions file (default conformance/exclusions.py)")
     p.add_argument("--no-exclusions", action="store_true", help="ignore exclusions")
     p.add_argument(
@@ -855,8 +869,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 0
-        resolve_loop(args.loop)
-        resolve_loop(args.against)
+        for name in (args.loop, args.against):
+            check_loop(resolve_loop(name))
         if args.jobs < 1:
             raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
         runnable, skipped = available_modules()
@@ -886,6 +900,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except LoopBroken as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     loop_units = make_units("loop", args.loop, modules)
     against_units = make_units("against", args.against, modules)

@@ -37,3 +37,7 @@ def refusing() -> asyncio.AbstractEventLoop:
 
 def hanging() -> asyncio.AbstractEventLoop:
     return HangingLoop()
+
+
+def broken() -> asyncio.AbstractEventLoop:
+    raise OSError("no poller available")

@@ -106,6 +106,15 @@ def test_hanging_loop_is_reported_as_hung_without_hanging_the_run() -> None:
     assert "run_until_complete" in proc.stdout
 
 
+def test_loop_that_cannot_be_created_fails_once_with_exit_1() -> None:
+    proc = run_script("--modules", "test_context", "--loop", "conformance_loops:broken")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        "error: loop 'conformance_loops:broken' cannot be created: OSError('no poller available')\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
