@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import fnmatch
 import importlib
 import importlib.util
@@ -353,15 +354,11 @@ class RecordingResult(unittest.TestResult):
         tid = _short(test.id())
         self._started[tid] = (time.monotonic(), _created)
         self._emit({"event": "start", "id": tid})
-        import faulthandler
-
         self._log.write(f"--- {tid}\n")
         self._log.flush()
         faulthandler.dump_traceback_later(self._timeout, exit=True, file=self._log)
 
     def stopTest(self, test: unittest.TestCase) -> None:
-        import faulthandler
-
         faulthandler.cancel_dump_traceback_later()
         super().stopTest(test)
         tid = _short(test.id())
@@ -412,8 +409,21 @@ def _iter_tests(suite: unittest.TestSuite) -> Iterator[unittest.TestCase]:
             yield item
 
 
+def limit_memory(megabytes: int) -> None:
+    """Cap the child's heap: a loop spinning on a mocked socket can eat gigabytes in seconds."""
+    try:
+        import resource
+    except ImportError:
+        return
+    limit = megabytes * 1024 * 1024
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
 def child_main(args: argparse.Namespace) -> int:
     """Run the given modules in this process and stream per-test records to --out."""
+    limit_memory(args.memory_limit_mb)
+    faulthandler.enable(file=sys.stderr)
     spec = resolve_loop(args.loop)
     make_loop = install_policy(spec)
     if args.shim_default_executor:
@@ -495,17 +505,31 @@ def _read_records(path: Path, unit: Unit) -> str | None:
     return open_test
 
 
-def _hang_frames(path: Path, limit: int = 3) -> str:
-    """The innermost frames of the test thread from faulthandler's dump, or ''."""
+def _crash_report(path: Path, since: int, limit: int = 3) -> tuple[str, str]:
+    """From faulthandler's last dump in the log: its headline and the test thread's frames."""
     if not path.exists():
-        return ""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    dump = text[text.rfind("Timeout (") :] if "Timeout (" in text else ""
+        return "", ""
+    with open(path, "rb") as fh:
+        fh.seek(since)
+        text = fh.read().decode("utf-8", errors="replace")
+    start = max(text.rfind("Timeout ("), text.rfind("Fatal Python error"))
+    if start < 0:
+        return "", ""
+    dump = text[start:]
+    headline = dump.splitlines()[0].strip()
     for block in re.split(r"\n\s*\n|(?=Thread 0x)|(?=Current thread 0x)", dump):
         frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', block)
         if any(f[0].endswith(os.path.join("unittest", "case.py")) for f in frames):
-            return " <- ".join(f"{Path(f[0]).name}:{f[1]} {f[2]}" for f in frames[:limit])
-    return ""
+            where = " <- ".join(f"{Path(f[0]).name}:{f[1]} {f[2]}" for f in frames[:limit])
+            return headline, where
+    return headline, ""
+
+
+def _exit_reason(rc: int) -> str:
+    if rc < 0:
+        with contextlib.suppress(ValueError):
+            return f"child killed by {signal.Signals(-rc).name}"
+    return f"child exited with status {rc}"
 
 
 def _tail(path: Path, lines: int = 12) -> str:
@@ -523,6 +547,7 @@ def run_unit(
     workdir: Path,
     stop: threading.Event,
     shim: bool = False,
+    memory_limit_mb: int = 4096,
 ) -> Unit:
     """Run a unit in a subprocess; after a hang or crash, resume past the offending test."""
     script = str(Path(__file__).resolve())
@@ -541,8 +566,9 @@ def run_unit(
         cmd = [sys.executable, script, "--child", "--loop", unit.loop]
         cmd += ["--modules", ",".join(unit.modules), "--out", str(out), "--log", str(log)]
         cmd += ["--skip-file", str(skip_file), "--test-timeout", str(test_timeout)]
+        cmd += ["--memory-limit-mb", str(memory_limit_mb)]
         cmd += ["--shim-default-executor"] if shim else []
-        remaining = unit_timeout - (time.monotonic() - started)
+        log_start = log.stat().st_size if log.exists() else 0
         with open(log, "a") as log_fh:
             proc = subprocess.Popen(
                 cmd,
@@ -553,29 +579,36 @@ def run_unit(
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            timed_out = False
-            try:
-                rc = proc.wait(timeout=max(remaining, 1.0))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                rc = proc.wait()
+            stalled = timed_out = False
+            while (rc := proc.poll()) is None:
+                time.sleep(0.25)
+                now = time.monotonic()
+                # faulthandler's timer in the child can itself be stuck (a child out of
+                # memory); the output file's age is the parent's own per-test watchdog.
+                quiet = time.time() - (out.stat().st_mtime if out.exists() else time.time())
+                timed_out = now - started > unit_timeout or stop.is_set()
+                stalled = quiet > test_timeout + 15
+                if timed_out or stalled:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    rc = proc.wait()
+                    break
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         open_test = _read_records(out, unit)
-        if rc == 0 and not timed_out:
+        if rc == 0 and not (timed_out or stalled):
             break
-        why = "unit timeout" if timed_out else f"child exited with status {rc}"
+        why = "unit timeout" if timed_out else _exit_reason(rc)
         if open_test is None:
             unit.problems.append(f"{why} outside any test:\n{_tail(log)}")
             break
-        frames = _hang_frames(log)
-        if timed_out or (rc == 1 and frames):
+        headline, frames = _crash_report(log, log_start)
+        if stalled or timed_out or headline.startswith("Timeout"):
             detail = f"no result within {test_timeout:g}s; stuck in {frames or '?'}"
             outcome = "hung"
         else:
-            detail = f"{why}; log tail: {_tail(log, 6)}"
+            where = f"; at {frames}" if frames else ""
+            detail = f"{why}: {headline or _tail(log, 4)}{where}"
             outcome = "error"
         unit.records[open_test] = {
             "id": open_test,
@@ -787,7 +820,8 @@ def build_report(
     if regressions:
         causes: dict[str, int] = {}
         for r in regressions:
-            key = f"{r['outcome']}: " + re.sub(r"0x[0-9a-f]+|\d+", "N", str(r["detail"]))[:110]
+            first = str(r["detail"]).split(" (+ later ")[0]
+            key = f"{r['outcome']}: " + re.sub(r"0x[0-9a-f]+|\d+", "N", first)[:110]
             causes[key] = causes.get(key, 0) + 1
         lines.append("Most common causes of the differences:")
         for key, n in sorted(causes.items(), key=lambda kv: -kv[1])[:10]:
@@ -841,6 +875,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--json", dest="json_out", default=None, help="write per-test results here")
     p.add_argument("--test-timeout", type=float, default=45.0, help="seconds per test (45)")
     p.add_argument("--unit-timeout", type=float, default=600.0, help="seconds per subprocess (600)")
+    p.add_argument(
+        "--memory-limit-mb", type=int, default=4096, help="heap cap per subprocess (4096)"
+    )
     p.add_argument("--exclusions", help="exclusions file (default conformance/exclusions.py)")
     p.add_argument("--no-exclusions", action="store_true", help="ignore exclusions")
     p.add_argument(
@@ -926,6 +963,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(tmp),
                 stop,
                 args.shim_default_executor and u.side == "loop",
+                args.memory_limit_mb,
             )
             for u in order
         ]
