@@ -754,7 +754,7 @@ def build_report(
         ]
         regressions += regs
         cl, cr = _counts(recs_l), _counts(recs_r)
-        per_module[m] = {"tests": len(ids), "loop_specific": specific, left: cl, "against": cr}
+        per_module[m] = {"tests": len(ids), "loop_specific": specific, "loop": cl, "against": cr}
         lines.append(
             f"{m:{width}} {len(ids):>5} {specific:>5} | {_cell(cl)} | {_cell(cr)} | "
             f"{cl['excluded']:>4} {len(regs):>4}"
