@@ -81,6 +81,10 @@ def known_servers() -> dict[str, ServerSpec]:
             ("aiohttp-muxio", "aiohttp_hello"),
         )
     ]
+    native = next(s for s in all_servers() if s.name == "muxio-epoll")
+    quiet.append(
+        ServerSpec("muxio-epoll-nowatchdog", (*native.argv, "--slow-callback-ms", "0"))
+    )
     return {s.name: s for s in [*all_servers(), *http_servers(), *quiet]}
 
 

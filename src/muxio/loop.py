@@ -282,6 +282,8 @@ class EventLoop(asyncio.AbstractEventLoop):
             self._check_thread()
             self._check_callback(callback, "call_soon")
             handle: Any = asyncio.Handle(callback, args, self, context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]
         else:
             handle = _new_handle(Handle)
             handle._callback = callback
@@ -301,7 +303,10 @@ class EventLoop(asyncio.AbstractEventLoop):
     ) -> asyncio.TimerHandle:
         if delay is None:
             raise TypeError("delay must not be None")
-        return self.call_at(monotonic() + delay, callback, *args, context=context)
+        timer: Any = self.call_at(monotonic() + delay, callback, *args, context=context)
+        if timer._source_traceback:
+            del timer._source_traceback[-1]
+        return timer  # type: ignore[no-any-return]
 
     def call_at(  # type: ignore[override]
         self,
@@ -318,6 +323,8 @@ class EventLoop(asyncio.AbstractEventLoop):
             self._check_thread()
             self._check_callback(callback, "call_at")
             timer: Any = asyncio.TimerHandle(when, callback, args, self, context)
+            if timer._source_traceback:
+                del timer._source_traceback[-1]
         else:
             timer = _new_handle(TimerHandle)
             timer._callback = callback
@@ -656,12 +663,14 @@ class EventLoop(asyncio.AbstractEventLoop):
         """
         ready = self._ready
         timers = self._timers
-        if self._timers_cancelled * 2 > len(timers):
+        if timers and self._timers_cancelled * 2 > len(timers):
             self._compact_timers()
         if ready or self._stopping:
             timeout: float | None = 0.0
-        else:
+        elif timers:
             timeout = self._next_timeout()
+        else:
+            timeout = None
         self._busy_since = 0.0
         events = self.poller.poll(timeout)
         now = monotonic()
@@ -1443,6 +1452,13 @@ class EventLoop(asyncio.AbstractEventLoop):
             raise
         app_transport: asyncio.Transport = ssl_protocol._app_transport
         return app_transport
+
+    async def _sendfile_native(
+        self, transport: Any, file: Any, offset: int, count: int | None
+    ) -> int:
+        """asyncio's hook (CPython's tests replace it): the transport's kernel-copy path."""
+        sent: int = await transport._sendfile_native(file, offset, count)
+        return sent
 
     async def sendfile(
         self,

@@ -157,7 +157,11 @@ class _Waiter:
 async def _until_ready(
     loop: AbstractEventLoop, sock: socket.socket, write: bool, attempt: Callable[[], T]
 ) -> T:
-    """`attempt()` now, and again on each readiness, until it does not block."""
+    """`attempt()` now, and again on each readiness, until it does not block.
+
+    `attempt` looks the socket method up on every call, as asyncio does: a
+    caller (or a test) may replace it between tries.
+    """
     try:
         return attempt()
     except (BlockingIOError, InterruptedError):
@@ -306,13 +310,13 @@ async def _ensure_resolved(
 async def sock_recv(loop: AbstractEventLoop, sock: socket.socket, nbytes: int) -> bytes:
     """Receive up to `nbytes`; b"" at end of stream."""
     _check_socket(loop, sock)
-    return await _until_ready(loop, sock, False, functools.partial(sock.recv, nbytes))
+    return await _until_ready(loop, sock, False, lambda: sock.recv(nbytes))
 
 
 async def sock_recv_into(loop: AbstractEventLoop, sock: socket.socket, buf: Any) -> int:
     """Receive into the writable buffer `buf`; the count received, 0 at end of stream."""
     _check_socket(loop, sock)
-    return await _until_ready(loop, sock, False, functools.partial(sock.recv_into, buf))
+    return await _until_ready(loop, sock, False, lambda: sock.recv_into(buf))
 
 
 async def sock_recvfrom(
@@ -320,7 +324,7 @@ async def sock_recvfrom(
 ) -> tuple[bytes, Any]:
     """Receive one datagram: (data, address)."""
     _check_socket(loop, sock)
-    return await _until_ready(loop, sock, False, functools.partial(sock.recvfrom, bufsize))
+    return await _until_ready(loop, sock, False, lambda: sock.recvfrom(bufsize))
 
 
 async def sock_recvfrom_into(
@@ -330,7 +334,7 @@ async def sock_recvfrom_into(
     _check_socket(loop, sock)
     if not nbytes:
         nbytes = len(buf)
-    return await _until_ready(loop, sock, False, functools.partial(sock.recvfrom_into, buf, nbytes))
+    return await _until_ready(loop, sock, False, lambda: sock.recvfrom_into(buf, nbytes))
 
 
 async def sock_sendall(loop: AbstractEventLoop, sock: socket.socket, data: Any) -> None:
@@ -353,7 +357,7 @@ async def sock_sendall(loop: AbstractEventLoop, sock: socket.socket, data: Any) 
 async def sock_sendto(loop: AbstractEventLoop, sock: socket.socket, data: Any, address: Any) -> int:
     """Send one datagram to `address`; the count sent."""
     _check_socket(loop, sock)
-    return await _until_ready(loop, sock, True, functools.partial(sock.sendto, data, address))
+    return await _until_ready(loop, sock, True, lambda: sock.sendto(data, address))
 
 
 async def sock_connect(loop: AbstractEventLoop, sock: socket.socket, address: Any) -> None:
@@ -927,7 +931,9 @@ async def transport_sendfile(
     if mode is _SendfileMode.TRY_NATIVE:
         _check_sendfile_params(transport.get_extra_info("socket"), file, offset, count)
         try:
-            sent: int = await transport._sendfile_native(file, offset, count)
+            sent: int = await loop._sendfile_native(  # type: ignore[attr-defined]
+                transport, file, offset, count
+            )
             return sent
         except asyncio.SendfileNotAvailableError:
             if not fallback:

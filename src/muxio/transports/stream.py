@@ -72,6 +72,7 @@ class Transport(asyncio.Transport):
         "_buffered_proto",
         "_closing",
         "_conn_lost",
+        "_counting",
         "_draining",
         "_eof",
         "_eof_requested",
@@ -133,6 +134,7 @@ class Transport(asyncio.Transport):
         self._on_lost: Any = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self._counting = self.counts_bytes  # a slot: read per event, cheaper than a class lookup
         self.idle_mark: Any = None
 
     def start(self, on_lost: Any = None) -> None:
@@ -170,7 +172,7 @@ class Transport(asyncio.Transport):
         if not data:
             self._on_eof()
             return
-        if self.counts_bytes:
+        if self._counting:
             self.bytes_in += len(data)
         try:
             self._protocol.data_received(data)
@@ -197,7 +199,7 @@ class Transport(asyncio.Transport):
         if not n:
             self._on_eof()
             return
-        if self.counts_bytes:
+        if self._counting:
             self.bytes_in += n
         try:
             protocol.buffer_updated(n)
@@ -262,7 +264,7 @@ class Transport(asyncio.Transport):
             except OSError as exc:
                 self._fatal_error(exc, "send")
                 return
-            if self.counts_bytes:
+            if self._counting:
                 self.bytes_out += n
             if n == len(data):
                 return
@@ -314,7 +316,7 @@ class Transport(asyncio.Transport):
         except OSError as exc:
             self._fatal_error(exc, "send")
             return
-        if self.counts_bytes:
+        if self._counting:
             self.bytes_out += n
         self._buffered -= n
         done = 0
@@ -538,7 +540,7 @@ class Transport(asyncio.Transport):
             finally:
                 if self._eof_requested == _SENDFILE:
                     self._eof_requested = 0
-            if self.counts_bytes:
+            if self._counting:
                 self.bytes_out += sent
             return sent
         finally:
