@@ -68,6 +68,7 @@ MAX_WAIT = 86400.0
 
 IOCallback = Callable[[], object]
 _DEBUG_STACK_DEPTH = 10
+_COMPACT_AFTER = 64
 _CONNLOST_WRITES = 5
 
 
@@ -628,7 +629,14 @@ class EventLoop(asyncio.AbstractEventLoop):
         return future.result()
 
     def _compact_timers(self) -> None:
-        """Drop cancelled timers once they are half the heap: O(1) amortised per cancel."""
+        """Drop cancelled timers once they are half the heap: O(1) amortised per cancel.
+
+        Cancelled timers that reach the head are popped anyway; a rebuild is
+        for those buried behind later ones.  Its fixed cost (a frame, a list,
+        a heapify) is spread over at least `_COMPACT_AFTER` cancellations: a
+        request that arms and cancels one timeout (aiohttp's) would otherwise
+        rebuild a three-entry heap every other request.
+        """
         timers = self._timers
         kept = []
         for entry in timers:
@@ -663,7 +671,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         """
         ready = self._ready
         timers = self._timers
-        if timers and self._timers_cancelled * 2 > len(timers):
+        if self._timers_cancelled > _COMPACT_AFTER and self._timers_cancelled * 2 > len(timers):
             self._compact_timers()
         if ready or self._stopping:
             timeout: float | None = 0.0
@@ -753,7 +761,8 @@ class EventLoop(asyncio.AbstractEventLoop):
 
     def _run_once_debug(self) -> None:
         """asyncio's debug mode: the same order, every callback timed, slow ones logged."""
-        if self._timers_cancelled * 2 > len(self._timers):
+        cancelled = self._timers_cancelled
+        if cancelled > _COMPACT_AFTER and cancelled * 2 > len(self._timers):
             self._compact_timers()
         timeout = self._next_timeout()
         events = self.poller.poll(timeout)
