@@ -244,18 +244,16 @@ class Transport(asyncio.Transport):
 
         After the connection is lost, writes are dropped (and, past a few,
         logged) as in asyncio: the caller learns of it from `connection_lost`.
+        Something that is not bytes-like raises `TypeError` from `send()`
+        itself, so the common case pays for no type check.
         """
-        if type(data) is not bytes and not isinstance(data, _BYTES_LIKE):
-            raise TypeError(
-                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
-            )
         if self._eof_requested or self._conn_lost or not data:
             self._write_refused(data)
             return
         buf = self._buffer
         if buf:
             if type(data) is not bytes:
-                data = bytes(data)
+                data = bytes(_bytes_like(data))
         else:
             try:
                 n = self._sock.send(data)
@@ -282,6 +280,7 @@ class Transport(asyncio.Transport):
 
     def _write_refused(self, data: bytes | bytearray | memoryview) -> None:
         """`write()`'s rare cases, in asyncio's order, off the hot path."""
+        _bytes_like(data)
         if self._eof_requested:
             if self._eof_requested == _SENDFILE:
                 raise RuntimeError("unable to write; sendfile is in progress")
@@ -595,6 +594,12 @@ class UncountedTransport(Transport):
 
     __slots__ = ()
     counts_bytes = False
+
+
+def _bytes_like(data: Any) -> Any:
+    if not isinstance(data, _BYTES_LIKE):
+        raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+    return data
 
 
 def _wake_flush_waiter(transport: Transport, exc: BaseException | None) -> None:
