@@ -103,6 +103,20 @@ def _tls_protocol(server: Server) -> Any:
     return type(cls.__name__, (cls,), {"_muxio_server": server})
 
 
+def _close_tls(transport: Transport) -> None:
+    """Close through the TLS layer: its buffered replies flushed, then close_notify.
+
+    Draining the TCP transport beneath would half-close it with replies
+    still held in `sslproto`'s buffers and no close_notify, which a TLS
+    client may take for a truncation attack.
+    """
+    app = getattr(transport.get_protocol(), "_app_transport", None)
+    if app is not None:
+        app.close()
+    else:
+        transport.close()
+
+
 def _explain(exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
         return "address already in use (stop the other server or choose another --port)"
@@ -519,7 +533,12 @@ class Server(asyncio.AbstractServer):
         self.stats.handshake_failed += 1
         peer = transport.get_extra_info("peername") if transport is not None else None
         where = f" with {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
-        self._tls_warning.warn("TLS handshake%s failed: %s", where, exc or type(exc).__name__)
+        reason = str(exc) or (
+            "the client closed the connection"
+            if isinstance(exc, ConnectionResetError)
+            else type(exc).__name__
+        )
+        self._tls_warning.warn("TLS handshake%s failed: %s", where, reason)
 
     def _sweep_idle(self) -> None:
         """Close what was silent for `idle_timeout`; note activity on the rest."""
@@ -599,7 +618,10 @@ class Server(asyncio.AbstractServer):
         self._on_closed = on_closed
         self._shutdown_deadline = self.loop.time() + timeout
         for transport in list(self.connections):
-            transport.drain()
+            if self._ssl is None:
+                transport.drain()
+            else:
+                _close_tls(transport)
         self._shutdown_tick()
 
     def _shutdown_tick(self) -> None:
@@ -614,7 +636,7 @@ class Server(asyncio.AbstractServer):
                 )
             for transport in list(self.connections):
                 transport.abort()
-        else:
+        elif self._ssl is None:
             for transport in list(self.connections):
                 if transport.finish_drain():
                     transport.close_drained()
