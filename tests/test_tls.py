@@ -15,6 +15,7 @@ import random
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -142,10 +143,11 @@ class BioClient:
                 chunk = self.tls.read(1 << 20)
             except ssl.SSLWantReadError:
                 return bytes(out)
-            except ssl.SSLZeroReturnError:
+            except ssl.SSLZeroReturnError:  # their close_notify, after ours
                 self.close_notify = True
                 return bytes(out)
-            if not chunk:
+            if not chunk:  # their close_notify first
+                self.close_notify = True
                 return bytes(out)
             out += chunk
 
@@ -396,3 +398,24 @@ def test_client_without_certificate_is_refused(
             client.close()
         assert srv.wait_for(lambda: srv.server.stats.handshake_failed == 1)
         assert Recorder.seen == [], "the protocol saw a connection that had no certificate"
+
+
+def test_graceful_shutdown_flushes_buffered_tls_replies_then_sends_close_notify(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    with tls_server(server_ctx) as srv:
+        client = BioClient(srv, client_ctx)
+        try:
+            client.send_until_blocked(64 * 1024 * 1024)
+            assert srv.wait_for(lambda: _server_buffers(srv)["raw_paused_reading"] == 1)
+            held = srv.call(_server_buffers, srv)
+            closed = threading.Event()
+            srv.call(srv.server.shutdown, 20.0, closed.set)
+            got = client.read_until_eof(timeout=60)
+            assert client.close_notify, "the shutdown ended without a close_notify"
+            assert got == b"X" * len(got)
+            assert len(got) >= held["app_write"] + held["raw_write"]
+            assert closed.wait(10)
+            assert not srv.server.drain_cut_short
+        finally:
+            client.close()

@@ -362,3 +362,37 @@ def test_muxio_connect_tls_talks_to_openssl_s_server(files: Files) -> None:
         if server.poll() is None:
             server.kill()
             server.wait(10)
+
+
+# -- bench over TLS --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1024, 65536])
+def test_bench_over_tls_has_no_errors(files: Files, size: int) -> None:
+    import json
+
+    with tls_serve(files) as sp:
+        result = run_muxio(
+            "bench", "--port", str(sp.port), "--tls", "--ca", files.ca,
+            "--server-name", "localhost", "--connections", "6", "--idle", "2",
+            "--size", str(size), "--duration", "0.7", "--warmup", "0.2", "--json",
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["errors"]["total"] == 0, report
+        assert report["requests"] > 0
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+        assert sp.summary()["tls_handshakes_failed"] == "0"
+
+
+def test_bench_tls_against_an_untrusted_server_is_one_line(files: Files) -> None:
+    with tls_serve(files) as sp:
+        result = run_muxio(
+            "bench", "--port", str(sp.port), "--tls", "--duration", "0.5", timeout=60
+        )
+        assert result.returncode == 1
+        assert "certificate is not trusted" in one_line(result.stderr)
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import time
 from asyncio import trsock
 from collections.abc import Callable
@@ -103,18 +104,31 @@ def _tls_protocol(server: Server) -> Any:
     return type(cls.__name__, (cls,), {"_muxio_server": server})
 
 
-def _close_tls(transport: Transport) -> None:
-    """Close through the TLS layer: its buffered replies flushed, then close_notify.
+def _tls_goodbye(transport: Transport) -> bool:
+    """Drive a draining TLS connection to its close_notify; True once that is sent.
 
-    Draining the TCP transport beneath would half-close it with replies
-    still held in `sslproto`'s buffers and no close_notify, which a TLS
-    client may take for a truncation attack.
+    The TCP transport beneath has stopped reading, so no new request gets
+    in.  Once every request it did read is answered and flushed, the TLS
+    layer is closed: its close_notify goes out, and the TCP transport's own
+    drain (FIN, then discard until the peer closes) finishes the job.
+    Closing the TLS layer any earlier would drop replies: `sslproto` discards
+    writes once closing, and its `unwrap()` fails on unread application
+    data, aborting the connection with its buffers.
     """
-    app = getattr(transport.get_protocol(), "_app_transport", None)
-    if app is not None:
-        app.close()
-    else:
-        transport.close()
+    tls = transport.get_protocol()
+    app = getattr(tls, "_app_transport", None)
+    if app is None or app.is_closing():
+        return True  # still in its handshake (nothing to answer), or already said goodbye
+    if transport.get_write_buffer_size() or app.get_write_buffer_size():
+        return False
+    is_busy = getattr(getattr(tls, "_app_protocol", None), "is_busy", None)
+    if is_busy is not None and is_busy():
+        return False
+    # 3.11+ buffers input for an app that paused reading: it must be answered first
+    if sys.version_info >= (3, 11) and not app.is_reading():
+        return False
+    app.close()
+    return not app.get_write_buffer_size()
 
 
 def _explain(exc: OSError) -> str:
@@ -618,10 +632,7 @@ class Server(asyncio.AbstractServer):
         self._on_closed = on_closed
         self._shutdown_deadline = self.loop.time() + timeout
         for transport in list(self.connections):
-            if self._ssl is None:
-                transport.drain()
-            else:
-                _close_tls(transport)
+            transport.drain()
         self._shutdown_tick()
 
     def _shutdown_tick(self) -> None:
@@ -636,8 +647,10 @@ class Server(asyncio.AbstractServer):
                 )
             for transport in list(self.connections):
                 transport.abort()
-        elif self._ssl is None:
+        else:
             for transport in list(self.connections):
+                if self._ssl is not None and not _tls_goodbye(transport):
+                    continue
                 if transport.finish_drain():
                     transport.close_drained()
         if not self.connections:
