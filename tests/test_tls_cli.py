@@ -396,3 +396,26 @@ def test_bench_tls_against_an_untrusted_server_is_one_line(files: Files) -> None
         assert "certificate is not trusted" in one_line(result.stderr)
         sp.signal(signal.SIGTERM)
         assert sp.wait() == 0
+
+
+# -- compare over TLS --------------------------------------------------------------------
+
+
+@needs_openssl
+def test_compare_over_tls_runs_the_servers_that_have_tls(tmp_path: Path) -> None:
+    result = run_muxio(
+        "compare", "--tls", "--servers", "muxio-epoll,asyncio-protocol",
+        "--workloads", "2x1024", "--duration", "0.3", "--warmup", "0.1", "--repeat", "1",
+        "--out", str(tmp_path), timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.decode().splitlines() if line.startswith("| 2x1024")]
+    assert len(rows) == 2, result.stdout
+    assert all(row.rstrip().endswith("| ok |") for row in rows), rows
+    assert '"tls": true' in (tmp_path / "compare.json").read_text()
+
+
+def test_compare_tls_refuses_a_server_without_tls() -> None:
+    result = run_muxio("compare", "--tls", "--servers", "threads", timeout=60)
+    assert result.returncode == 2
+    assert "has no TLS" in one_line(result.stderr)

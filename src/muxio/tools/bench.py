@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import random
 import select
+import signal
 import socket
 import sys
 import threading
@@ -416,6 +417,8 @@ def _handshake_all(
 
 def _worker(pipe: Connection, cfg: _WorkerConfig) -> None:
     """Run one share of the connections; everything is reported through `pipe`."""
+    # forked: a parent's SIGTERM handler (compare's) would turn terminate() into a traceback
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         if cfg.cpus and hasattr(os, "sched_setaffinity"):
             with contextlib.suppress(OSError):
