@@ -425,3 +425,36 @@ def test_graceful_shutdown_flushes_buffered_tls_replies_then_sends_close_notify(
             assert not srv.server.drain_cut_short
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("poller", pollers.available())
+def test_eof_without_close_notify_still_gets_every_reply(
+    poller: str, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """A FIN with no close_notify first: asyncio 3.11+ flushes, answers, then closes."""
+    data = _payload(300_000, 5)
+    with tls_server(server_ctx, poller=poller) as srv:
+        client = BioClient(srv, client_ctx)
+        try:
+            client.send(data)
+            client._until(lambda: not client.pending, "our data out")
+            client.sock.shutdown(socket.SHUT_WR)
+            assert client.read_until_eof() == data.upper()
+            assert srv.wait_for(lambda: not srv.server.connections)
+        finally:
+            client.close()
+
+
+def test_tls_over_a_unix_socket(
+    tmp_path: Any, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    from muxio import bind_unix
+
+    path = str(tmp_path / "tls.sock")
+    with tls_server(server_ctx, sockets=[bind_unix(path)]) as srv:
+        client = BioClient(srv, client_ctx)
+        try:
+            client.send(b"over unix")
+            assert client.recv_exactly(9) == b"OVER UNIX"
+        finally:
+            client.close()
