@@ -14,14 +14,17 @@ import math
 import sys
 
 from . import __version__
-from .errors import UsageError, run_reporting
+from .errors import RuntimeFailure, UsageError, run_reporting
 from .pollers import BACKENDS
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable
     from typing import NoReturn
+
+    from .tls import TLSSetupError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -131,6 +134,128 @@ def check_address(args: argparse.Namespace) -> None:
         raise UsageError(f"--host is {len(args.host)} characters; a host name has at most 253")
 
 
+def add_tls_client_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls", action="store_true", help="speak TLS to the server")
+    p.add_argument(
+        "--ca", metavar="FILE", help="with --tls: trust only the CA certificates in FILE (PEM)"
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="with --tls: do not verify the server's certificate (testing only)",
+    )
+    p.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help="with --tls: the name to verify and send as SNI (default: --host)",
+    )
+
+
+def _tls_error(exc: TLSSetupError, options: dict[str, str]) -> Exception:
+    """One sentence per way a certificate, key or password file can be wrong."""
+    path = exc.path
+    opt = options.get(path, "")
+    cert = options.get("cert", "")
+    if exc.kind == "missing":
+        return UsageError(f"{opt} {path}: no such file (check the path)")
+    if exc.kind == "unreadable":
+        return RuntimeFailure(f"{opt} {path}: cannot read it ({exc.detail})")
+    if exc.kind == "not-cert":
+        return UsageError(
+            f"{opt} {path}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)"
+        )
+    if exc.kind == "not-key":
+        return UsageError(
+            f"{opt} {path}: not a PEM private key (expected -----BEGIN ... PRIVATE KEY-----)"
+        )
+    if exc.kind == "mismatch":
+        return UsageError(
+            f"{opt} {path} is not the key of the certificate in --tls-cert {cert} "
+            "(give the key the certificate was issued for)"
+        )
+    if exc.kind == "needs-password":
+        return UsageError(
+            f"{opt} {path} is encrypted: give its password with --tls-key-password-file FILE"
+        )
+    return UsageError(
+        f"{opt} {path}: wrong password in --tls-key-password-file "
+        f"{options.get('password', '')}"
+    )
+
+
+def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The context `muxio serve --tls-*` asks for: TLS 1.2+, client certs with a CA given."""
+    if args.tls_cert is None and args.tls_key is None:
+        extra = [
+            o
+            for o, v in (
+                ("--tls-client-ca", args.tls_client_ca),
+                ("--tls-key-password-file", args.tls_key_password_file),
+            )
+            if v is not None
+        ]
+        if extra:
+            verb = "needs" if len(extra) == 1 else "need"
+            raise UsageError(f"{' and '.join(extra)} {verb} --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise UsageError(
+            "--tls-cert and --tls-key go together: the certificate and its private key"
+        )
+    from .tls import TLSSetupError, read_password, server_context
+
+    options = {
+        "cert": args.tls_cert,
+        "password": args.tls_key_password_file or "",
+        args.tls_key_password_file or "": "--tls-key-password-file",
+        args.tls_client_ca or "": "--tls-client-ca",
+        args.tls_cert: "--tls-cert",
+        args.tls_key: "--tls-key",
+    }
+    try:
+        password = None
+        if args.tls_key_password_file is not None:
+            password = read_password(args.tls_key_password_file)
+        return server_context(
+            args.tls_cert, args.tls_key, client_ca=args.tls_client_ca, password=password
+        )
+    except TLSSetupError as exc:
+        raise _tls_error(exc, options) from None
+
+
+def client_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, str | None]:
+    """`--tls [--ca FILE | --insecure] [--server-name NAME]`: the context and the name."""
+    if not args.tls:
+        given = [
+            o
+            for o, v in (
+                ("--ca", args.ca),
+                ("--insecure", args.insecure),
+                ("--server-name", args.server_name),
+            )
+            if v
+        ]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UsageError(f"{' and '.join(given)} {verb} to --tls connections only")
+        return None, None
+    if args.ca is not None and args.insecure:
+        raise UsageError("--ca and --insecure contradict each other: choose one")
+    name = args.server_name
+    if name is None:
+        if getattr(args, "unix", None) is not None and not args.insecure:
+            raise UsageError(
+                "--tls over --unix needs --server-name NAME: the name in the server's certificate"
+            )
+        name = args.host or "127.0.0.1"
+    from .tls import TLSSetupError, client_context
+
+    try:
+        return client_context(args.ca, insecure=args.insecure), name
+    except TLSSetupError as exc:
+        raise _tls_error(exc, {args.ca or "": "--ca"}) from None
+
+
 def build_parser(argv: list[str] | None = None) -> Parser:
     """The tools' own options are loaded only when that tool is asked for."""
     parser = Parser(prog="muxio", description="Event-driven TCP servers in pure Python.")
@@ -206,6 +331,18 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     serve.add_argument(
         "--log-level", default="info", choices=LOG_LEVELS, type=str.lower, help="default info"
     )
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates issued by the CA certificates in FILE",
+    )
+    serve.add_argument(
+        "--tls-key-password-file",
+        metavar="FILE",
+        help="the encrypted --tls-key's password, on the first line of FILE",
+    )
 
     connect = sub.add_parser(
         "connect", help="talk to a server: interactive on a terminal, like nc when piped"
@@ -218,6 +355,7 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         metavar="S",
         help="give up when the server has sent nothing for S seconds (default: wait)",
     )
+    add_tls_client_arguments(connect)
 
     for name, summary in (
         ("bench", "load-test an uppercase-echo server"),
@@ -246,6 +384,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.unix_mode is not None and args.unix is None:
         raise UsageError("--unix-mode applies to --unix sockets only")
     get_poller_class(args.poller)
+    tls = server_tls(args)
     factory = build_service(args.service, args)
     setup_logging(args.log_level)
     config = ServeConfig(
@@ -260,6 +399,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         slow_callback_ms=args.slow_callback_ms,
         shutdown_timeout=args.shutdown_timeout,
         service_name=args.service,
+        tls=tls,
+        tls_client_certs=args.tls_client_ca is not None,
     )
     # a service with resources to start on the loop and release after it (a pool)
     try:
@@ -313,7 +454,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
     from .tools.client import run
 
     check_address(args)
-    return run(args.host, args.port, args.unix, timeout=args.timeout)
+    tls, server_name = client_tls(args)
+    return run(
+        args.host, args.port, args.unix, timeout=args.timeout, tls=tls, server_name=server_name
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1130,6 +1130,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         handshake_timeout: float | None = None,
         shutdown_timeout: float | None = None,
         call_connection_made: bool = True,
+        cls: Any = None,
     ) -> Any:
         """asyncio's own TLS layer (`sslproto`), loop-agnostic, over our transport."""
         from asyncio import sslproto
@@ -1143,7 +1144,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             context = ssl_module.create_default_context()
             if server_hostname == "":
                 context.check_hostname = False
-        return sslproto.SSLProtocol(
+        return (cls or sslproto.SSLProtocol)(
             self,
             protocol,
             context,

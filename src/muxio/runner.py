@@ -31,6 +31,10 @@ from .pollers import Poller
 from .protocol import Protocol
 from .server import Server, bind_tcp, bind_unix
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 log = logging.getLogger("muxio")
 
 
@@ -51,6 +55,8 @@ class ServeConfig:
         slow_callback_ms: float = 100.0,
         shutdown_timeout: float = 10.0,
         service_name: str = "upper",
+        tls: Any = None,
+        tls_client_certs: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -63,6 +69,9 @@ class ServeConfig:
         self.slow_callback_ms = slow_callback_ms
         self.shutdown_timeout = shutdown_timeout
         self.service_name = service_name
+        self.tls = tls
+        """An `ssl.SSLContext` to serve TLS with, or None for plain TCP."""
+        self.tls_client_certs = tls_client_certs
 
 
 def _is_wildcard(sock: socket.socket) -> bool:
@@ -123,6 +132,7 @@ def serve(
         sockets,
         max_connections=config.max_connections,
         idle_timeout=config.idle_timeout,
+        ssl=config.tls,
     )
     state = _Stopping()
 
@@ -192,9 +202,16 @@ def serve(
         if signum is not None:
             loop.add_signal_handler(signum, handler, signame)
     server.start()
+    if config.tls is None:
+        tls = ""
+    elif config.tls_client_certs:
+        tls = "TLS on, client certificates required, "
+    else:
+        tls = "TLS on, "
     log.info(
-        "listening on %s (poller %s, service %s, pid %d)",
+        "listening on %s (%spoller %s, service %s, pid %d)",
         ", ".join(server.addresses),
+        tls,
         loop.poller.name,
         config.service_name,
         os.getpid(),

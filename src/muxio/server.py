@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import time
 from asyncio import trsock
 from collections.abc import Callable
@@ -62,14 +63,72 @@ class RateLimitedWarning:
 class ServerStats:
     """Totals for the shutdown summary; live connections are added on demand."""
 
-    __slots__ = ("accepted", "bytes_in", "bytes_out", "idle_closed", "refused")
+    __slots__ = ("accepted", "bytes_in", "bytes_out", "handshake_failed", "idle_closed", "refused")
 
     def __init__(self) -> None:
         self.accepted = 0
+        self.handshake_failed = 0
         self.refused = 0
         self.idle_closed = 0
         self.bytes_in = 0
         self.bytes_out = 0
+
+
+_tls_protocol_class: Any = None
+
+
+def _tls_protocol(server: Server) -> Any:
+    """asyncio's `SSLProtocol`, reporting a handshake that failed to `server`.
+
+    `sslproto` logs such a failure only in debug mode and never tells the
+    application protocol (it was not connected yet), so a server that must
+    count and log them has to hear of the lost connection itself.  A subclass
+    sees it in `connection_lost`, with the error, at no cost per byte (a
+    wrapper protocol would sit on the read path).  Built on first use: most
+    servers never import `ssl`.
+    """
+    global _tls_protocol_class
+    if _tls_protocol_class is None:
+        from asyncio import sslproto
+
+        class ServerTLSProtocol(sslproto.SSLProtocol):
+            _muxio_server: Server
+
+            def connection_lost(self, exc: BaseException | None) -> None:
+                if exc is not None and "ssl_object" not in self._extra:
+                    self._muxio_server._handshake_failed(self._transport, exc)
+                super().connection_lost(exc)
+
+        _tls_protocol_class = ServerTLSProtocol
+    cls = _tls_protocol_class
+    return type(cls.__name__, (cls,), {"_muxio_server": server})
+
+
+def _tls_goodbye(transport: Transport) -> bool:
+    """Drive a draining TLS connection to its close_notify; True once that is sent.
+
+    The TCP transport beneath has stopped reading, so no new request gets
+    in.  Once every request it did read is answered and flushed, the TLS
+    layer is closed: its close_notify goes out, and the TCP transport's own
+    drain (FIN, then discard until the peer closes) finishes the job.
+    Closing the TLS layer any earlier would drop replies: `sslproto` discards
+    writes once closing, and its `unwrap()` fails on unread application
+    data, aborting the connection with its buffers.
+    """
+    tls = transport.get_protocol()
+    app = getattr(tls, "_app_transport", None)
+    if app is None or app.is_closing():
+        return True  # still in its handshake (nothing to answer), or already said goodbye
+    if transport.get_write_buffer_size() or app.get_write_buffer_size():
+        return False
+    is_busy = getattr(getattr(tls, "_app_protocol", None), "is_busy", None)
+    if is_busy is not None and is_busy():
+        return False
+    # 3.11+ buffers input for an app that paused reading: it must be answered first
+    if sys.version_info >= (3, 11) and not app.is_reading():
+        return False
+    app.close()
+    return not app.get_write_buffer_size()
 
 
 def _explain(exc: OSError) -> str:
@@ -272,6 +331,8 @@ class Server(asyncio.AbstractServer):
         self._sockets: list[socket.socket] | None = list(sockets)
         self._backlog = backlog
         self._ssl = ssl
+        self._tls_class: Any = _tls_protocol(self) if ssl is not None else None
+        self._tls_warning = RateLimitedWarning()
         self._ssl_handshake_timeout = ssl_handshake_timeout
         self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._unlink_on_close = unlink_on_close
@@ -419,6 +480,7 @@ class Server(asyncio.AbstractServer):
                     server_side=True,
                     handshake_timeout=self._ssl_handshake_timeout,
                     shutdown_timeout=self._ssl_shutdown_timeout,
+                    cls=self._tls_class,
                 )
         except Exception as exc:
             conn.close()
@@ -484,6 +546,19 @@ class Server(asyncio.AbstractServer):
         if self._sockets is None and not self.connections:
             self._wake_waiters()
 
+    def _handshake_failed(
+        self, transport: asyncio.BaseTransport | None, exc: BaseException
+    ) -> None:
+        self.stats.handshake_failed += 1
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        where = f" with {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        reason = str(exc) or (
+            "the client closed the connection"
+            if isinstance(exc, ConnectionResetError)
+            else type(exc).__name__
+        )
+        self._tls_warning.warn("TLS handshake%s failed: %s", where, reason)
+
     def _sweep_idle(self) -> None:
         """Close what was silent for `idle_timeout`; note activity on the rest."""
         timeout = self.idle_timeout
@@ -510,13 +585,16 @@ class Server(asyncio.AbstractServer):
     def totals(self) -> dict[str, int]:
         live_in = sum(t.bytes_in for t in self.connections)
         live_out = sum(t.bytes_out for t in self.connections)
-        return {
+        totals = {
             "connections": self.stats.accepted,
             "refused": self.stats.refused,
             "open": len(self.connections),
             "bytes_in": self.stats.bytes_in + live_in,
             "bytes_out": self.stats.bytes_out + live_out,
         }
+        if self._ssl is not None:
+            totals["tls_handshakes_failed"] = self.stats.handshake_failed
+        return totals
 
     def close(self) -> None:
         """Stop accepting and close the listening sockets, started or not.
@@ -576,6 +654,8 @@ class Server(asyncio.AbstractServer):
                 transport.abort()
         else:
             for transport in list(self.connections):
+                if self._ssl is not None and not _tls_goodbye(transport):
+                    continue
                 if transport.finish_drain():
                     transport.close_drained()
         if not self.connections:

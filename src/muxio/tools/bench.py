@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import random
 import select
+import signal
 import socket
 import sys
 import threading
@@ -128,6 +129,20 @@ class BenchHooks:
 
 
 @dataclass(frozen=True)
+class TLSOptions:
+    """How to speak TLS: each worker builds its own context from these (contexts do not pickle)."""
+
+    ca: str | None = None
+    insecure: bool = False
+    server_name: str | None = None
+
+    def context(self) -> Any:
+        from ..tls import client_context
+
+        return client_context(self.ca, insecure=self.insecure)
+
+
+@dataclass(frozen=True)
 class _WorkerConfig:
     family: int
     address: Any
@@ -140,6 +155,7 @@ class _WorkerConfig:
     connect_timeout: float
     seed: int
     cpus: tuple[int, ...] | None
+    tls: TLSOptions | None = None
 
 
 def default_processes() -> int:
@@ -368,11 +384,41 @@ def _connect_all(
                 poller.unregister(fd)
                 s.close()
                 fail(f"timed out after {cfg.connect_timeout:g} s")
+    if cfg.tls is not None:
+        first_error = _handshake_all(cfg, poller, conns, fail) or first_error
     return conns, first_error
+
+
+def _handshake_all(
+    cfg: _WorkerConfig, poller: _Poll, conns: dict[int, _Conn], fail: Callable[[str], None]
+) -> str:
+    """TLS on every connection, one blocking handshake after another (not measured).
+
+    The descriptor stays the same, so the poller's registration holds.
+    """
+    assert cfg.tls is not None
+    ctx = cfg.tls.context()
+    first = ""
+    for fd, c in list(conns.items()):
+        c.sock.settimeout(cfg.connect_timeout)
+        try:
+            c.sock = ctx.wrap_socket(c.sock, server_hostname=cfg.tls.server_name)
+        except OSError as exc:
+            poller.unregister(fd)
+            del conns[fd]
+            c.sock.close()
+            msg = f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}"
+            first = first or msg
+            fail(msg)
+            continue
+        c.sock.setblocking(False)
+    return first
 
 
 def _worker(pipe: Connection, cfg: _WorkerConfig) -> None:
     """Run one share of the connections; everything is reported through `pipe`."""
+    # forked: a parent's SIGTERM handler (compare's) would turn terminate() into a traceback
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         if cfg.cpus and hasattr(os, "sched_setaffinity"):
             with contextlib.suppress(OSError):
@@ -419,6 +465,13 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
     poll = poller.poll
     modify = poller.modify
     active = {fd: c for fd, c in conns.items() if not c.idle}
+    blocked: tuple[type[Exception], ...] = (BlockingIOError,)
+    tls_on = cfg.tls is not None
+    if cfg.tls is not None:
+        import ssl
+
+        # a TLS socket that cannot go on says so with its own errors
+        blocked = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
     def close(fd: int, c: _Conn) -> None:
         poller.unregister(fd)
@@ -436,7 +489,7 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
         c.started = c.last = perf()
         try:
             c.sent = c.sock.send(c.out)
-        except BlockingIOError:
+        except blocked:
             c.sent = 0
         except OSError:
             errors["resets"] += 1
@@ -485,7 +538,7 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
             if c.idle:
                 try:
                     data = c.sock.recv(1)
-                except BlockingIOError:
+                except blocked:
                     continue
                 except OSError:
                     data = b""
@@ -495,7 +548,7 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
             if ev & _OUT and c.wants_out:
                 try:
                     c.sent += c.sock.send(c.out[c.sent :])
-                except BlockingIOError:
+                except blocked:
                     pass
                 except OSError:
                     errors["resets"] += 1
@@ -509,7 +562,7 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
                 got = c.got
                 try:
                     n = c.sock.recv_into(c.view[got:], size - got)
-                except BlockingIOError:
+                except blocked:
                     continue
                 except OSError:
                     n = 0
@@ -518,6 +571,11 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
                     close(fd, c)
                     continue
                 got += n
+                if tls_on and got < size and n and c.sock.pending():  # type: ignore[attr-defined]
+                    # decrypted bytes held by the TLS engine: no poller event will come for them
+                    with contextlib.suppress(*blocked):
+                        while got < size and c.sock.pending():  # type: ignore[attr-defined]
+                            got += c.sock.recv_into(c.view[got:], size - got)
                 if got < size:
                     c.got = got
                     c.last = perf()
@@ -574,7 +632,9 @@ def _resolve(host: str, port: int, unix: str | None) -> tuple[int, Any, str]:
     return family, addr, f"{host}:{port}"
 
 
-def _preflight(family: int, address: Any, target: str, timeout: float) -> None:
+def _preflight(
+    family: int, address: Any, target: str, timeout: float, tls: TLSOptions | None = None
+) -> None:
     """Fail fast with one clear line instead of N identical connect failures."""
     s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -582,11 +642,16 @@ def _preflight(family: int, address: Any, target: str, timeout: float) -> None:
         s.connect(address)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
+        s.close()
         raise RuntimeFailure(
             f"cannot connect to {target}: {reason}; is the server running there?"
         ) from exc
-    finally:
+    if tls is None:
         s.close()
+        return
+    from .client import start_tls
+
+    start_tls(s, tls.context(), tls.server_name, target, timeout).close()
 
 
 def _context() -> Any:
@@ -612,6 +677,7 @@ def run_bench(
     connect_timeout: float = 5.0,
     cpus: Sequence[int] | None = None,
     hooks: BenchHooks | None = None,
+    tls: TLSOptions | None = None,
 ) -> BenchResult:
     """Drive the server at host:port (or `unix`) and return what was measured.
 
@@ -643,7 +709,7 @@ def run_bench(
             f"{connections + idle} connections need ~{per_worker} descriptors per process "
             f"but the limit is {limit}; raise `ulimit -n` or use more --processes"
         )
-    _preflight(family, address, target, connect_timeout)
+    _preflight(family, address, target, connect_timeout, tls)
 
     hooks = hooks or BenchHooks()
     ctx = _context()
@@ -663,6 +729,7 @@ def run_bench(
                 connect_timeout=connect_timeout,
                 seed=i * 7919,
                 cpus=tuple(cpus) if cpus else None,
+                tls=tls,
             )
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child_end, cfg), daemon=True)
@@ -912,9 +979,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="count a connection as stalled after S seconds without progress (default 5)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    from ..cli import add_tls_client_arguments
+
+    add_tls_client_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..cli import client_tls
+
+    context, server_name = client_tls(args)
+    tls = None if context is None else TLSOptions(args.ca, args.insecure, server_name)
     display = _display(sys.stderr)
     try:
         result = run_bench(
@@ -929,6 +1003,7 @@ def main(args: argparse.Namespace) -> int:
             processes=args.processes,
             stall_timeout=args.stall_timeout,
             hooks=display,
+            tls=tls,
         )
     finally:
         if isinstance(display, _RichDisplay):

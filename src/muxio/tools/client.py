@@ -16,7 +16,10 @@ import select
 import socket
 import sys
 import threading
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    import ssl
 
 from ..errors import RuntimeFailure, UsageError
 
@@ -64,6 +67,42 @@ def open_connection(host: str, port: int, unix: str | None, timeout: float = 10.
         raise RuntimeFailure(f"cannot connect to {where}: {exc.strerror or exc}") from None
     sock.settimeout(None)
     return sock
+
+
+def _tls_failure(exc: OSError, where: str) -> RuntimeFailure:
+    """One sentence for a handshake that did not end in a TLS connection."""
+    import ssl
+
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return RuntimeFailure(
+            f"TLS with {where}: the server's certificate is not trusted "
+            f"({exc.verify_message}); pass --ca FILE with its CA, --server-name NAME "
+            "with the name it was issued for, or --insecure to skip the check"
+        )
+    if isinstance(exc, TimeoutError):
+        return RuntimeFailure(f"TLS handshake with {where} timed out")
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        reason = exc.reason
+    else:
+        reason = exc.strerror or "the server closed the connection"
+    return RuntimeFailure(
+        f"TLS handshake with {where} failed: {reason} "
+        "(is the server speaking TLS? does it want a client certificate?)"
+    )
+
+
+def start_tls(
+    sock: socket.socket, ctx: ssl.SSLContext, server_name: str | None, where: str, timeout: float
+) -> ssl.SSLSocket:
+    """The TLS handshake on a blocking socket, for the interactive client."""
+    sock.settimeout(timeout)
+    try:
+        tls = ctx.wrap_socket(sock, server_hostname=server_name)
+    except OSError as exc:
+        sock.close()
+        raise _tls_failure(exc, where) from None
+    tls.settimeout(None)
+    return tls
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -186,8 +225,180 @@ def _recv(sock: socket.socket, timeout: float | None) -> bytes:
     return sock.recv(CHUNK)
 
 
-def run(host: str, port: int, unix: str | None, *, timeout: float | None = None) -> int:
+def pipe_tls(
+    sock: socket.socket,
+    ctx: ssl.SSLContext,
+    server_name: str | None,
+    where: str,
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    *,
+    timeout: float | None = None,
+    handshake_timeout: float = 10.0,
+) -> int:
+    """`pipe()` over TLS, in one thread, on a memory BIO.
+
+    An SSL connection is not safe to share between two threads, and an
+    `SSLSocket` cannot send its close_notify and go on reading (its `unwrap`
+    hands back the raw socket), so this drives the TLS engine by hand: at
+    the end of input goes our close_notify, then a FIN; the copy ends at the
+    server's close_notify or EOF, as over plain TCP.
+    """
+    import selectors
+    import ssl
+    import time
+
+    incoming = ssl.MemoryBIO()
+    outgoing = ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    sock.setblocking(False)
+    fd_in = stdin.fileno()
+    out = stdout.fileno()
+    wire = bytearray()
+    handshaking = True
+    input_done = notified = fin = eof = False
+    deadline = time.monotonic() + handshake_timeout
+    # poll and select accept a regular file on stdin; epoll refuses it
+    kind = getattr(selectors, "PollSelector", selectors.SelectSelector)
+    with kind() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        while True:
+            if handshaking:
+                try:
+                    tls.do_handshake()
+                    handshaking = False
+                except ssl.SSLWantReadError:
+                    if eof:
+                        raise _tls_failure(ConnectionResetError(), where) from None
+                except ssl.SSLError as exc:
+                    raise _tls_failure(exc, where) from None
+            if input_done and not notified:
+                notified = True
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    tls.unwrap()
+            wire += outgoing.read()
+            if notified and not wire and not fin:
+                fin = True
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+            reading_input = not (handshaking or input_done) and len(wire) < CHUNK
+            if reading_input and fd_in not in sel.get_map():
+                sel.register(fd_in, selectors.EVENT_READ)
+            elif not reading_input and fd_in in sel.get_map():
+                sel.unregister(fd_in)
+            want = (0 if eof else selectors.EVENT_READ) | (selectors.EVENT_WRITE if wire else 0)
+            if want:
+                sel.modify(sock, want)
+            elif sock in sel.get_map():
+                sel.unregister(sock)
+            wait = timeout
+            if handshaking:
+                wait = max(0.0, deadline - time.monotonic())
+            ready = sel.select(wait)
+            if not ready:
+                if handshaking:
+                    raise _tls_failure(TimeoutError(), where)
+                print(
+                    f"muxio: no reply from the server for {timeout:g} s (--timeout)",
+                    file=sys.stderr,
+                )
+                return 1
+            for key, mask in ready:
+                if key.fd == fd_in:
+                    chunk = os.read(fd_in, CHUNK)
+                    if chunk:
+                        tls.write(chunk)
+                    else:
+                        input_done = True
+                    continue
+                if mask & selectors.EVENT_WRITE:
+                    try:
+                        del wire[: sock.send(wire)]
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        print(
+                            "muxio: the server closed the connection before all input was sent",
+                            file=sys.stderr,
+                        )
+                        return 1
+                if mask & selectors.EVENT_READ:
+                    try:
+                        data = sock.recv(CHUNK)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        print(
+                            f"muxio: the server went away ({exc.strerror or exc})",
+                            file=sys.stderr,
+                        )
+                        return 1
+                    if data:
+                        incoming.write(data)
+                    else:
+                        eof = True
+                        incoming.write_eof()
+            if handshaking:
+                continue
+            while True:
+                try:
+                    data = tls.read(CHUNK)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    data = b""
+                except ssl.SSLEOFError:
+                    print(
+                        "muxio: the server closed the connection without a TLS close_notify "
+                        "(a refused client certificate, or a reply cut short)",
+                        file=sys.stderr,
+                    )
+                    return 1
+                except ssl.SSLError as exc:
+                    print(f"muxio: the server went away ({exc.reason or exc})", file=sys.stderr)
+                    return 1
+                if not data:
+                    if not (input_done and not wire):
+                        print(
+                            "muxio: the server closed the connection before all input was sent",
+                            file=sys.stderr,
+                        )
+                        return 1
+                    return 0
+                view = memoryview(data)
+                try:
+                    while view:
+                        view = view[os.write(out, view) :]
+                except BrokenPipeError:
+                    return 0
+
+
+def run(
+    host: str,
+    port: int,
+    unix: str | None,
+    *,
+    timeout: float | None = None,
+    tls: ssl.SSLContext | None = None,
+    server_name: str | None = None,
+) -> int:
     sock = open_connection(host, port, unix, timeout=timeout or 10.0)
+    if tls is not None:
+        where = unix if unix else f"{host}:{port}"
+        if not sys.stdin.isatty():
+            sys.stdout.flush()
+            with sock:
+                return pipe_tls(
+                    sock,
+                    tls,
+                    server_name,
+                    where,
+                    sys.stdin.buffer,
+                    sys.stdout.buffer,
+                    timeout=timeout,
+                    handshake_timeout=timeout or 10.0,
+                )
+        sock = start_tls(sock, tls, server_name, where, timeout or 10.0)
     if sys.stdin.isatty():
         if timeout is not None:
             sock.settimeout(timeout)

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from muxio.errors import MuxioError, RuntimeFailure, UsageError, run_reporting
-from muxio.tools.bench import BenchHooks, Progress, raise_fd_limit, run_bench
+from muxio.tools.bench import BenchHooks, Progress, TLSOptions, raise_fd_limit, run_bench
 
 DEFAULT_WORKLOADS = "1x1024,10x1024,100x1024,1000x1024,100x65536,50x1024,50x1024+5000idle"
 _LISTENING = re.compile(rb"listening on (\S+):(\d+)")
@@ -133,8 +133,61 @@ def _muxio_command() -> tuple[tuple[str, ...], str]:
     return (), "muxio's command line is not importable"
 
 
-def all_servers() -> list[ServerSpec]:
+@dataclass(frozen=True)
+class TLSFiles:
+    """The certificate and key every server serves with under `--tls`."""
+
+    cert: str
+    key: str
+
+    def argv(self) -> tuple[str, ...]:
+        return ("--tls-cert", self.cert, "--tls-key", self.key)
+
+
+_NO_TLS = {"naive-select", "threads"}
+
+
+def _with_tls(spec: ServerSpec, tls: TLSFiles | None) -> ServerSpec:
+    if tls is None:
+        return spec
+    if spec.name in _NO_TLS:
+        return ServerSpec(spec.name, spec.argv, False, "it has no TLS (drop it, or drop --tls)")
+    return ServerSpec(spec.name, (*spec.argv, *tls.argv()), spec.available, spec.why_not)
+
+
+def make_tls_files(directory: str) -> TLSFiles:
+    """A throwaway self-signed certificate for 127.0.0.1, made by the `openssl` program.
+
+    The load generator does not verify it (`--insecure`): what is measured
+    is the servers' cost, and they pay the same whatever the client trusts.
+    """
+    import shutil
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise UsageError(
+            "--tls needs a certificate: give --tls-cert FILE and --tls-key FILE, or install "
+            "the openssl program to make a throwaway one"
+        )
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    try:
+        subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+             "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+            check=True, capture_output=True, timeout=60,
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise RuntimeFailure(f"openssl could not make a throwaway certificate: {exc}") from None
+    return TLSFiles(cert, key)
+
+
+def all_servers(tls: TLSFiles | None = None) -> list[ServerSpec]:
     """Every server compare knows, marked with whether it can run on this machine."""
+    return [_with_tls(s, tls) for s in _all_servers()]
+
+
+def _all_servers() -> list[ServerSpec]:
     base, why = _muxio_command()
     specs = []
     for poller in ("epoll", "kqueue", "devpoll", "poll", "select"):
@@ -171,8 +224,8 @@ def available_servers() -> list[ServerSpec]:
     return [s for s in all_servers() if s.available]
 
 
-def select_servers(text: str | None) -> list[ServerSpec]:
-    known = {s.name: s for s in all_servers()}
+def select_servers(text: str | None, tls: TLSFiles | None = None) -> list[ServerSpec]:
+    known = {s.name: s for s in all_servers(tls)}
     if not text:
         return [s for s in known.values() if s.available]
     chosen = []
@@ -470,6 +523,7 @@ def run_once(
     host: str = "127.0.0.1",
     server_cpu: int | None = None,
     load_cpus: Sequence[int] = (),
+    tls: bool = False,
 ) -> RunRecord:
     """Start a fresh server, load it, stop it; failures become a record, not an exception."""
     rec = RunRecord(workload.name, spec.name, repeat, ok=False)
@@ -492,6 +546,7 @@ def run_once(
             processes=processes,
             cpus=load_cpus or None,
             hooks=sampler,
+            tls=TLSOptions(insecure=True) if tls else None,
         )
         rec.bench = result.to_dict()
         died = not server.alive()
@@ -585,6 +640,7 @@ def run_compare(
     processes: int | None = None,
     host: str = "127.0.0.1",
     log: Callable[[str], None] | None = None,
+    tls: bool = False,
 ) -> CompareReport:
     """Every server under every workload, `repeat` times; Ctrl-C returns what was measured."""
     if repeat < 1:
@@ -614,6 +670,7 @@ def run_compare(
             "workloads": [w.name for w in workloads],
             "cpu_source": _cpu_source(),
             "interrupted": False,
+            "tls": tls,
         },
         reference=reference,
     )
@@ -634,6 +691,7 @@ def run_compare(
                         host=host,
                         server_cpu=server_cpu,
                         load_cpus=load_cpus,
+                        tls=tls,
                     )
                     report.runs.append(rec)
                     say(f"[{n}/{total}] {w.name} {s.name} #{r + 1}: {_run_line(rec)}")
@@ -784,6 +842,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="load generator processes (default: CPUs left after the server's, 2 to 4)",
     )
     p.add_argument("--out", type=Path, help="directory for compare.md, compare.json, compare.png")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="every server over TLS (the servers that have it), the load unverified",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="with --tls: the servers' certificate")
+    p.add_argument(
+        "--tls-key", metavar="FILE", help="with --tls: its key (default: a throwaway pair)"
+    )
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -791,7 +858,31 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    servers = select_servers(args.servers)
+    with tempfile.TemporaryDirectory(prefix="muxio-compare-") as scratch:
+        return _main(args, scratch)
+
+
+def _main(args: argparse.Namespace, scratch: str) -> int:
+    tls = None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together: the certificate and its key")
+    if args.tls_cert is not None and not args.tls:
+        raise UsageError("--tls-cert and --tls-key apply with --tls only")
+    if args.tls:
+        from muxio.cli import server_tls
+
+        if args.tls_cert is None:
+            tls = make_tls_files(scratch)
+        else:
+            tls = TLSFiles(args.tls_cert, args.tls_key)
+        # the same checks, the same one-line errors as `muxio serve`
+        server_tls(
+            argparse.Namespace(
+                tls_cert=tls.cert, tls_key=tls.key, tls_client_ca=None,
+                tls_key_password_file=None,
+            )
+        )
+    servers = select_servers(args.servers, tls)
     workloads = parse_workloads(args.workloads)
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat} must be at least 1")
@@ -816,6 +907,7 @@ def main(args: argparse.Namespace) -> int:
             repeat=args.repeat,
             processes=args.processes,
             log=lambda msg: print(msg, file=sys.stderr, flush=True),
+            tls=tls is not None,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)

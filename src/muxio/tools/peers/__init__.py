@@ -30,6 +30,20 @@ def add_loop_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key (PEM)")
+
+
+def tls_context(args: argparse.Namespace) -> Any:
+    """The server context `muxio serve` would build from the same files, or None."""
+    if not args.tls_cert:
+        return None
+    from muxio.tls import server_context
+
+    return server_context(args.tls_cert, args.tls_key)
+
+
 def run_on(loop_name: str, main: Callable[[], Any]) -> int:
     """Run the coroutine `main()` on the named loop; exit 2 if that loop is not installed."""
     import asyncio

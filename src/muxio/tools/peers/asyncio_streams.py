@@ -11,8 +11,15 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from typing import Any
 
-from muxio.tools.peers import add_loop_argument, run_on, serve_until_sigterm
+from muxio.tools.peers import (
+    add_loop_argument,
+    add_tls_arguments,
+    run_on,
+    serve_until_sigterm,
+    tls_context,
+)
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -28,9 +35,11 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             await writer.wait_closed()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, ssl: Any = None) -> None:
     await serve_until_sigterm(
-        host, lambda: asyncio.start_server(handle, host, port, backlog=1024, reuse_address=True)
+        host, lambda: asyncio.start_server(
+            handle, host, port, backlog=1024, reuse_address=True, ssl=ssl
+        )
     )
 
 
@@ -39,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     add_loop_argument(p)
+    add_tls_arguments(p)
     args = p.parse_args(argv)
-    return run_on(args.loop, lambda: serve(args.host, args.port))
+    return run_on(args.loop, lambda: serve(args.host, args.port, tls_context(args)))
 
 
 if __name__ == "__main__":
