@@ -344,9 +344,14 @@ class EventLoop(asyncio.AbstractEventLoop):
         """Schedule from any thread and wake the poller through the self-pipe."""
         if self._closed:
             raise RuntimeError("Event loop is closed")
+        handle: Any
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
-        handle = Handle(callback, args, self, context)
+            handle = asyncio.Handle(callback, args, self, context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]
+        else:
+            handle = Handle(callback, args, self, context)
         self._ready.append(handle)
         self._write_to_self()
         return handle
