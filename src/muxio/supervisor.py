@@ -62,8 +62,9 @@ log = logging.getLogger("muxio")
 ENV = "MUXIO_WORKER"
 RESTART_DELAY_MAX = 30.0
 """Longest wait before restarting a worker that keeps dying at start."""
-BOOT_GRACE = 2.0
-"""A worker that dies sooner than this after start counts as failing to boot."""
+CRASH_WINDOW = 10.0
+CRASHES_TOLERATED = 3
+"""Serving workers that may die within CRASH_WINDOW seconds before restarts back off."""
 READY_TIMEOUT = 30.0
 
 
@@ -147,6 +148,7 @@ class Worker:
         self.started = time.monotonic()
         self.ready = False
         self.retiring = False
+        self.drained_at_stop = False
         self.totals: dict[str, Any] | None = None
         self._pending = b""
 
@@ -236,13 +238,15 @@ class Supervisor:
         self.gone: list[Worker] = []
         self.next_index = 1
         self.failures = 0
+        self.deaths: list[float] = []
         self.restart_at = 0.0
         self.signals: list[int] = []
         self.stopping = False
         self.forced = False
         self.stop_deadline = float("inf")
         self.replacing: list[Worker] = []
-        self.replacement: Worker | None = None
+        self.replacement: tuple[Worker, Worker] | None = None
+        """(new, old) during a reload: old retires once new is ready."""
         self._wake_r, self._wake_w = os.pipe()
         self._life_r, self._life_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
@@ -289,19 +293,23 @@ class Supervisor:
                 worker.read_report()
             del self.workers[pid]
             self.gone.append(worker)
+            worker.drained_at_stop = self.stopping and worker.ready
             if self.stopping or worker.retiring:
                 log.info("worker %d (pid %d) exited (%s)", worker.index, pid, _how(code))
                 continue
             lived = time.monotonic() - worker.started
-            if worker is self.replacement:
-                self.replacement = None
-            if worker.ready and lived >= BOOT_GRACE:
-                self.failures = 0
-                delay = 0.0
+            now = time.monotonic()
+            self.deaths = [t for t in self.deaths if now - t < CRASH_WINDOW] + [now]
+            if not worker.ready:
+                self.failures += 1  # it never served: whatever broke it will break the next
+            elif len(self.deaths) > CRASHES_TOLERATED:
+                self.failures = len(self.deaths) - CRASHES_TOLERATED
             else:
-                self.failures += 1
-                delay = min(RESTART_DELAY_MAX, 0.5 * 2 ** (self.failures - 1))
-            self.restart_at = time.monotonic() + delay
+                self.failures = 0
+            delay = 0.0 if not self.failures else min(
+                RESTART_DELAY_MAX, 0.5 * 2 ** (self.failures - 1)
+            )
+            self.restart_at = now + delay
             log.warning(
                 "worker %d (pid %d) died (%s) after %.1f s; %s",
                 worker.index, pid, _how(code), lived,
@@ -312,7 +320,8 @@ class Supervisor:
         """Start or retire workers until `count` are serving."""
         if self.stopping:
             return
-        active = [w for w in self.workers.values() if not w.retiring]
+        being_replaced = self.replacement[1] if self.replacement is not None else None
+        active = [w for w in self.workers.values() if not w.retiring and w is not being_replaced]
         if len(active) < self.count and time.monotonic() >= self.restart_at:
             for _ in range(self.count - len(active)):
                 self.spawn()
@@ -329,22 +338,23 @@ class Supervisor:
     def _step_reload(self) -> None:
         """SIGHUP: one new worker ready, then one old one drained away, and so on."""
         if self.replacement is not None:
-            if not self.replacement.ready:
-                if time.monotonic() - self.replacement.started > READY_TIMEOUT:
-                    log.error("reload: worker %d never became ready; reload abandoned",
-                              self.replacement.index)
+            new, old = self.replacement
+            if new.pid not in self.workers:
+                self.replacement = None  # it died: reap() restarts a worker in its place
+            elif not new.ready:
+                if time.monotonic() - new.started > READY_TIMEOUT:
+                    log.error("reload: worker %d never became ready; reload abandoned", new.index)
                     self.replacing.clear()
                     self.replacement = None
+                    self.retire(new)
                 return
-            self.replacement = None
-        while self.replacing:
+            else:
+                self.replacement = None
+                self.retire(old)
+        while self.replacing and self.replacement is None:
             old = self.replacing.pop(0)
             if old.pid in self.workers and not old.retiring:
-                self.count += 1  # the new one comes up beside the old one
-                self.replacement = self.spawn()
-                self.count -= 1
-                self.retire(old)
-                return
+                self.replacement = (self.spawn(), old)
 
     # -- signals ---------------------------------------------------------------
 
@@ -446,7 +456,9 @@ class Supervisor:
         keys = ("connections", "refused", "bytes_in", "bytes_out")
         for key in keys:
             totals[key] = sum(int((w.totals or {}).get(key, 0)) for w in self.gone)
-        complete = all((w.totals or {}).get("drain") == "complete" for w in self.gone)
+        # a worker that crashed or never started had nothing to drain
+        drained = [w for w in self.gone if w.drained_at_stop]
+        complete = all((w.totals or {}).get("drain") == "complete" for w in drained)
         totals["drain"] = "forced" if self.forced else ("complete" if complete else "timeout")
         totals["per_worker"] = ",".join(
             f"{w.index}:{(w.totals or {}).get('connections', '?')}"
