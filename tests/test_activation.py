@@ -193,3 +193,19 @@ def test_listen_fds_not_a_number_exits_2() -> None:
     )
     assert proc.returncode == 2
     assert "LISTEN_FDS='many'" in _one_error(proc)
+
+
+def test_systemd_socket_is_shared_by_workers(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    sp = systemd_style(listener, "--workers", "2")
+    try:
+        sp.wait_line(rf"supervisor \(pid \d+\) on 127\.0\.0\.1:{port}: 2 workers, shared sockets")
+        for _ in range(2):
+            sp.wait_line(rf"muxio\[worker \d\] INFO listening on 127\.0\.0\.1:{port} ")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            assert round_trip(c, b"both") == b"BOTH"
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+        assert sp.summary()["workers"] == "2"
+    finally:
+        sp.kill()
