@@ -385,6 +385,8 @@ class Supervisor:
                 old = [w for w in self.workers.values() if not w.retiring]
                 log.info("SIGHUP: replacing %d workers one at a time", len(old))
                 self.replacing = sorted(old, key=lambda w: w.index)
+            elif signum == signal.SIGUSR1:
+                self._signal_all(signal.SIGUSR1)  # each worker logs its statistics line
             elif signum == signal.SIGTTIN and not self.stopping:
                 self.count += 1
                 log.info("SIGTTIN: %d workers", self.count)
@@ -403,8 +405,10 @@ class Supervisor:
     # -- the main loop ---------------------------------------------------------
 
     def run(self) -> dict[str, object]:
+        # every signal whose default would kill the supervisor and orphan its workers
         handled = [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD]
+                   signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGUSR1,
+                   signal.SIGUSR2, signal.SIGALRM]
         previous = {s: signal.signal(s, self._on_signal) for s in handled}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
