@@ -233,3 +233,49 @@ def test_workers_option_errors_exit_2_with_one_line() -> None:
         assert proc.returncode == 2, proc
         lines = proc.stderr.decode().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_workers_dying_at_start_are_restarted_with_doubling_back_off(
+    supervised: list[Supervised],
+) -> None:
+    sp = start(supervised)
+    os.kill(sp.workers[1], signal.SIGKILL)  # it had served: replaced at once
+    sp.wait_line(r"worker 1 \(pid \d+\) died .*restarting it now")
+    delays = []
+    for index in (3, 4, 5):
+        # killed as soon as it is started, long before its interpreter is up and ready
+        m = sp.wait_line(rf"worker {index} started \(pid (\d+)\)")
+        os.kill(int(m.group(1)), signal.SIGKILL)
+        died = sp.wait_line(rf"worker {index} \(pid \d+\) died .*restarting it in ([\d.]+) s")
+        delays.append(float(died.group(1)))
+    assert delays == [0.5, 1.0, 2.0]
+    index, _ = sp.wait_worker()
+    assert index == 6  # one start per death: no storm
+    started = [line for line in sp.lines if re.search(r"worker \d+ started", line)]
+    assert len(started) == 6
+    with sp.connect() as c:
+        assert round_trip(c, b"still here") == b"STILL HERE"
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(
+    supervised: list[Supervised],
+) -> None:
+    sp = start(supervised)
+    sp.proc.kill()
+    sp.proc.wait(10)
+    deadline = time.monotonic() + 15
+    for pid in sp.workers.values():
+        while _alive(pid):
+            assert time.monotonic() < deadline, f"worker {pid} outlived its supervisor"
+            time.sleep(0.02)
+    assert sum("the supervisor is gone: shutting down" in line for line in sp.lines) == 2
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper that may never come in a container."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"

@@ -36,7 +36,6 @@ Two ways to share the port (`--worker-sockets`):
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -276,6 +275,9 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a terminal's Ctrl-C reaches us; we pass it on once
             )
+        except BaseException:
+            os.close(report_r)
+            raise
         finally:
             os.close(report_w)
         worker = Worker(index, proc, report_r)
@@ -324,7 +326,15 @@ class Supervisor:
         active = [w for w in self.workers.values() if not w.retiring and w is not being_replaced]
         if len(active) < self.count and time.monotonic() >= self.restart_at:
             for _ in range(self.count - len(active)):
-                self.spawn()
+                try:
+                    self.spawn()
+                except OSError as exc:  # out of processes or memory: try again later
+                    self.failures += 1
+                    delay = min(RESTART_DELAY_MAX, 0.5 * 2 ** (self.failures - 1))
+                    self.restart_at = time.monotonic() + delay
+                    log.error("cannot start a worker: %s; trying again in %g s",
+                              exc.strerror or exc, delay)
+                    break
         elif len(active) > self.count:
             for worker in sorted(active, key=lambda w: -w.index)[: len(active) - self.count]:
                 self.retire(worker)
@@ -526,12 +536,7 @@ def supervise(args: argparse.Namespace, sockets: list[socket.socket] | None) -> 
         reserved=reserved,
         backlog=args.backlog,
     )
-    try:
-        totals = supervisor.run()
-    except OSError as exc:
-        if exc.errno == errno.EAGAIN:
-            raise RuntimeFailure(f"cannot start a worker: {exc.strerror}") from None
-        raise
+    totals = supervisor.run()
     log.info("shutdown complete: %s", " ".join(f"{k}={v}" for k, v in totals.items()))
     return 0 if totals["drain"] == "complete" else 1
 
