@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 from helpers import ServeProcess, recv_exactly, round_trip
 
-WORKER_LISTENING = re.compile(r"muxio\[worker (\d+)\] INFO listening on \S+ \(.*pid (\d+)\)")
+WORKER_READY = re.compile(r"muxio INFO worker (\d+) \(pid (\d+)\) ready")
 SUPERVISOR = re.compile(r"supervisor \(pid \d+\) on (?:\[[^\]]+\]|[\d.]+):(\d+)")
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and processes")
 
 
 class Supervised(ServeProcess):
-    """A supervisor with its workers; `workers` maps worker number to pid as they listen."""
+    """A supervisor with its workers; `workers` maps worker number to pid once ready."""
 
     def __init__(self, *args: str) -> None:
         super().__init__(*args)
@@ -38,7 +38,7 @@ class Supervised(ServeProcess):
         return self
 
     def wait_worker(self, timeout: float = 15.0) -> tuple[int, int]:
-        m = self.wait_line(WORKER_LISTENING, timeout)
+        m = self.wait_line(WORKER_READY, timeout)  # the supervisor knows it serves
         index, pid = int(m.group(1)), int(m.group(2))
         self.workers[index] = pid
         return index, pid
@@ -152,7 +152,7 @@ def test_sighup_replaces_every_worker_under_load_with_no_failed_request(
         sp.wait_line(r"SIGHUP: replacing 2 workers")
         for old in (1, 2):
             sp.wait_line(rf"worker {old} \(pid \d+\) exited \(exit code 0\)")
-            assert old + 2 in {int(m[1]) for m in map(WORKER_LISTENING.search, sp.lines) if m}
+            assert old + 2 in {int(m[1]) for m in map(WORKER_READY.search, sp.lines) if m}
         assert load.poll() is None, "the reload must happen while the load runs"
         result = bench_result(load)
     finally:

@@ -173,6 +173,7 @@ class Worker:
         for line in lines:
             if line == b"ready":
                 self.ready = True
+                log.info("worker %d (pid %d) ready", self.index, self.pid)
             elif line.startswith(b"{"):
                 with contextlib.suppress(ValueError):
                     self.totals = json.loads(line)

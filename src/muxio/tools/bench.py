@@ -431,7 +431,7 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
         c.sock.close()
 
     def reopen(fd: int, c: _Conn) -> None:
-        """The server closed cleanly mid-request (a graceful drain): send it again elsewhere.
+        """The server closed (or reset) the connection mid-request: send it again elsewhere.
 
         What the server did not answer it never accepted, so the whole
         request goes again on a new connection and must come back whole.
@@ -479,6 +479,9 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
         except BlockingIOError:
             c.sent = 0
         except OSError:
+            if cfg.reconnect:
+                reopen(fd, c)
+                return fd in conns
             errors["resets"] += 1
             close(fd, c)
             return False
