@@ -23,9 +23,14 @@ from test_workers import established
 HAPROXY = shutil.which("haproxy") or (
     "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
 )
-pytestmark = pytest.mark.skipif(
-    HAPROXY is None, reason="haproxy is not installed (apt-get install -y haproxy)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        HAPROXY is None, reason="haproxy is not installed (apt-get install -y haproxy)"
+    ),
+    pytest.mark.skipif(
+        not Path("/proc/net/tcp").exists(), reason="counts connections from Linux's /proc"
+    ),
+]
 
 CONFIG = """
 global

@@ -269,3 +269,32 @@ def test_parser_round_trips_every_valid_header_and_waits_on_every_prefix(
     assert header.destination == (dst[0], dst[1], *extra)
     if version == 2:
         assert header.tlvs == tlvs
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "muxio"])
+def test_gate_works_with_create_server_on_any_asyncio_loop(loop_kind: str) -> None:
+    import muxio
+
+    async def main() -> tuple[str, bytes]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            ProxyProtocolGate.wrap(PeerReporter), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(v1_header(("192.0.2.77", 4242), ("192.0.2.1", port)) + b"data")
+        line = await asyncio.wait_for(reader.readline(), 10)
+        echoed = await asyncio.wait_for(reader.readexactly(4), 10)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return line.decode(), echoed
+
+    factory = asyncio.new_event_loop if loop_kind == "asyncio" else muxio.new_event_loop
+    loop = factory()
+    try:
+        line, echoed = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert line.startswith("('192.0.2.77', 4242)|('127.0.0.1', ")
+    assert echoed == b"DATA"
