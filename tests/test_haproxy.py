@@ -168,7 +168,6 @@ def test_haproxy_in_front_survives_an_instance_killed_under_load(
         victim.proc.send_signal(signal.SIGKILL)
         proxy.wait_line(r"Server muxio/m1 is DOWN")
         assert load.poll() is None, "the kill must land while the load runs"
-        seen = [len(sp.lines) for sp in survivors]
         out, _ = load.communicate(timeout=60)
     finally:
         if load.poll() is None:
@@ -179,10 +178,8 @@ def test_haproxy_in_front_survives_an_instance_killed_under_load(
     assert result["requests"] > 0
     # traffic went on: the survivors took the victim's clients after it died
     assert result["reconnects"] > 0, json.dumps(result)
-    assert all(
-        any("connection from 127.0.0.1:" in line for line in sp.lines[n:])
-        for sp, n in zip(survivors, seen, strict=True)
-    ), "a survivor took no connection after the kill"
+    # and every one of bench's connections was still being served at the end
+    assert result["alive_at_end"] == 30, json.dumps(result)
     for sp in survivors:
         assert sp.proc.poll() is None
         assert not any("closed a connection" in line for line in sp.lines), sp.lines
