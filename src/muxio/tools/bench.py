@@ -431,10 +431,12 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
         c.sock.close()
 
     def reopen(fd: int, c: _Conn) -> None:
-        """The server closed (or reset) the connection mid-request: send it again elsewhere.
+        """The server closed the connection mid-request: send the request again elsewhere.
 
         What the server did not answer it never accepted, so the whole
         request goes again on a new connection and must come back whole.
+        A clean close (a graceful drain) is no error; a reset is still
+        counted as one, and the load goes on.
         """
         nonlocal reconnects
         close(fd, c)
@@ -479,10 +481,10 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
         except BlockingIOError:
             c.sent = 0
         except OSError:
+            errors["resets"] += 1
             if cfg.reconnect:
                 reopen(fd, c)
                 return fd in conns
-            errors["resets"] += 1
             close(fd, c)
             return False
         if c.sent < size:
@@ -555,10 +557,13 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
                 except BlockingIOError:
                     continue
                 except OSError:
-                    n = 0
-                if n == 0:
-                    if cfg.reconnect:
+                    n = -1  # a reset: an error even with --reconnect
+                if n <= 0:
+                    if cfg.reconnect and n == 0:
                         reopen(fd, c)
+                    elif cfg.reconnect:
+                        errors["resets"] += 1
+                        reopen(fd, c)  # counted, and the load goes on
                     else:
                         errors["resets"] += 1
                         close(fd, c)
