@@ -298,3 +298,14 @@ def test_gate_works_with_create_server_on_any_asyncio_loop(loop_kind: str) -> No
         loop.close()
     assert line.startswith("('192.0.2.77', 4242)|('127.0.0.1', ")
     assert echoed == b"DATA"
+
+
+def test_slow_callback_warning_names_the_client_from_the_header() -> None:
+    with serve_process(
+        "--port", "0", "--proxy-protocol", "--service", "work", "--offload", "none",
+        "--slow-callback-ms", "50",
+    ) as sp:
+        with sp.connect() as s:
+            s.sendall(v1_header(("203.0.113.9", 5555), ("192.0.2.1", 80)) + b"work 300\n")
+            assert recv_exactly(s, len(b"WORK 300\n")) == b"WORK 300\n"
+        sp.wait_line(r"slow callback: .* by WorkService\.\w+ \(peer \('203\.0\.113\.9', 5555\)\)")
