@@ -256,6 +256,61 @@ def client_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, str | N
         raise _tls_error(exc, {args.ca or "": "--ca"}) from None
 
 
+def worker_count(text: str) -> int:
+    """`--workers`: a number, or `auto` for one per CPU."""
+    if text.strip().lower() == "auto":
+        import os
+
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    value = _ascii_int(text)
+    if value is None or not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: use auto or a whole number from 1 to 256"
+        )
+    return value
+
+
+def add_scale_arguments(serve: argparse.ArgumentParser) -> None:
+    """Options for running behind balancers, under a service manager, on several cores."""
+    serve.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="every connection begins with a PROXY protocol v1 or v2 header (HAProxy's "
+        "send-proxy): its client address becomes the peer",
+    )
+    serve.add_argument(
+        "--proxy-protocol-timeout",
+        type=bounded_float(3600, 0.001),
+        default=5.0,
+        metavar="S",
+        help="close a connection whose PROXY header is not complete after S seconds (default 5)",
+    )
+    serve.add_argument(
+        "--fd",
+        type=bounded_int(0, 1 << 20),
+        action="append",
+        default=None,
+        metavar="N",
+        help="serve the listening socket open on descriptor N (repeatable); systemd's "
+        "LISTEN_FDS is used without it",
+    )
+    serve.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help="run N worker processes under a supervisor (auto: one per CPU; default 1)",
+    )
+    serve.add_argument(
+        "--worker-sockets",
+        choices=("reuseport", "shared"),
+        default=None,
+        help="with --workers: one SO_REUSEPORT socket per worker (Linux TCP default) or one "
+        "socket shared by all",
+    )
+
+
 def build_parser(argv: list[str] | None = None) -> Parser:
     """The tools' own options are loaded only when that tool is asked for."""
     parser = Parser(prog="muxio", description="Event-driven TCP servers in pure Python.")
@@ -343,6 +398,7 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         metavar="FILE",
         help="the encrypted --tls-key's password, on the first line of FILE",
     )
+    add_scale_arguments(serve)
 
     connect = sub.add_parser(
         "connect", help="talk to a server: interactive on a terminal, like nc when piped"
@@ -367,26 +423,44 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     return parser
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, worker: int | None = None) -> None:
+    name = "muxio" if worker is None else f"muxio[worker {worker}]"
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(asctime)s muxio %(levelname)s %(message)s",
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
         stream=sys.stderr,
     )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .activation import handed_in_sockets
     from .pollers import get_poller_class
     from .runner import ServeConfig, serve
     from .services import build_service
+    from .supervisor import WorkerSpec
 
+    worker = WorkerSpec.from_environment()
+    sockets = worker.sockets() if worker is not None else handed_in_sockets(args.fd)
+    if sockets is not None and worker is None:
+        given = [o for o, v in (("--host", args.host), ("--port", args.port),
+                                ("--unix", args.unix)) if v is not None]
+        if given:
+            source = "--fd" if args.fd else "LISTEN_FDS (systemd)"
+            raise UsageError(f"{source} gives the sockets to serve: leave out {', '.join(given)}")
     check_address(args)
     if args.unix_mode is not None and args.unix is None:
         raise UsageError("--unix-mode applies to --unix sockets only")
+    if args.worker_sockets is not None and args.workers == 1 and worker is None:
+        raise UsageError("--worker-sockets applies with --workers only")
     get_poller_class(args.poller)
     tls = server_tls(args)
     factory = build_service(args.service, args)
-    setup_logging(args.log_level)
+    if worker is None and args.workers > 1:
+        from .supervisor import supervise
+
+        setup_logging(args.log_level)
+        return supervise(args, sockets)
+    setup_logging(args.log_level, worker.index if worker is not None else None)
     config = ServeConfig(
         host=args.host,
         port=args.port,
@@ -403,13 +477,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_client_certs=args.tls_client_ca is not None,
     )
     # a service with resources to start on the loop and release after it (a pool)
-    try:
-        totals = serve(
-            factory,
-            config,
-            on_start=getattr(factory, "on_start", None),
-            on_close=getattr(factory, "on_close", None),
+    on_start = getattr(factory, "on_start", None)
+    on_close = getattr(factory, "on_close", None)
+    if args.proxy_protocol:
+        from .proxy_protocol import ProxyProtocolGate
+
+        factory = ProxyProtocolGate.wrap(  # type: ignore[assignment]
+            factory, timeout=args.proxy_protocol_timeout
         )
+    if worker is not None:
+        on_start = worker.wrap_on_start(on_start)
+    try:
+        totals = serve(factory, config, on_start=on_start, on_close=on_close, sockets=sockets)
+        if worker is not None:
+            worker.report(totals)
         code = 0 if totals.get("drain") == "complete" else 1
     except KeyboardInterrupt:
         code = 1  # one more Ctrl-C after the loop had closed: the summary is out
@@ -465,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:]
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     return run_reporting(lambda: _dispatch(args))
 
 

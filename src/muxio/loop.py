@@ -354,7 +354,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             handle = Handle(callback, args, self, context)
         self._ready.append(handle)
         self._write_to_self()
-        return handle
+        return handle  # type: ignore[no-any-return]
 
     def _check_callback(self, callback: object, method: str) -> None:
         if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):

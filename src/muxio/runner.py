@@ -97,6 +97,7 @@ def serve(
     poller: Poller | None = None,
     on_start: Callable[[EventLoop], object] | None = None,
     on_close: Callable[[float], object] | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> dict[str, object]:
     """Serve until a signal, returning the totals printed in the summary.
 
@@ -104,10 +105,13 @@ def serve(
     (start a worker pool there); `on_close(seconds_left)` runs once the loop
     has stopped for good, before it is closed (shut the pool down there,
     waiting no longer than what is left of `shutdown_timeout`: 0 after a
-    forced stop).
+    forced stop).  `sockets`, when given, are served instead of binding
+    the configured address (handed in by systemd, `--fd` or a supervisor).
     """
-    if config.unix is not None:
-        sockets: list[socket.socket] = [
+    if sockets is not None:
+        pass
+    elif config.unix is not None:
+        sockets = [
             bind_unix(config.unix, backlog=config.backlog, mode=config.unix_mode)
         ]
     else:

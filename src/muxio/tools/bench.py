@@ -90,6 +90,8 @@ class BenchResult:
     connected: int = 0
     idle_connected: int = 0
     alive_at_end: int = 0
+    reconnects: int = 0
+    """With `reconnect`: connections the server closed cleanly mid-request, reopened."""
 
     @property
     def ok(self) -> bool:
@@ -156,6 +158,7 @@ class _WorkerConfig:
     seed: int
     cpus: tuple[int, ...] | None
     tls: TLSOptions | None = None
+    reconnect: bool = False
 
 
 def default_processes() -> int:
@@ -472,12 +475,51 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
 
         # a TLS socket that cannot go on says so with its own errors
         blocked = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+    reconnects = 0
 
     def close(fd: int, c: _Conn) -> None:
         poller.unregister(fd)
         conns.pop(fd, None)
         active.pop(fd, None)
         c.sock.close()
+
+    def reopen(fd: int, c: _Conn) -> None:
+        """The server closed the connection mid-request: send the request again elsewhere.
+
+        What the server did not answer it never accepted, so the whole
+        request goes again on a new connection and must come back whole.
+        A clean close (a graceful drain) is no error; a reset is still
+        counted as one, and the load goes on.
+        """
+        nonlocal reconnects
+        close(fd, c)
+        try:
+            s = socket.socket(cfg.family, socket.SOCK_STREAM)
+            s.settimeout(cfg.connect_timeout)
+            s.connect(cfg.address)
+            s.setblocking(False)
+            if cfg.family != getattr(socket, "AF_UNIX", None):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            errors["connect_failures"] += 1
+            return
+        reconnects += 1
+        c.sock = s
+        fd = s.fileno()
+        conns[fd] = active[fd] = c
+        poller.register(fd, _IN)
+        c.got = 0
+        try:
+            c.sent = s.send(c.out)
+        except BlockingIOError:
+            c.sent = 0
+        except OSError:
+            errors["resets"] += 1
+            close(fd, c)
+            return
+        c.wants_out = c.sent < size
+        if c.wants_out:
+            modify(fd, _IN | _OUT)
 
     def start(fd: int, c: _Conn) -> bool:
         """Send the next request; False if the connection died doing so."""
@@ -493,6 +535,9 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
             c.sent = 0
         except OSError:
             errors["resets"] += 1
+            if cfg.reconnect:
+                reopen(fd, c)
+                return fd in conns
             close(fd, c)
             return False
         if c.sent < size:
@@ -565,10 +610,16 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
                 except blocked:
                     continue
                 except OSError:
-                    n = 0
-                if n == 0:
-                    errors["resets"] += 1
-                    close(fd, c)
+                    n = -1  # a reset: an error even with --reconnect
+                if n <= 0:
+                    if cfg.reconnect and n == 0:
+                        reopen(fd, c)
+                    elif cfg.reconnect:
+                        errors["resets"] += 1
+                        reopen(fd, c)  # counted, and the load goes on
+                    else:
+                        errors["resets"] += 1
+                        close(fd, c)
                     continue
                 got += n
                 if tls_on and got < size and n and c.sock.pending():  # type: ignore[attr-defined]
@@ -609,6 +660,7 @@ def _worker_run(pipe: Connection, cfg: _WorkerConfig) -> None:
                 "lat_max": lat_max,
                 "errors": errors,
                 "alive": alive,
+                "reconnects": reconnects,
             },
         )
     )
@@ -678,6 +730,7 @@ def run_bench(
     cpus: Sequence[int] | None = None,
     hooks: BenchHooks | None = None,
     tls: TLSOptions | None = None,
+    reconnect: bool = False,
 ) -> BenchResult:
     """Drive the server at host:port (or `unix`) and return what was measured.
 
@@ -727,6 +780,7 @@ def run_bench(
                 duration=duration,
                 stall_timeout=stall_timeout,
                 connect_timeout=connect_timeout,
+                reconnect=reconnect,
                 seed=i * 7919,
                 cpus=tuple(cpus) if cpus else None,
                 tls=tls,
@@ -852,6 +906,7 @@ def _run_workers(
         lat_max = max(lat_max, final["lat_max"])
         errors.add(final["errors"])
         result.alive_at_end += final["alive"]
+        result.reconnects += final.get("reconnects", 0)
     result.errors = errors
     result.latency_ms = _summarize(hist, lat_total, lat_max, result.requests)
     result.requests_per_s = round(result.requests / result.duration, 1)
@@ -978,6 +1033,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="count a connection as stalled after S seconds without progress (default 5)",
     )
+    p.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="when the server closes a connection cleanly mid-request (a graceful drain), "
+        "send the request again on a new connection instead of counting an error",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     from ..cli import add_tls_client_arguments
 
@@ -1004,6 +1065,7 @@ def main(args: argparse.Namespace) -> int:
             stall_timeout=args.stall_timeout,
             hooks=display,
             tls=tls,
+            reconnect=args.reconnect,
         )
     finally:
         if isinstance(display, _RichDisplay):
