@@ -142,9 +142,13 @@ def _explain(exc: OSError) -> str:
 
 
 def bind_tcp(
-    host: str, port: int, *, backlog: int = 1024, reuse_port: bool = False
+    host: str, port: int, *, backlog: int | None = 1024, reuse_port: bool = False
 ) -> list[socket.socket]:
-    """Bind and listen on every address `host` resolves to (IPv4 and IPv6)."""
+    """Bind and listen on every address `host` resolves to (IPv4 and IPv6).
+
+    `backlog=None` binds without listening: sockets that hold a port (with
+    `reuse_port`, for workers that bind their own) but take no connection.
+    """
     try:
         infos = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -177,7 +181,8 @@ def bind_tcp(
             except OSError as exc:
                 where = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
                 raise RuntimeFailure(f"cannot listen on {where}: {_explain(exc)}") from None
-            sock.listen(backlog)
+            if backlog is not None:
+                sock.listen(backlog)
             sock.setblocking(False)
             if port == 0:
                 port = sock.getsockname()[1]

@@ -46,8 +46,6 @@ import subprocess
 import sys
 import time
 
-from .errors import RuntimeFailure
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
@@ -181,38 +179,9 @@ class Worker:
 
 def _reserve_port(host: str, port: int) -> list[socket.socket]:
     """Bound, non-listening ``SO_REUSEPORT`` sockets: they hold the port, take no connection."""
-    from .server import _explain
+    from .server import bind_tcp
 
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise RuntimeFailure(f"cannot resolve --host {host!r}: {exc.strerror}") from None
-    held: list[socket.socket] = []
-    seen = set()
-    try:
-        for family, type_, proto, _, sockaddr in infos:
-            ip = str(sockaddr[0])
-            if (family, ip) in seen:
-                continue
-            seen.add((family, ip))
-            sock = socket.socket(family, type_, proto)
-            held.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind((ip, port, *sockaddr[2:]))
-            except OSError as exc:
-                where = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
-                raise RuntimeFailure(f"cannot listen on {where}: {_explain(exc)}") from None
-            if port == 0:
-                port = sock.getsockname()[1]
-    except BaseException:
-        for sock in held:
-            sock.close()
-        raise
-    return held
+    return bind_tcp(host, port, backlog=None, reuse_port=True)
 
 
 class Supervisor:
