@@ -735,7 +735,8 @@ class EventLoop(asyncio.AbstractEventLoop):
                             self._callback_failed(cb, exc)
         if due is not None:
             stats.callbacks += len(due)
-            for handle in due:
+            for i in range(len(due)):
+                handle, due[i] = due[i], None  # a finished task must not outlive its step
                 if handle._cancelled:
                     continue
                 try:
@@ -775,10 +776,10 @@ class EventLoop(asyncio.AbstractEventLoop):
         self.stats_data.iterations += 1
         self.stats_data.events += len(events)
         ready = self._ready
-        handles = [ready.popleft() for _ in range(len(ready))]
+        n = len(ready)
         due = self._pop_due(now + self._clock_resolution)
-        for handle in handles:
-            self._run_timed(handle)
+        for _ in range(n):
+            self._run_timed(ready.popleft())
         pairs = ((self._readers, self.poller.READABLE), (self._writers, self.poller.WRITABLE))
         for fd, bits in events:
             for table, mask in pairs:
@@ -790,7 +791,8 @@ class EventLoop(asyncio.AbstractEventLoop):
                         raise
                     except BaseException as exc:
                         self._callback_failed(cb, exc)
-        for handle in due:
+        for i in range(len(due)):
+            handle, due[i] = due[i], None
             self._run_timed(handle)
 
     def _run_timed(self, handle: Any) -> None:
@@ -806,6 +808,9 @@ class EventLoop(asyncio.AbstractEventLoop):
         dt = monotonic() - t0
         if dt >= self.slow_callback_duration:
             aio_log.warning("Executing %s took %.3f seconds", handle, dt)
+        # A failed task's traceback keeps this frame (through f_back); it must
+        # not keep the handle, and through it the task, alive too.
+        handle = None
 
     def _report_slow(self, started: float, busy: float, n_events: int) -> None:
         self.stats_data.slow_callbacks += 1
@@ -1406,6 +1411,8 @@ class EventLoop(asyncio.AbstractEventLoop):
                 raise ValueError("path was not specified, and no sock specified")
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+            if cleanup_socket and sys.version_info >= (3, 13):
+                net.remember_unix_socket(sock)
         sock.setblocking(False)
         sock.listen(max(0, backlog))
         server = Server(
@@ -1416,7 +1423,8 @@ class EventLoop(asyncio.AbstractEventLoop):
             ssl=ssl,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
-            unlink_on_close=cleanup_socket and path is not None,
+            # 3.13 removes the file of a handed-in socket too; earlier versions never did
+            unlink_on_close=cleanup_socket and (path is not None or sys.version_info >= (3, 13)),
             count_bytes=False,
         )
         if start_serving:

@@ -25,6 +25,17 @@ _BasePolicy: Any = getattr(events, "BaseDefaultEventLoopPolicy", None) or getatt
 )
 
 
+def _deprecated_watchers(name: str) -> None:
+    if sys.version_info >= (3, 12):
+        import warnings
+
+        warnings.warn(
+            f"{name}() is deprecated as of 3.12 and will be removed in 3.14.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+
+
 def new_event_loop(poller: str = "auto", *, slow_callback_ms: float | None = 100.0) -> EventLoop:
     """A muxio loop on `poller`; the watchdog names callbacks slower than `slow_callback_ms`."""
     return EventLoop(poller, slow_callback_ms=slow_callback_ms)
@@ -46,9 +57,11 @@ class EventLoopPolicy(_BasePolicy):  # type: ignore[misc]
     # watcher handed in is kept for whoever asks for it, and never used.
 
     def get_child_watcher(self) -> Any:
+        _deprecated_watchers("get_child_watcher")
         return getattr(self, "_child_watcher", None)
 
     def set_child_watcher(self, watcher: Any) -> None:
+        _deprecated_watchers("set_child_watcher")
         self._child_watcher = watcher
 
 
