@@ -376,11 +376,12 @@ def test_connect_interactive(server_factory: Callable[..., ServerThread]) -> Non
         # an empty line sends nothing and prompts again
         term.type(b"\n")
         term.read_until(lambda out: out.count(b">>>:") == 3)
-        assert term.out.split(b">>>:")[2] == b"\r\n"  # just the echo of the Enter key
+        # just the echo of the Enter key (the reply may be printed after the prompt)
+        assert term.out.split(b">>>:")[2].replace(b"HELLO\r\n", b"") == b"\r\n"
         term.type(b"  abc  \n")
         term.read_until(lambda out: b"ABC" in out and out.count(b">>>:") == 4)
         with Recorder.lock:
-            assert bytes(Recorder.received) == b"helloabc"
+            assert bytes(Recorder.received) == b"hello\nabc\n"
         term.type(b"\x04")  # Ctrl-D
         assert term.proc.wait(10) == 0
         out = term.read_to_end(2)
@@ -403,6 +404,23 @@ def test_connect_interactive_server_killed() -> None:
     messages = [line for line in after.splitlines() if line.strip()]
     assert len(messages) == 1, out
     assert messages[0].startswith("muxio: the server"), out
+
+
+def test_connect_interactive_shows_line_service_replies_as_they_arrive() -> None:
+    with serve_process("--port", "0", "--service", "work", "--offload", "threads") as sp:
+        with terminal(sp.port) as term:
+            term.read_until(lambda out: b">>>:" in out)
+            term.type(b"work 50\n")
+            term.read_until(lambda out: b"WORK 50\r\n" in out)
+            term.type(b"hi there\n")
+            term.read_until(lambda out: b"HI THERE\r\n" in out)
+            term.type(b"\x04")
+            assert term.proc.wait(10) == 0
+            out = term.read_to_end(2)
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+    assert b"Traceback" not in out
+    assert b"muxio:" not in out
 
 
 @pytest.fixture

@@ -469,7 +469,7 @@ def test_a_peer_address_in_a_log_line_is_escaped(
     server_path = str(tmp_path / "s.sock")
     evil = str(tmp_path / "x\n2026-01-01 muxio WARNING forged\x1b[2J")
     loop = EventLoop(slow_callback_ms=50)  # the loop starts its own watchdog
-    server = Server(loop, SlowEcho, [bind_unix(server_path)])
+    server = Server(loop, SlowEcho, bind_unix(server_path))
     with socket.socket(socket.AF_UNIX) as client:
         client.bind(evil)
         client.settimeout(10)

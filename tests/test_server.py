@@ -57,7 +57,7 @@ def test_ipv6() -> None:
 
 def test_unix_socket_served_and_removed_at_close(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "muxio.sock"
-    srv = ServerThread(UpperEcho, sockets=[bind_unix(str(path))]).start()
+    srv = ServerThread(UpperEcho, sockets=bind_unix(str(path))).start()
     try:
         assert srv.family == socket.AF_UNIX
         assert path.is_socket()
@@ -72,7 +72,7 @@ def test_unix_socket_replaces_a_stale_socket_but_not_a_file(tmp_path) -> None:  
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # the file stays behind, as after a crash
-    with running_server(UpperEcho, sockets=[bind_unix(str(path))]) as srv:
+    with running_server(UpperEcho, sockets=bind_unix(str(path))) as srv:
         check_echo(srv)
     regular = tmp_path / "not-a-socket"
     regular.write_text("keep me")

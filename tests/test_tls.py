@@ -451,7 +451,7 @@ def test_tls_over_a_unix_socket(
     from muxio import bind_unix
 
     path = str(tmp_path / "tls.sock")
-    with tls_server(server_ctx, sockets=[bind_unix(path)]) as srv:
+    with tls_server(server_ctx, sockets=bind_unix(path)) as srv:
         client = BioClient(srv, client_ctx)
         try:
             client.send(b"over unix")

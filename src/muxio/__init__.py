@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .loop import EventLoop, Handle, LoopStats, TimerHandle
+from .offload import Offloader, OrderedReplies
 from .policy import EventLoopPolicy, new_event_loop, run
 from .pollers import Poller, available, get_poller_class, new_poller
 from .protocol import BaseProtocol, Protocol
 from .server import Server, bind_tcp, bind_unix
+from .serving import serve
 from .transports.stream import Transport
 
 __version__ = "0.1.0"
@@ -19,6 +21,8 @@ __all__ = [
     "Handle",
     "LoopStats",
     "MuxioError",
+    "Offloader",
+    "OrderedReplies",
     "Poller",
     "Protocol",
     "RuntimeFailure",
@@ -33,4 +37,5 @@ __all__ = [
     "new_event_loop",
     "new_poller",
     "run",
+    "serve",
 ]

@@ -334,7 +334,14 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         help="permissions of the --unix socket file, in octal (default: what the umask leaves)",
     )
     serve.add_argument("--backlog", type=bounded_int(1, 65535), default=1024, help="listen backlog")
-    serve.add_argument("--service", default="upper", help="the service to run (default upper)")
+    serve.add_argument(
+        "--service",
+        default="upper",
+        metavar="NAME|module:factory",
+        help="the service to run: a built-in (upper, upper-streams, work; default upper), "
+        "or module:factory for a protocol factory or an async def handler(reader, writer) "
+        "of your own",
+    )
     serve.add_argument(
         "--max-connections",
         type=positive_int,

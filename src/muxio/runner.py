@@ -111,9 +111,7 @@ def serve(
     if sockets is not None:
         pass
     elif config.unix is not None:
-        sockets = [
-            bind_unix(config.unix, backlog=config.backlog, mode=config.unix_mode)
-        ]
+        sockets = bind_unix(config.unix, backlog=config.backlog, mode=config.unix_mode)
     else:
         sockets = bind_tcp(config.host, config.port, backlog=config.backlog)
         if any(_is_wildcard(s) for s in sockets):

@@ -196,8 +196,12 @@ def bind_tcp(
 _UNIX_PATH_MAX = 107
 """Bytes a Unix socket path may hold (sun_path is 108 on Linux, 104 on BSDs and macOS)."""
 
-def bind_unix(path: str, *, backlog: int = 1024, mode: int | None = None) -> socket.socket:
+def bind_unix(
+    path: str, *, backlog: int = 1024, mode: int | None = None
+) -> list[socket.socket]:
     """Listen on a Unix socket, replacing a stale socket file but nothing else.
+
+    A list of one, like `bind_tcp`, so either result can be handed to `Server`.
 
     A socket file is stale only if nothing answers on it: a live server's
     socket is never taken over (that would leave it running, unreachable).
@@ -249,7 +253,7 @@ def bind_unix(path: str, *, backlog: int = 1024, mode: int | None = None) -> soc
         raise RuntimeFailure(f"cannot listen on {path}: {_explain_path(exc, path)}") from None
     sock.setblocking(False)
     remember_unix_socket(sock)
-    return sock
+    return [sock]
 
 
 def _answers(path: str) -> bool:

@@ -487,7 +487,7 @@ def supervise(args: argparse.Namespace, sockets: list[socket.socket] | None) -> 
         shared = sockets
     elif mode == "shared":
         if args.unix is not None:
-            shared = [bind_unix(args.unix, backlog=args.backlog, mode=args.unix_mode)]
+            shared = bind_unix(args.unix, backlog=args.backlog, mode=args.unix_mode)
         else:
             shared = bind_tcp(args.host, args.port, backlog=args.backlog)
     else:

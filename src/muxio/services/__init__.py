@@ -47,6 +47,51 @@ SERVICES: dict[str, ServiceBuilder] = {
 
 def build_service(name: str, options: Any) -> ProtocolFactory:
     builder = SERVICES.get(name)
-    if builder is None:
-        raise UsageError(f"unknown service {name!r} (choose one of: {', '.join(SERVICES)})")
-    return builder(options)
+    if builder is not None:
+        return builder(options)
+    if ":" in name:
+        return load_service(name)
+    raise UsageError(
+        f"unknown service {name!r} (choose one of: {', '.join(SERVICES)}, "
+        "or module:factory for your own)"
+    )
+
+
+def load_service(spec: str) -> ProtocolFactory:
+    """Import `module:attribute`, so your own protocol runs with all of `muxio serve`.
+
+    The attribute is a protocol factory (a Protocol class will do) or an
+    `async def handler(reader, writer)`; every way the spec can be wrong
+    is a usage error naming it, never a traceback.
+    """
+    import importlib
+
+    from ..serving import as_protocol_factory
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"--service {spec!r}: write module:factory, e.g. myapp.server:MyProtocol")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(
+            f"--service {spec!r}: cannot import {module_name!r} ({exc}; is it on PYTHONPATH?)"
+        ) from None
+    except Exception as exc:
+        raise UsageError(
+            f"--service {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    target: object = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise UsageError(
+                f"--service {spec!r}: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    if not callable(target):
+        raise UsageError(
+            f"--service {spec!r}: {attribute!r} is a {type(target).__name__}, not a protocol "
+            "factory or an async handler"
+        )
+    return as_protocol_factory(target)

@@ -1,10 +1,9 @@
 """`muxio connect`: the tutorial's interactive client, and `nc` when piped.
 
-On a terminal it is the tutorial's loop — prompt, send a line, print the
-reply.  The uppercase echo answers with exactly as many bytes as it was sent,
-so the client waits for that many instead of trusting one `recv` to hold a
-whole reply.  With stdin not a terminal it streams both directions at once,
-one thread each, so neither side can deadlock waiting on the other.
+On a terminal it prompts for lines, sends each with its newline, and
+prints whatever the server sends as it arrives: an echo's replies, a line
+service's late answers, a chat's broadcasts.  With stdin not a terminal it
+streams both directions at once, one thread each, so neither side can deadlock waiting on the other.
 """
 
 from __future__ import annotations
@@ -105,49 +104,54 @@ def start_tls(
     return tls
 
 
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    """Read `n` bytes; fewer means the server closed the connection."""
-    parts = []
-    while n > 0:
-        chunk = sock.recv(min(n, CHUNK))
-        if not chunk:
-            break
-        parts.append(chunk)
-        n -= len(chunk)
-    return b"".join(parts)
-
-
 def interactive(sock: socket.socket) -> int:
-    """The tutorial's loop, with the ends it left open closed."""
+    """Prompt for lines and show whatever the server sends, as it arrives.
+
+    Replies are not tied to requests: a line service may answer late (``work``),
+    a chat server broadcasts unasked, so a thread prints everything received
+    while the prompt waits for the next line, which is sent with its newline
+    since line servers need it.  A server that closed is reported when the
+    next line cannot be delivered, once.
+    """
+    gone = threading.Event()
+    out = sys.stdout.fileno()
+
+    def receive() -> None:
+        try:
+            while True:
+                data = sock.recv(CHUNK)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+        except OSError:
+            pass
+        finally:
+            gone.set()
+
+    sock.settimeout(None)  # an idle server is not a failure here
+    threading.Thread(target=receive, name="muxio-connect-receive", daemon=True).start()
     with sock:
         while True:
             try:
                 line = input(">>>:").strip()
-            except EOFError:
+            except (EOFError, KeyboardInterrupt):
                 print()
                 return 0
-            except KeyboardInterrupt:
-                print()
-                return 0
+            if gone.is_set():
+                print("muxio: the server closed the connection", file=sys.stderr)
+                return 1
             if not line:
                 continue
-            data = line.encode("utf-8")
             try:
-                sock.sendall(data)
-                reply = recv_exactly(sock, len(data))
-            except TimeoutError:
-                print("muxio: no reply from the server in time (--timeout)", file=sys.stderr)
-                return 1
+                sock.sendall(line.encode("utf-8") + b"\n")
             except OSError as exc:
                 print(f"muxio: the server went away ({exc.strerror or exc})", file=sys.stderr)
                 return 1
             except KeyboardInterrupt:
                 print()
                 return 0
-            if len(reply) < len(data):
-                print("muxio: the server closed the connection", file=sys.stderr)
-                return 1
-            print(reply.decode("utf-8", errors="replace"))
 
 
 def pipe(

@@ -1,0 +1,90 @@
+"""`muxio.serve`: the lifecycle of `muxio serve` for an embedding program."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from .loop import EventLoop
+from .protocol import Protocol
+from .runner import ServeConfig
+from .runner import serve as _run_service
+
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Service = Callable[..., Any]
+
+
+def stream_protocol_factory(handler: StreamHandler) -> Callable[[], Protocol]:
+    """Adapt `async def handler(reader, writer)` to a protocol factory.
+
+    The loop is a full asyncio loop, so asyncio's own stream protocol does
+    the buffering and flow control: the handler sees exactly what
+    `asyncio.start_server` would give it.
+    """
+
+    def factory() -> Protocol:
+        reader = asyncio.StreamReader()
+        return cast(Protocol, asyncio.StreamReaderProtocol(reader, handler))
+
+    return factory
+
+
+def as_protocol_factory(service: Service) -> Callable[[], Protocol]:
+    """A coroutine function is a stream handler; anything else builds protocols."""
+    if inspect.iscoroutinefunction(service):
+        return stream_protocol_factory(cast(StreamHandler, service))
+    return cast(Callable[[], Protocol], service)
+
+
+def serve(
+    service: Service,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    unix: str | None = None,
+    poller: str = "auto",
+    max_connections: int | None = None,
+    idle_timeout: float | None = None,
+    shutdown_timeout: float = 10.0,
+    slow_callback_ms: float = 100.0,
+    ssl: Any = None,
+    sockets: list[socket.socket] | None = None,
+    on_start: Callable[[EventLoop], object] | None = None,
+    on_close: Callable[[float], object] | None = None,
+    name: str | None = None,
+) -> dict[str, object]:
+    """Serve until SIGTERM/SIGINT/SIGHUP, drain, and return the summary's totals.
+
+    This is `muxio serve` without the command line, so a program that
+    embeds muxio gets the same signals, graceful drain (a second signal
+    stops at once), slow-callback watchdog and summary line instead of
+    rewriting them.  `service` is a protocol factory, or an
+    `async def handler(reader, writer)` as for `asyncio.start_server`.
+    `on_start(loop)` runs before listening (start resources there);
+    `on_close(seconds_left)` runs after the loop stopped, with what is
+    left of `shutdown_timeout` to release them.  Port 0 picks a free port:
+    it is in the "listening on" log line and `on_start` can read it from
+    the sockets passed in.
+    """
+    config = ServeConfig(
+        host=host,
+        port=port,
+        unix=unix,
+        poller=poller,
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        slow_callback_ms=slow_callback_ms,
+        shutdown_timeout=shutdown_timeout,
+        service_name=name or str(getattr(service, "__name__", type(service).__name__)),
+        tls=ssl,
+    )
+    return _run_service(
+        as_protocol_factory(service),
+        config,
+        sockets=sockets,
+        on_start=on_start,
+        on_close=on_close,
+    )
