@@ -706,7 +706,7 @@ async def unix_connect_socket(
 # -- listening ------------------------------------------------------------------
 
 
-def _set_reuse_port(sock: socket.socket) -> None:
+def set_reuse_port(sock: socket.socket) -> None:
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("reuse_port not supported by socket module")
     try:
@@ -746,7 +746,7 @@ def open_server_sockets(
             if reuse_address:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
             if reuse_port:
-                _set_reuse_port(sock)
+                set_reuse_port(sock)
             if keep_alive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
             if _HAS_IPV6 and family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
@@ -850,15 +850,7 @@ def bind_unix_server_socket(
     """
     address = os.fspath(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    if not _is_abstract(address):
-        try:
-            if stat.S_ISSOCK(os.stat(address).st_mode):
-                os.remove(address)
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            # the directory may let us create a socket without letting us look
-            log.error("Unable to check or remove stale UNIX socket %r: %r", address, err)
+    remove_stale_unix_socket(address)
     try:
         sock.bind(address)
         sock.listen(backlog)
@@ -874,6 +866,20 @@ def bind_unix_server_socket(
     if cleanup_socket:
         remember_unix_socket(sock)
     return sock
+
+
+def remove_stale_unix_socket(path: str | bytes) -> None:
+    """Remove a socket file left at `path`; anything else there is left for bind to refuse."""
+    if _is_abstract(path):
+        return
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        # the directory may let us create a socket without letting us look
+        log.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
 
 
 def remember_unix_socket(sock: socket.socket) -> None:

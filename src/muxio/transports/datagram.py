@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import socket
-import stat
 import sys
 import threading
 import warnings
 from asyncio import trsock
+
+from ..net import remove_stale_unix_socket, set_reuse_port
+from . import water_marks
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
@@ -336,15 +337,8 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
         return (self._low_water, self._high_water)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 4 * low if low is not None else self.high_water
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
-        if self._buffered > high and not self._protocol_paused:
+        self._high_water, self._low_water = water_marks(high, low, self.high_water)
+        if self._buffered > self._high_water and not self._protocol_paused:
             self._protocol_paused = True
             self._call_flow_control("pause_writing")
 
@@ -492,30 +486,6 @@ async def _resolve(
     )
 
 
-def _remove_stale_unix_socket(path: str) -> None:
-    if path[0] == "\x00":
-        return  # Linux's abstract namespace: nothing on disk
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.remove(path)
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        # The directory may let us create a socket but not inspect one.
-        log.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
-
-
-def _set_reuse_port(sock: socket.socket) -> None:
-    if not hasattr(socket, "SO_REUSEPORT"):
-        raise ValueError("reuse_port not supported by socket module")
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    except OSError:
-        raise ValueError(
-            "reuse_port not supported by socket module, SO_REUSEPORT defined but not implemented."
-        ) from None
-
-
 def _check_reuse_address(reuse_address: Any) -> None:
     """3.10 refuses True and deprecates False (bpo-37228); 3.11 removed the argument."""
     if reuse_address is _unset or _PY311:
@@ -571,7 +541,7 @@ async def create_datagram_endpoint(
             try:
                 candidate = socket.socket(fam, socket.SOCK_DGRAM, pro)
                 if reuse_port:
-                    _set_reuse_port(candidate)
+                    set_reuse_port(candidate)
                 if allow_broadcast:
                     candidate.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
                 candidate.setblocking(False)
@@ -678,7 +648,7 @@ async def _address_pairs(
             if addr is not None and not isinstance(addr, str):
                 raise TypeError("string is expected")
         if local_addr:
-            _remove_stale_unix_socket(local_addr)
+            remove_stale_unix_socket(local_addr)
         return [((family, proto), (local_addr, remote_addr))]
     found: dict[tuple[int, int], list[Any]] = {}  # ordered: the resolver's preference
     for idx, addr in ((0, local_addr), (1, remote_addr)):

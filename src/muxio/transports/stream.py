@@ -31,6 +31,8 @@ import weakref
 from asyncio import constants as _aio_constants
 from asyncio import trsock
 
+from . import water_marks
+
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
@@ -369,15 +371,8 @@ class Transport(asyncio.Transport):
         return (self._low_water, self._high_water)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 4 * low if low is not None else self.high_water
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
-        if self._buffered > high and not self._protocol_paused:
+        self._high_water, self._low_water = water_marks(high, low, self.high_water)
+        if self._buffered > self._high_water and not self._protocol_paused:
             self._pause_protocol()
 
     # -- closing -------------------------------------------------------------
