@@ -388,6 +388,13 @@ class Offloader:
                 )
                 return
         executor.shutdown(wait=True)
+        for process in workers:
+            # shutdown() may return before its manager thread has reaped an idle worker
+            process.join(timeout)
+            if process.exitcode is None:
+                with contextlib.suppress(Exception):
+                    process.terminate()
+                process.join(1.0)
         s = self.stats
         log.info(
             "offload: pool closed (mode %s: %d jobs, %d failed, %d cancelled, %d pools replaced)",
