@@ -453,3 +453,47 @@ def test_serve_round_trip_unix_socket(tmp_path) -> None:  # type: ignore[no-unty
     finally:
         sp.kill()
     assert not path.exists()
+
+
+class ChatMember(Protocol):
+    """A line-based chat: every line a member sends goes to every other member."""
+
+    def __init__(self, members: set[ChatMember]) -> None:
+        self.members = members
+        self.buffer = b""
+
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.members.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            for other in self.members - {self}:
+                other.transport.write(line + b"\n")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.members.discard(self)
+
+
+def test_connect_interactive_prints_broadcasts_it_did_not_ask_for() -> None:
+    members: set[ChatMember] = set()
+    srv = ServerThread(lambda: ChatMember(members)).start()
+    try:
+        with terminal(srv.port) as alice, terminal(srv.port) as bob:
+            alice.read_until(lambda out: b">>>:" in out)
+            bob.read_until(lambda out: b">>>:" in out)
+            assert srv.call(len, members) == 2
+            alice.type(b"hello from alice\n")
+            bob.read_until(lambda out: b"hello from alice\r\n" in out)
+            bob.type(b"hi alice\n")
+            alice.read_until(lambda out: b"hi alice\r\n" in out)
+            for term in (alice, bob):
+                term.type(b"\x04")
+                assert term.proc.wait(10) == 0
+            # the terminal echoes what was typed; the chat does not echo it back
+            assert alice.read_to_end(1).count(b"hello from alice\r\n") == 1
+            assert bob.read_to_end(1).count(b"hi alice\r\n") == 1
+    finally:
+        srv.stop()
