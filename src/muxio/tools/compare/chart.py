@@ -43,6 +43,17 @@ def _panel(ax: Any, report: CompareReport, workload: str, metric: str, colors: l
     ax.grid(True, axis="x", alpha=0.3)
 
 
+def _contents(fig: Any) -> str:
+    """What was drawn, panel by panel, kept in the PNG so a reader (or a test) can check."""
+    from matplotlib.container import ErrorbarContainer
+
+    return "\n".join(
+        f"{ax.get_title()} [{sum(isinstance(c, ErrorbarContainer) for c in ax.containers)} "
+        "error bars]"
+        for ax in fig.axes
+    )
+
+
 def plot_png(report: CompareReport, path: Path) -> str | None:
     """Draw the chart into `path`; returns why not when it cannot."""
     try:
@@ -69,16 +80,16 @@ def plot_png(report: CompareReport, path: Path) -> str | None:
         for c, (metric, title) in enumerate(_PANELS):
             ax = axes[r][c]
             _panel(ax, report, workload, metric, colors)
-            ax.set_title(f"{parse_workload(workload).describe()}: {title}", fontsize="medium")
+            ax.set_title(f"{workload}: {title}", fontsize="medium")
             if c:
                 ax.tick_params(labelleft=False)
-        axes[r][0].set_ylabel(f"{workload}\n{n}", fontsize="small")
+        axes[r][0].set_ylabel(f"{parse_workload(workload).describe()}\n{n}", fontsize="small")
     fig.suptitle(
         f"muxio compare: bar = median, whiskers = min-max over {report.meta['repeat']} "
         "repeat(s), dots = each run",
         fontsize="medium",
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Description": _contents(fig)})
     plt.close(fig)
     return None
