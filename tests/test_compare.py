@@ -32,6 +32,7 @@ from muxio.tools.compare import (
     run_once,
     select_servers,
 )
+from muxio.tools.compare.chart import plot_png
 from muxio.tools.compare.cli import standalone
 from muxio.tools.compare.report import render_markdown
 
@@ -256,6 +257,24 @@ def test_aggregate_medians_ratios_and_failures() -> None:
     assert "| 10x1024 | a | 3/3 | 200 (100-300) | 1.00 (1.00-1.00) | 20.0 (10.0-30.0) |" in md
     assert "| 10x1024 | b | 1/1 | 400 | 1.00 | 10.0 |" in md
     assert "| 10x1024 | c | 0/1 | — | — | — |" in md
+
+
+@pytest.mark.skipif(find_spec("matplotlib") is None, reason="matplotlib not installed")
+def test_chart_shows_a_failed_cell_beside_the_error_bars_of_the_others(tmp_path: Path) -> None:
+    w = Workload(10, 1024)
+    runs = [
+        RunRecord(w.name, "a", i, True, "", rps, 1.0, 1.0, 10.0, 10.0)
+        for i, rps in enumerate((100, 300))
+    ] + [RunRecord(w.name, "b", 0, False, "server exited with code 1: boom")]
+    specs = [_spec("a"), _spec("b")]
+    meta = {**_META, "servers": ["a", "b"], "workloads": [w.name], "repeat": 2}
+    rows = aggregate(runs, specs, [w], reference="a")
+    report = CompareReport(meta=meta, reference="a", rows=rows, runs=runs)
+    assert plot_png(report, tmp_path / "c.png") is None
+    assert _png_contents(tmp_path / "c.png") == [
+        "10x1024: requests/s (higher is better) [1 error bars]",
+        "10x1024: server CPU µs per request (lower is better) [1 error bars]",
+    ]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")

@@ -173,10 +173,18 @@ class ServerProcess:
         return " / ".join(shown) if shown else "no output"
 
     def wait_line(
-        self, pattern: re.Pattern[str] | str, timeout: float = START_TIMEOUT
+        self,
+        pattern: re.Pattern[str] | str,
+        timeout: float = START_TIMEOUT,
+        *,
+        what: str | None = None,
     ) -> re.Match[str]:
-        """The next stderr line (after those already waited for) matching `pattern`."""
+        """The next stderr line (after those already waited for) matching `pattern`.
+
+        `what` names the line in the error, when the pattern itself would not read well.
+        """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        wanted = what or f"a line matching {regex.pattern!r}"
         deadline = time.monotonic() + timeout
         while True:
             with self._changed:
@@ -187,22 +195,21 @@ class ServerProcess:
                 if m is not None:
                     return m
             if eof:
-                self.proc.wait()
-                raise ServerStartError(
-                    f"{self.name} exited with code {self.proc.returncode} before "
-                    f"{regex.pattern!r}: {self.tail()}"
-                )
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(STOP_TIMEOUT)  # stderr closed: it is exiting, or has
+                rc = self.proc.poll()
+                how = "closed its stderr" if rc is None else f"exited with code {rc}"
+                raise ServerStartError(f"{self.name} {how} before {wanted}: {self.tail()}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ServerStartError(
-                    f"{self.name} wrote no line matching {regex.pattern!r} in {timeout:g} s: "
-                    f"{self.tail()}"
+                    f"{self.name} did not write {wanted} in {timeout:g} s: {self.tail()}"
                 )
             self._wait_more(self._consumed, remaining)
 
     def wait_listening(self, timeout: float = START_TIMEOUT) -> int:
         """Wait for the server's announcement; returns the port (0 for a Unix socket)."""
-        m = self.wait_line(_ANNOUNCEMENT, timeout)
+        m = self.wait_line(_ANNOUNCEMENT, timeout, what="the line saying where it listens")
         where = parse_announcement(m.group(0))
         if isinstance(where, str):
             self.path = where

@@ -113,12 +113,16 @@ def describe_plan(
     seconds = expected_seconds(runs, args.duration, args.warmup)
     until = time.strftime("%H:%M", time.localtime(time.time() + seconds))
     return (
-        f"muxio compare: {len(servers)} servers ({', '.join(s.name for s in servers)}) x "
-        f"{len(workloads)} workloads ({', '.join(w.name for w in workloads)}) x "
-        f"{args.repeat} repeats = {runs} runs\n"
+        f"muxio compare: {_count(len(servers), 'server')} ({', '.join(s.name for s in servers)}) "
+        f"x {_count(len(workloads), 'workload')} ({', '.join(w.name for w in workloads)}) "
+        f"x {_count(args.repeat, 'repeat')} = {_count(runs, 'run')}\n"
         f"muxio compare: each run {args.warmup:g} s warmup + {args.duration:g} s measured + "
         f"about 1 s to start and stop: about {_duration(seconds)} in all (until about {until})"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _duration(seconds: float) -> str:
