@@ -46,7 +46,7 @@ from typing import Any
 from http_compare import http_servers
 
 from muxio.errors import MuxioError, RuntimeFailure, UsageError, run_reporting
-from muxio.tools.compare import ServerProcess, ServerSpec, all_servers, cpu_plan
+from muxio.tools.compare import ServerSpec, SpecProcess, all_servers, cpu_plan
 
 DEFAULT_SERVERS = (
     "asyncio-protocol,uvloop,muxio-asyncio-protocol,muxio-epoll,"
@@ -279,10 +279,10 @@ def measure(
     if load_cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(load_cpus))
     started = time.monotonic()
-    server: ServerProcess | None = None
+    server: SpecProcess | None = None
     driver: Driver | None = None
     try:
-        server = ServerProcess(wrapped, "127.0.0.1", server_cpu)
+        server = SpecProcess(wrapped, "127.0.0.1", server_cpu)
         port = server.wait_listening(timeout=180)
         driver = Driver(port, connections, size, http)
         driver.run(warmup_per_conn)

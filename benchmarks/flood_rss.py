@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import selectors
 import socket
-import subprocess
 import sys
 import time
 
-LISTENING = re.compile(rb"listening on [\d.]+:(\d+)")
+from muxio.tools.process import start_server
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -36,17 +34,11 @@ def main() -> None:
     ap.add_argument("--poller", default="epoll")
     ap.add_argument("--blocked-for", type=float, default=2.0, help="seconds of blocked sends")
     args = ap.parse_args()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "muxio", "serve", "--port", "0", "--poller", args.poller],
-        stderr=subprocess.PIPE,
+    server = start_server(
+        [sys.executable, "-m", "muxio", "serve", "--port", "0", "--poller", args.poller]
     )
     try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        m = LISTENING.search(line)
-        if not m:
-            raise SystemExit(f"server did not start: {line!r}")
-        port = int(m.group(1))
+        port, proc = server.port, server.proc
         base = status_kib(proc.pid, "VmRSS")
         chunk = os.urandom(1 << 20)
         ring = memoryview(chunk + chunk)  # the stream is chunk repeated, whatever each send takes
@@ -102,8 +94,7 @@ def main() -> None:
             sock.close()
         print(f"every client read back: {exact}/{len(clients)} byte-exact, {sent} bytes each way")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop(10)
 
 
 if __name__ == "__main__":

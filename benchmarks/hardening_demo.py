@@ -25,49 +25,37 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import selectors
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+from muxio.tools.process import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[1]
-LISTENING = re.compile(r"listening on ([\d.]+):(\d+)")
 
 
-class Server:
+class Server(ServerProcess):
+    """`muxio serve` from `src` on a free port, running once constructed."""
+
     def __init__(self, src: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=src)
-        self.proc = subprocess.Popen(
+        super().__init__(
             [sys.executable, "-m", "muxio", "serve", "--port", "0", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            text=True,
+            env=dict(os.environ, PYTHONPATH=src),
+            name="muxio serve",
         )
-        self.lines: list[str] = []
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip())
-            m = LISTENING.search(line)
-            if m:
-                self.address = (m.group(1), int(m.group(2)))
-                break
-        else:
-            raise SystemExit("server did not start:\n" + "\n".join(self.lines))
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        try:
+            self.wait_listening(30)
+        except BaseException:
+            self.stop()
+            raise
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip())
+    @property
+    def tcp(self) -> tuple[str, int]:
+        return self.host, self.port
 
     def status_kib(self, key: str) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -82,15 +70,8 @@ class Server:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+    def stop(self, timeout: float = 30.0) -> int:
+        return super().stop(timeout)
 
 
 def rst_storm(args: argparse.Namespace) -> None:
@@ -99,7 +80,7 @@ def rst_storm(args: argparse.Namespace) -> None:
     linger = struct.pack("ii", 1, 0)
     t0 = time.monotonic()
     for _ in range(args.connections):
-        s = socket.create_connection(srv.address)
+        s = socket.create_connection(srv.tcp)
         s.sendall(b"x")
         s.recv(1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
@@ -137,7 +118,7 @@ def work_flood(args: argparse.Namespace) -> None:
     clients = []
     sent = 0
     for _ in range(args.clients):
-        sock = socket.create_connection(srv.address)
+        sock = socket.create_connection(srv.tcp)
         clients.append(sock)
         sent += send_until_blocked(sock, request, stall=0.2)
     time.sleep(2.0)
@@ -171,11 +152,11 @@ def work_flood(args: argparse.Namespace) -> None:
 def dead_clients(args: argparse.Namespace) -> None:
     srv = Server(args.src, "--service", "work", "--offload", "processes", "--pool-size", "2")
     for _ in range(args.clients):
-        with socket.create_connection(srv.address) as sock:
+        with socket.create_connection(srv.tcp) as sock:
             sock.sendall(f"work {args.ms}\n".encode() * args.jobs)
     time.sleep(0.2)
     t0 = time.monotonic()
-    with socket.create_connection(srv.address) as sock:
+    with socket.create_connection(srv.tcp) as sock:
         sock.settimeout(600)
         sock.sendall(b"work 0\n")
         reply = sock.recv(100)
@@ -194,7 +175,7 @@ def sigterm_threads(args: argparse.Namespace) -> None:
         "--service", "work", "--offload", "threads", "--pool-size", "2",
         "--shutdown-timeout", "1",
     )  # fmt: skip
-    clients = [socket.create_connection(srv.address) for _ in range(2)]
+    clients = [socket.create_connection(srv.tcp) for _ in range(2)]
     for sock in clients:
         sock.sendall(b"work 10000\n")
     time.sleep(0.5)

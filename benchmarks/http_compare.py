@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from muxio.errors import MuxioError, RuntimeFailure, UsageError, run_reporting
-from muxio.tools.compare import ProcessTree, ServerProcess, ServerSpec, cpu_plan
+from muxio.tools.compare import ProcessTree, ServerSpec, SpecProcess, cpu_plan
 
 REFERENCE = "aiohttp-asyncio"
 _MARK = "WRKJSON "
@@ -212,7 +212,7 @@ def measure_once(
     """Fresh server, warm it, one measured wrk run; failures become a record."""
     run = Run(spec.name, repeat, ok=False)
     try:
-        server = ServerProcess(spec, "127.0.0.1", server_cpu)
+        server = SpecProcess(spec, "127.0.0.1", server_cpu)
     except MuxioError as exc:
         run.reason = str(exc)
         return run

@@ -15,49 +15,17 @@ Three scenarios, each against a real `python -m muxio serve` subprocess:
 
 from __future__ import annotations
 
-import contextlib
-import re
 import resource
 import socket
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 
-LISTENING = re.compile(rb"listening on [\d.]+:(\d+)")
+from muxio.tools.process import ServerProcess, start_server
 
 
-@contextlib.contextmanager
-def server(*args: str) -> Iterator[tuple[int, subprocess.Popen[bytes], list[bytes]]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "muxio", "serve", "--port", "0", *args],
-        stderr=subprocess.PIPE,
-    )
-    lines: list[bytes] = []
-    found = threading.Event()
-    port = [0]
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            m = LISTENING.search(line)
-            if m:
-                port[0] = int(m.group(1))
-                found.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        if not found.wait(10):
-            raise SystemExit("server did not start")
-        yield port[0], proc, lines
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def server(*args: str) -> ServerProcess:
+    """`muxio serve` on a free port, stopped when its `with` block ends."""
+    return start_server([sys.executable, "-m", "muxio", "serve", "--port", "0", *args])
 
 
 def round_trip(sock: socket.socket, data: bytes) -> bool:
@@ -90,12 +58,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def max_connections() -> None:
-    with server("--max-connections", "50") as (port, _, lines):
+    with server("--max-connections", "50") as srv:
+        port = srv.port
         clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(60)]
         served = sum(round_trip(c, b"hello") for c in clients[:50])
         refused = sum(closed_within(c, 1.0) for c in clients[50:])
         again = sum(round_trip(c, b"still there") for c in clients[:50])
-        warnings = sum(b"refused a connection" in line for line in lines)
+        warnings = sum("refused a connection" in line for line in srv.lines)
         for c in clients:
             c.close()
     print(
@@ -106,7 +75,8 @@ def max_connections() -> None:
 
 
 def idle_timeout() -> None:
-    with server("--idle-timeout", "1") as (port, _, _lines):
+    with server("--idle-timeout", "1") as srv:
+        port = srv.port
         silent = socket.create_connection(("127.0.0.1", port), timeout=10)
         active = socket.create_connection(("127.0.0.1", port), timeout=10)
         start = time.monotonic()
@@ -126,15 +96,12 @@ def idle_timeout() -> None:
 
 
 def out_of_descriptors() -> None:
-    with server() as (port, proc, lines):
+    with server() as srv:
+        port, proc = srv.port, srv.proc
         _, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (64, hard))
         clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(100)]
-        deadline = time.monotonic() + 10
-        while not any(b"cannot accept" in line for line in lines):
-            if time.monotonic() > deadline:
-                raise SystemExit("no out-of-descriptors warning")
-            time.sleep(0.05)
+        srv.wait_line("cannot accept", timeout=10)
         served = sum(round_trip(c, b"x") for c in clients[:40])
         c0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(2.0)

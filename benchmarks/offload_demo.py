@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import re
 import selectors
 import signal
 import socket
@@ -29,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+from muxio.tools.process import ServerProcess
 
 
 @dataclass
@@ -68,7 +67,7 @@ HEADER = (
 )
 
 
-class Server:
+class Server(ServerProcess):
     """`python -m muxio serve --service work` with its stderr collected."""
 
     def __init__(self, mode: str, pool_size: int | None, slow_ms: float) -> None:
@@ -78,46 +77,22 @@ class Server:
         ]  # fmt: skip
         if pool_size is not None:
             cmd += ["--pool-size", str(pool_size)]
-        self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        self.log: list[str] = []
-        self.port = 0
-        self._listening = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(cmd, name=f"muxio serve --offload {mode}")
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.log.append(line)
-            m = LISTENING.search(line)
-            if m:
-                self.port = int(m.group(1))
-                self._listening.set()
-        self._listening.set()  # exited: wake the waiter, which sees port == 0
-
-    def wait_listening(self, timeout: float = 30.0) -> int:
-        if not self._listening.wait(timeout) or not self.port:
-            raise RuntimeError(f"the server did not start: {self.log!r}")
-        return self.port
+    @property
+    def log(self) -> list[str]:
+        return self.lines
 
     def stop(self, timeout: float = 20.0) -> int:
-        """SIGINT (a graceful shutdown), then SIGKILL if it overstays."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)
+        """SIGINT (a graceful shutdown), then SIGTERM and SIGKILL if it overstays."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
             try:
-                return self.proc.wait(timeout)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                super().stop()
                 raise
-        finally:
-            self._reader.join(5)
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
+        return super().stop()
 
 
 def _read_line(sock: socket.socket, buf: bytearray, deadline: float) -> bytes:
@@ -217,7 +192,7 @@ def run_scenario(
     errors: list[BaseException] = []
     threads: list[threading.Thread] = []
     try:
-        port = server.wait_listening()
+        port = server.wait_listening(30)
         for _ in range(work_clients):
             started = threading.Event()
 

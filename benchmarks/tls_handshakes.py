@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from muxio.tools.compare import (
     ProcessTree,
-    ServerProcess,
+    SpecProcess,
     cpu_plan,
     make_tls_files,
     select_servers,
@@ -75,7 +75,7 @@ def _client(
 def measure(spec_name: str, tls: object, duration: float, clients: int) -> dict[str, float]:
     (spec,) = select_servers(spec_name, tls)  # type: ignore[arg-type]
     server_cpu, load_cpus = cpu_plan()
-    server = ServerProcess(spec, "127.0.0.1", server_cpu)
+    server = SpecProcess(spec, "127.0.0.1", server_cpu)
     try:
         port = server.wait_listening()
         tree = ProcessTree(server.pid)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import re
 import resource
 import selectors
@@ -18,14 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from muxio import EventLoop, Server, bind_tcp
 from muxio.services.upper import UpperEcho
+from muxio.tools.process import ServerProcess
 
-LISTENING_RE = re.compile(r"listening on (?:\[(?P<v6>[^\]]+)\]|(?P<v4>[\d.]+)):(?P<port>\d+)")
 SUMMARY_RE = re.compile(r"shutdown complete: (?P<fields>.*)$")
 
 
@@ -163,59 +162,23 @@ def running_server(*args: Any, **kwargs: Any) -> Iterator[ServerThread]:
 # -- a `muxio serve` subprocess -------------------------------------------------
 
 
-class ServeProcess:
-    """`python -m muxio serve ...` with its stderr collected line by line."""
+class ServeProcess(ServerProcess):
+    """`python -m muxio serve ARGS` (or any `argv`) with its stderr collected line by line.
 
-    def __init__(self, *args: str) -> None:
-        cmd = [sys.executable, "-m", "muxio", "serve", *args]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.host = ""
-        self.port = 0
+    Starting, reading the "listening on" line and stopping are
+    `muxio.tools.process`'s, shared with compare and the benchmark scripts.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        argv: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
+        cmd = [sys.executable, "-m", "muxio", "serve", *args] if argv is None else argv
+        super().__init__(cmd, env=env, pass_fds=pass_fds, name="muxio serve")
         self.started_at = time.monotonic()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.lines.append(line)
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_line(self, pattern: re.Pattern[str] | str, timeout: float = 15.0) -> re.Match[str]:
-        """Wait for a new stderr line matching `pattern`."""
-        if isinstance(pattern, str):
-            pattern = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no line matching {pattern.pattern!r}; got {self.lines!r}")
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                raise AssertionError(
-                    f"server exited ({self.proc.poll()}) before {pattern.pattern!r}: {self.lines!r}"
-                )
-            m = pattern.search(line)
-            if m:
-                return m
-
-    def wait_listening(self, timeout: float = 15.0) -> ServeProcess:
-        m = self.wait_line(LISTENING_RE, timeout)
-        self.host = m.group("v6") or m.group("v4")
-        self.port = int(m.group("port"))
-        return self
 
     def connect(self, timeout: float = 10.0, **sockopts: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -231,7 +194,7 @@ class ServeProcess:
 
     def wait(self, timeout: float = 20.0) -> int:
         rc = self.proc.wait(timeout)
-        self._reader.join(5)
+        self.kill()  # already gone: only collects the rest of stderr
         return rc
 
     def summary(self) -> dict[str, str]:
@@ -240,15 +203,6 @@ class ServeProcess:
             if m:
                 return dict(f.split("=", 1) for f in m.group("fields").split())
         raise AssertionError(f"no summary line in {self.lines!r}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-        self._reader.join(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
 
 
 @contextlib.contextmanager

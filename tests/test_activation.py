@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,21 +20,7 @@ class HandedIn(ServeProcess):
     """`muxio serve` started with extra descriptors and environment, as a service manager does."""
 
     def __init__(self, cmd: list[str], *, pass_fds: tuple[int, ...], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            pass_fds=pass_fds,
-            env={**os.environ, **env},
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.host = ""
-        self.port = 0
-        self.started_at = time.monotonic()
+        super().__init__(argv=cmd, pass_fds=pass_fds, env={**os.environ, **env})
 
 
 LAUNCHER = """

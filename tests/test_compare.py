@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -18,10 +19,12 @@ import pytest
 from muxio.errors import UsageError
 from muxio.tools.compare import (
     DEFAULT_WORKLOADS,
+    CompareReport,
     ProcessTree,
     RunRecord,
     ServerProcess,
     ServerSpec,
+    Spread,
     Workload,
     aggregate,
     parse_workload,
@@ -29,8 +32,16 @@ from muxio.tools.compare import (
     run_once,
     select_servers,
 )
+from muxio.tools.compare.chart import plot_png
+from muxio.tools.compare.cli import standalone
+from muxio.tools.compare.report import render_markdown
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+_META = {
+    "python": "3", "platform": "x", "server_cpu": None, "load_processes": 2, "load_cpus": [],
+    "duration": 1.0, "warmup": 0.0, "repeat": 3, "cpu_source": "psutil",
+}  # fmt: skip
 
 PEERS = [
     ("naive_select",),
@@ -82,37 +93,109 @@ def test_peer_round_trip_and_sigterm(argv: tuple[str, ...]) -> None:
         server.stop()
 
 
-@pytest.mark.timeout(60)
-def test_compare_two_peers_writes_reports(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def _png_contents(path: Path) -> list[str]:
+    """The panel list compare keeps in its PNG: 'TITLE [N error bars]' per panel."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return str(img.info["Description"]).splitlines()
+
+
+@pytest.mark.timeout(90)
+def test_compare_reports_spread_and_charts_every_workload(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "out"  # created by compare
+    workloads = ["4x1024", "2x64k", "2x1024+20idle"]
     proc = subprocess.run(
         [
             sys.executable, "-m", "muxio.tools.compare",
-            "--servers", "threads,asyncio-protocol", "--workloads", "10x1024",
-            "--duration", "0.5", "--warmup", "0.2", "--repeat", "1", "--out", str(out),
+            "--servers", "threads,asyncio-protocol", "--workloads", ",".join(workloads),
+            "--duration", "0.3", "--warmup", "0.1", "--repeat", "2", "--out", str(out),
         ],
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=80,
         env={**os.environ, "PYTHONPATH": SRC},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "| 10x1024 | threads |" in proc.stdout
-    md = (out / "compare.md").read_text()
-    assert "| 10x1024 | threads |" in md and "| 10x1024 | asyncio-protocol |" in md
+    err = proc.stderr.splitlines()
+    plan = "\n".join(err[:2])
+    assert "2 servers (threads, asyncio-protocol) x 3 workloads" in plan
+    assert "x 2 repeats = 12 runs" in plan and "in all" in plan
+    assert err[2].startswith("[1/12] ")  # the plan came before the first run
+    for text in (proc.stdout, (out / "compare.md").read_text()):
+        assert "| n | req/s |" in text
+        for w in ("4x1024", "2x65536", "2x1024+20idle"):
+            line = next(ln for ln in text.splitlines() if ln.startswith(f"| {w} | threads |"))
+            # median (min-max) of req/s over 2/2 successful runs
+            assert re.match(
+                rf"\| {re.escape(w)} \| threads \| 2/2 \| [\d,]+ \([\d,]+-[\d,]+\) \|", line
+            )
     data = json.loads((out / "compare.json").read_text())
     assert data["reference"] == "asyncio-protocol"
-    rows = {r["server"]: r for r in data["rows"]}
-    assert set(rows) == {"threads", "asyncio-protocol"}
-    for row in rows.values():
-        assert row["ok_runs"] == 1 and row["status"] == "ok"
-        assert row["requests_per_s"] > 0
-        assert row["cpu_us_per_request"] > 0
-        assert row["peak_rss_mib"] > 0
-    assert rows["asyncio-protocol"]["cpu_vs_reference"] == 1.0
+    assert len(data["rows"]) == 6 and len(data["runs"]) == 12
+    for row in data["rows"]:
+        assert row["ok_runs"] == 2 and row["status"] == "ok", row
+        for metric in ("requests_per_s", "p99_ms", "cpu_us_per_request", "peak_rss_mib"):
+            s = row["spread"][metric]
+            assert s["n"] == 2 and s["stdev"] is not None
+            assert 0 < s["min"] <= s["median"] == row[metric] <= s["max"]
     assert all(r["server_exit"] == 0 for r in data["runs"])
     if find_spec("matplotlib") is not None:
-        assert (out / "compare.png").stat().st_size > 0
+        panels = _png_contents(out / "compare.png")
+        for w in ("4x1024", "2x65536", "2x1024+20idle"):
+            mine = [p for p in panels if p.startswith(f"{w}: ")]
+            assert len(mine) == 2 and all(p.endswith("[2 error bars]") for p in mine), panels
+
+
+def _compare(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = standalone(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+BAD_OPTIONS = [
+    (["--repeat", "0"], "--repeat 0 must be at least 1"),
+    (["--duration", "-1"], "--duration -1 must be a positive number"),
+    (["--duration", "nan"], "--duration nan must be a positive number"),
+    (["--duration", "soon"], "--duration: invalid float value"),
+    (["--warmup", "-0.5"], "--warmup -0.5 must be 0 or more"),
+    (["--processes", "0"], "--processes 0 must be at least 1"),
+    (["--workloads", "10x"], "--workloads: cannot read workload '10x'"),
+    (["--workloads", ","], "--workloads: no workload given"),
+    (["--servers", "nginx"], "--servers: unknown server 'nginx'; choose from"),
+    (["--servers", ""], "--servers: no server named"),
+    (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls", "--servers", "threads"], "--servers: server threads cannot run here"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_OPTIONS)
+def test_bad_options_exit_2_with_one_line_before_anything_runs(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code, err = _compare([*argv, "--out", str(out)], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert not out.exists()  # checked after the options, and nothing ran
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "a-file"])
+def test_unusable_out_exits_2_before_any_server_starts(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = blocker / "sub" if where == "under-a-file" else blocker
+    argv = ["--servers", "threads", "--workloads", "1x1024", "--duration", "60", "--out", str(out)]
+    code, err = _compare(argv, capsys)
+    assert code == 2
+    assert err.startswith(f"muxio: --out: cannot write to {out}: ") and err.count("\n") == 1
+    assert "runs" not in err  # no plan: the run never started
+    assert blocker.read_text() == "not a directory"
 
 
 @pytest.mark.timeout(60)
@@ -164,6 +247,34 @@ def test_aggregate_medians_ratios_and_failures() -> None:
     assert rows["b"].cpu_vs_reference == 1.0
     assert rows["c"].ok_runs == 0 and rows["c"].status.startswith("failed: server exited")
     assert rows["c"].cpu_vs_reference is None
+    assert rows["a"].spread["requests_per_s"] == Spread(
+        n=3, median=200, min=100, max=300, stdev=100
+    )
+    assert rows["b"].spread["cpu_us_per_request"].stdev is None  # one run has no spread
+    assert not rows["c"].spread
+    report = CompareReport(meta=_META, reference="b", rows=list(rows.values()), runs=runs)
+    md = render_markdown(report)
+    assert "| 10x1024 | a | 3/3 | 200 (100-300) | 1.00 (1.00-1.00) | 20.0 (10.0-30.0) |" in md
+    assert "| 10x1024 | b | 1/1 | 400 | 1.00 | 10.0 |" in md
+    assert "| 10x1024 | c | 0/1 | — | — | — |" in md
+
+
+@pytest.mark.skipif(find_spec("matplotlib") is None, reason="matplotlib not installed")
+def test_chart_shows_a_failed_cell_beside_the_error_bars_of_the_others(tmp_path: Path) -> None:
+    w = Workload(10, 1024)
+    runs = [
+        RunRecord(w.name, "a", i, True, "", rps, 1.0, 1.0, 10.0, 10.0)
+        for i, rps in enumerate((100, 300))
+    ] + [RunRecord(w.name, "b", 0, False, "server exited with code 1: boom")]
+    specs = [_spec("a"), _spec("b")]
+    meta = {**_META, "servers": ["a", "b"], "workloads": [w.name], "repeat": 2}
+    rows = aggregate(runs, specs, [w], reference="a")
+    report = CompareReport(meta=meta, reference="a", rows=rows, runs=runs)
+    assert plot_png(report, tmp_path / "c.png") is None
+    assert _png_contents(tmp_path / "c.png") == [
+        "10x1024: requests/s (higher is better) [1 error bars]",
+        "10x1024: server CPU µs per request (lower is better) [1 error bars]",
+    ]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")

@@ -18,7 +18,6 @@ import pytest
 from helpers import ServeProcess, recv_exactly, round_trip
 
 WORKER_READY = re.compile(r"muxio INFO worker (\d+) \(pid (\d+)\) ready")
-SUPERVISOR = re.compile(r"supervisor \(pid \d+\) on (?:\[[^\]]+\]|[\d.]+):(\d+)")
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/net/tcp").exists(), reason="reads connections and processes from Linux's /proc"
@@ -33,8 +32,7 @@ class Supervised(ServeProcess):
         self.workers: dict[int, int] = {}
 
     def wait_started(self, count: int) -> Supervised:
-        m = self.wait_line(SUPERVISOR)
-        self.host, self.port = "127.0.0.1", int(m.group(1))
+        self.wait_listening()  # the supervisor's "on HOST:PORT" line comes before any worker's
         while len(self.workers) < count:
             self.wait_worker()
         return self

@@ -68,7 +68,9 @@ def run_on(loop_name: str, main: Callable[[], Any]) -> int:
 
 def announce(host: str, port: int) -> None:
     """Tell the parent the real port; it waits for exactly this line on stderr."""
-    print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+    from muxio.tools.process import announcement
+
+    print(announcement(host, port), file=sys.stderr, flush=True)
 
 
 async def serve_until_sigterm(host: str, start: Callable[[], Awaitable[Any]]) -> None:
