@@ -93,6 +93,12 @@ def socket_pair(make_socket_pair: MakeSocketPair) -> SocketPair:
     return make_socket_pair()
 
 
+@pytest.fixture
+def tcp_pair(make_socket_pair: MakeSocketPair) -> SocketPair:
+    """A connected, non-blocking TCP pair over 127.0.0.1, closed after the test."""
+    return make_socket_pair("tcp")
+
+
 RunLoop = Callable[..., None]
 
 

@@ -271,17 +271,14 @@ def test_shutdown_timeout_holds_with_work_running_in_threads() -> None:
             for sock in clients:
                 sock.sendall(b"work 10000\n")
             wait_cpu(sp.proc.pid, 0.3)
-            began = time.monotonic()
             sp.signal(signal.SIGTERM)
-            # exit 1: the drain was cut short; far sooner than the 10 s of work
+            # exit 1: the drain was cut short, with most of the 10 s of work still to go
             assert sp.wait(timeout=6) == 1
-            took = time.monotonic() - began
         finally:
             for sock in clients:
                 sock.close()
         assert sp.summary()["drain"] == "timeout"
         assert not any("Traceback" in line for line in sp.lines)
-    assert took < 6
 
 
 def test_repeated_sigint_with_work_in_threads_stops_without_a_traceback() -> None:
