@@ -2,47 +2,101 @@
 
 Every fixture here cleans up after itself and bounds whatever it runs, so a
 broken loop fails a test instead of hanging the session.
+
+`poller` runs a test once per mechanism this OS provides (epoll, poll and
+select on Linux; kqueue, poll and select on macOS): one missing here is not
+listed at all, so a skip always means something.  A test or module that is
+about something other than the poller pins it with
+`pytest.mark.parametrize("poller", [BEST_POLLER])`, which takes the place of
+the fixture's own list.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from muxio import pollers
 from muxio.loop import EventLoop
 
+BEST_POLLER = pollers.available()[0]
+"""What `auto` picks here: the poller a test that does not care about pollers runs on."""
 
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """A connected pair of TCP sockets over loopback: (client, server side)."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname(), timeout=5)
-        server, _ = listener.accept()
-    client.settimeout(None)
-    return client, server
+SocketPair = tuple[socket.socket, socket.socket]
+MakeSocketPair = Callable[..., SocketPair]
 
 
-@pytest.fixture
-def tcp_socketpair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """A connected TCP loopback pair, closed after the test."""
-    a, b = tcp_pair()
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+@pytest.fixture(params=pollers.available(), ids=str)
+def poller(request: pytest.FixtureRequest) -> str:
+    """The name of each poller this OS provides, in turn."""
+    return str(request.param)
 
 
 @pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    """A fresh EventLoop on the best poller, closed after the test."""
-    lp = EventLoop()
+def loop(poller: str) -> Iterator[EventLoop]:
+    """A fresh muxio loop on `poller`, the thread's current loop, closed after the test.
+
+    Its watchdog is off: on a loaded machine any iteration may be slow, and a
+    warning about it must not reach a test that counts log records.  The
+    watchdog's own tests make their own loops.
+    """
+    lp = EventLoop(poller, slow_callback_ms=None)
+    asyncio.set_event_loop(lp)
     try:
         yield lp
     finally:
-        if not lp.is_running():
+        asyncio.set_event_loop(None)
+        if not lp.is_running() and not lp.is_closed():
+            lp.run_until_complete(lp.shutdown_default_executor())
             lp.close()
+
+
+def connected_pair(kind: str = "unix", *, blocking: bool = False) -> SocketPair:
+    """Two connected stream sockets: an AF_UNIX socketpair, or ("tcp") over 127.0.0.1."""
+    if kind == "unix":
+        a, b = socket.socketpair()
+    elif kind == "tcp":
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            a = socket.create_connection(listener.getsockname(), timeout=5)
+            b, _ = listener.accept()
+    else:
+        raise ValueError(f"unknown socket pair kind {kind!r} (unix or tcp)")
+    a.setblocking(blocking)
+    b.setblocking(blocking)
+    return a, b
+
+
+@pytest.fixture
+def make_socket_pair() -> Iterator[MakeSocketPair]:
+    """`make_socket_pair(kind="unix", blocking=False)`: a connected pair, closed after the test."""
+    made: list[SocketPair] = []
+
+    def make(kind: str = "unix", *, blocking: bool = False) -> SocketPair:
+        pair = connected_pair(kind, blocking=blocking)
+        made.append(pair)
+        return pair
+
+    try:
+        yield make
+    finally:
+        for a, b in made:
+            a.close()
+            b.close()
+
+
+@pytest.fixture
+def socket_pair(make_socket_pair: MakeSocketPair) -> SocketPair:
+    """A connected, non-blocking AF_UNIX socket pair, closed after the test."""
+    return make_socket_pair()
+
+
+@pytest.fixture
+def tcp_pair(make_socket_pair: MakeSocketPair) -> SocketPair:
+    """A connected, non-blocking TCP pair over 127.0.0.1, closed after the test."""
+    return make_socket_pair("tcp")
 
 
 RunLoop = Callable[..., None]

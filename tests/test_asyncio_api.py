@@ -17,29 +17,11 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
 import muxio
 from muxio import EventLoop
-from muxio.pollers import available
-
-POLLERS = [name for name in ("epoll", "kqueue", "poll", "select") if name in available()]
-
-
-@pytest.fixture(params=POLLERS)
-def aloop(request: pytest.FixtureRequest) -> Iterator[EventLoop]:
-    """A muxio loop on each poller this OS has, as the running thread's loop."""
-    loop = muxio.new_event_loop(request.param)
-    asyncio.set_event_loop(loop)
-    try:
-        yield loop
-    finally:
-        asyncio.set_event_loop(None)
-        if not loop.is_closed():
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
 
 
 def run(loop: EventLoop, coro: object, timeout: float = 10.0) -> object:
@@ -89,30 +71,30 @@ def test_asyncio_runner_takes_muxio_as_loop_factory() -> None:
 # -- callbacks, contexts, the exception handler ----------------------------------
 
 
-def test_call_soon_runs_in_the_given_context(aloop: EventLoop) -> None:
+def test_call_soon_runs_in_the_given_context(loop: EventLoop) -> None:
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outer")
     ctx = contextvars.copy_context()
     ctx.run(var.set, "inner")
     seen: list[str] = []
-    aloop.call_soon(lambda: seen.append(var.get()), context=ctx)
-    aloop.call_soon(lambda: seen.append(var.get()))
-    aloop.call_soon(aloop.stop)
-    aloop.run_forever()
+    loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
     assert seen == ["inner", "outer"]
 
 
 def test_callback_exception_reaches_the_exception_handler_with_its_handle(
-    aloop: EventLoop,
+    loop: EventLoop,
 ) -> None:
     contexts: list[dict[str, object]] = []
-    aloop.set_exception_handler(lambda loop, context: contexts.append(context))
+    loop.set_exception_handler(lambda loop, context: contexts.append(context))
 
     def boom() -> None:
         raise ValueError("boom")
 
-    handle = aloop.call_soon(boom)
-    aloop.call_soon(aloop.stop)
-    aloop.run_forever()
+    handle = loop.call_soon(boom)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
     assert len(contexts) == 1
     assert isinstance(contexts[0]["exception"], ValueError)
     assert contexts[0]["handle"] is handle
@@ -126,35 +108,35 @@ def test_call_soon_on_a_closed_loop_raises() -> None:
         loop.call_soon(lambda: None)
 
 
-def test_debug_mode_refuses_call_soon_from_another_thread(aloop: EventLoop) -> None:
-    aloop.set_debug(True)
+def test_debug_mode_refuses_call_soon_from_another_thread(loop: EventLoop) -> None:
+    loop.set_debug(True)
     errors: list[BaseException] = []
 
     def other_thread() -> None:
         try:
-            aloop.call_soon(lambda: None)
+            loop.call_soon(lambda: None)
         except RuntimeError as exc:
             errors.append(exc)
-        aloop.call_soon_threadsafe(aloop.stop)
+        loop.call_soon_threadsafe(loop.stop)
 
-    aloop.call_soon(threading.Thread(target=other_thread).start)
-    aloop.run_forever()
+    loop.call_soon(threading.Thread(target=other_thread).start)
+    loop.run_forever()
     assert len(errors) == 1
     assert "Non-thread-safe" in str(errors[0])
 
 
-def test_timers_cancelled_after_they_ran_do_not_count_as_cancelled(aloop: EventLoop) -> None:
+def test_timers_cancelled_after_they_ran_do_not_count_as_cancelled(loop: EventLoop) -> None:
     fired: list[int] = []
-    handles = [aloop.call_later(0, fired.append, i) for i in range(10)]
-    run(aloop, asyncio.sleep(0.01))
-    before = aloop._timers_cancelled  # run()'s own wait_for timer may count
+    handles = [loop.call_later(0, fired.append, i) for i in range(10)]
+    run(loop, asyncio.sleep(0.01))
+    before = loop._timers_cancelled  # run()'s own wait_for timer may count
     for handle in handles:
         handle.cancel()
     assert fired == list(range(10))
-    assert aloop._timers_cancelled == before
+    assert loop._timers_cancelled == before
 
 
-def test_task_factory_is_used_and_named(aloop: EventLoop) -> None:
+def test_task_factory_is_used_and_named(loop: EventLoop) -> None:
     made: list[asyncio.Task[object]] = []
 
     def factory(
@@ -164,18 +146,18 @@ def test_task_factory_is_used_and_named(aloop: EventLoop) -> None:
         made.append(task)
         return task
 
-    aloop.set_task_factory(factory)
+    loop.set_task_factory(factory)
 
     async def main() -> str:
         task = asyncio.get_running_loop().create_task(asyncio.sleep(0), name="named")
         await task
         return task.get_name()
 
-    assert run(aloop, main()) == "named"
+    assert run(loop, main()) == "named"
     assert [t.get_name() for t in made].count("named") == 1
 
 
-def test_async_generators_are_finalised_by_shutdown_asyncgens(aloop: EventLoop) -> None:
+def test_async_generators_are_finalised_by_shutdown_asyncgens(loop: EventLoop) -> None:
     closed: list[bool] = []
 
     async def agen():  # type: ignore[no-untyped-def]
@@ -190,36 +172,36 @@ def test_async_generators_are_finalised_by_shutdown_asyncgens(aloop: EventLoop) 
         await gen.__anext__()  # left suspended on purpose
         main.gen = gen  # type: ignore[attr-defined]
 
-    run(aloop, main())
-    aloop.run_until_complete(aloop.shutdown_asyncgens())
+    run(loop, main())
+    loop.run_until_complete(loop.shutdown_asyncgens())
     assert closed == [True]
 
 
-def test_run_in_executor_and_getaddrinfo(aloop: EventLoop) -> None:
+def test_run_in_executor_and_getaddrinfo(loop: EventLoop) -> None:
     async def main() -> tuple[int, list[object]]:
         loop = asyncio.get_running_loop()
         value = await loop.run_in_executor(None, sum, [1, 2, 3])
         infos = await loop.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)
         return value, infos  # type: ignore[return-value]
 
-    value, infos = run(aloop, main())  # type: ignore[misc]
+    value, infos = run(loop, main())  # type: ignore[misc]
     assert value == 6
     assert infos[0][4] == ("127.0.0.1", 80)  # type: ignore[index]
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
-def test_signal_handler_runs_on_the_loop(aloop: EventLoop) -> None:
-    got = aloop.create_future()
-    aloop.add_signal_handler(signal.SIGUSR1, got.set_result, "handled")
+def test_signal_handler_runs_on_the_loop(loop: EventLoop) -> None:
+    got = loop.create_future()
+    loop.add_signal_handler(signal.SIGUSR1, got.set_result, "handled")
     try:
-        aloop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
-        assert run(aloop, got) == "handled"  # awaited, bounded by run()'s timeout
+        loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+        assert run(loop, got) == "handled"  # awaited, bounded by run()'s timeout
     finally:
-        assert aloop.remove_signal_handler(signal.SIGUSR1)
+        assert loop.remove_signal_handler(signal.SIGUSR1)
     with pytest.raises(RuntimeError, match="cannot be caught"):
-        aloop.add_signal_handler(signal.SIGKILL, print)
+        loop.add_signal_handler(signal.SIGKILL, print)
     with pytest.raises(ValueError):
-        aloop.add_signal_handler(0, print)
+        loop.add_signal_handler(0, print)
 
 
 # -- streams and servers ---------------------------------------------------------
@@ -232,7 +214,7 @@ async def _upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
-def test_streams_echo_one_mebibyte_byte_exact(aloop: EventLoop) -> None:
+def test_streams_echo_one_mebibyte_byte_exact(loop: EventLoop) -> None:
     payload = os.urandom(1 << 20)
 
     async def main() -> bytes:
@@ -254,10 +236,10 @@ def test_streams_echo_one_mebibyte_byte_exact(aloop: EventLoop) -> None:
         await server.wait_closed()
         return got
 
-    assert run(aloop, main()) == payload.upper()
+    assert run(loop, main()) == payload.upper()
 
 
-def test_unix_streams_round_trip(aloop: EventLoop, tmp_path: object) -> None:
+def test_unix_streams_round_trip(loop: EventLoop, tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "s.sock")
 
     async def main() -> bytes:
@@ -271,11 +253,11 @@ def test_unix_streams_round_trip(aloop: EventLoop, tmp_path: object) -> None:
         await server.wait_closed()
         return got
 
-    assert run(aloop, main()) == b"UNIX"
+    assert run(loop, main()) == b"UNIX"
     assert not os.path.exists(path)
 
 
-def test_server_wait_closed_waits_for_the_last_connection(aloop: EventLoop) -> None:
+def test_server_wait_closed_waits_for_the_last_connection(loop: EventLoop) -> None:
     async def main() -> list[str]:
         order: list[str] = []
         server = await asyncio.start_server(_upper, "127.0.0.1", 0)
@@ -298,10 +280,10 @@ def test_server_wait_closed_waits_for_the_last_connection(aloop: EventLoop) -> N
         await task
         return order
 
-    assert run(aloop, main()) == ["client closes", "wait_closed returned"]
+    assert run(loop, main()) == ["client closes", "wait_closed returned"]
 
 
-def test_serve_forever_ends_when_cancelled_and_closes_the_server(aloop: EventLoop) -> None:
+def test_serve_forever_ends_when_cancelled_and_closes_the_server(loop: EventLoop) -> None:
     async def main() -> bool:
         server = await asyncio.start_server(_upper, "127.0.0.1", 0, start_serving=False)
         assert not server.is_serving()
@@ -313,7 +295,7 @@ def test_serve_forever_ends_when_cancelled_and_closes_the_server(aloop: EventLoo
             await task
         return server.is_serving()
 
-    assert run(aloop, main()) is False
+    assert run(loop, main()) is False
 
 
 class _Recorder(asyncio.Protocol):
@@ -331,11 +313,11 @@ class _Recorder(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-def test_transport_write_contract(aloop: EventLoop) -> None:
+def test_transport_write_contract(loop: EventLoop) -> None:
     async def main() -> None:
         server = await asyncio.start_server(_upper, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        transport, proto = await aloop.create_connection(_Recorder, "127.0.0.1", port)
+        transport, proto = await loop.create_connection(_Recorder, "127.0.0.1", port)
         assert isinstance(transport, asyncio.Transport)
         with pytest.raises(TypeError):
             transport.write("text")  # type: ignore[attr-defined]
@@ -354,7 +336,7 @@ def test_transport_write_contract(aloop: EventLoop) -> None:
         server.close()
         await server.wait_closed()
 
-    run(aloop, main())
+    run(loop, main())
 
 
 class _Buffered(asyncio.BufferedProtocol):
@@ -374,13 +356,13 @@ class _Buffered(asyncio.BufferedProtocol):
         self.done.set_result(bytes(self.got))
 
 
-def test_buffered_protocol_reads_into_its_own_buffer(aloop: EventLoop) -> None:
+def test_buffered_protocol_reads_into_its_own_buffer(loop: EventLoop) -> None:
     payload = os.urandom(300_000)
 
     async def main() -> bytes:
         server = await asyncio.start_server(_upper, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        transport, proto = await aloop.create_connection(_Buffered, "127.0.0.1", port)
+        transport, proto = await loop.create_connection(_Buffered, "127.0.0.1", port)
         transport.write(payload)  # type: ignore[attr-defined]
         transport.write_eof()  # type: ignore[attr-defined]
         got: bytes = await proto.done  # type: ignore[attr-defined]
@@ -389,17 +371,17 @@ def test_buffered_protocol_reads_into_its_own_buffer(aloop: EventLoop) -> None:
         await server.wait_closed()
         return got
 
-    assert run(aloop, main()) == payload.upper()
+    assert run(loop, main()) == payload.upper()
 
 
-def test_closed_connections_are_freed_without_the_garbage_collector(aloop: EventLoop) -> None:
+def test_closed_connections_are_freed_without_the_garbage_collector(loop: EventLoop) -> None:
     refs: list[weakref.ref[object]] = []
 
     async def main() -> None:
         server = await asyncio.start_server(_upper, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         for _ in range(20):
-            transport, proto = await aloop.create_connection(_Recorder, "127.0.0.1", port)
+            transport, proto = await loop.create_connection(_Recorder, "127.0.0.1", port)
             refs.append(weakref.ref(transport))
             refs.append(weakref.ref(proto))
             transport.close()
@@ -410,14 +392,14 @@ def test_closed_connections_are_freed_without_the_garbage_collector(aloop: Event
 
     gc.disable()
     try:
-        run(aloop, main())
+        run(loop, main())
         assert sum(r() is not None for r in refs) == 0
     finally:
         gc.enable()
 
 
 def test_plain_asyncio_protocol_drains_and_stops_under_graceful_shutdown(
-    aloop: EventLoop,
+    loop: EventLoop,
 ) -> None:
     """muxio.Server's shutdown asks `is_busy()`; a plain asyncio.Protocol has none."""
 
@@ -430,7 +412,7 @@ def test_plain_asyncio_protocol_drains_and_stops_under_graceful_shutdown(
 
     sock = socket.create_server(("127.0.0.1", 0))
     sock.setblocking(False)
-    server = muxio.Server(aloop, Echo, [sock])  # type: ignore[arg-type]
+    server = muxio.Server(loop, Echo, [sock])  # type: ignore[arg-type]
     server.start()
     port = sock.getsockname()[1]
 
@@ -438,14 +420,14 @@ def test_plain_asyncio_protocol_drains_and_stops_under_graceful_shutdown(
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"ping")
         got = await reader.readexactly(4)
-        stopped = aloop.create_future()
+        stopped = loop.create_future()
         server.shutdown(5.0, lambda: stopped.set_result(True))
         assert await stopped
         assert await reader.read() == b""  # our FIN after the flush
         writer.close()
         return got
 
-    assert run(aloop, main()) == b"ping"
+    assert run(loop, main()) == b"ping"
     assert server.connections == set()
 
 

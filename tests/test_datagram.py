@@ -53,12 +53,7 @@ HAS_REUSEPORT = hasattr(socket, "SO_REUSEPORT")
 def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
     """A fresh loop of each kind, closed after the test."""
     lp: asyncio.AbstractEventLoop
-    if request.param == "muxio":
-        if not hasattr(muxio, "new_event_loop"):
-            pytest.skip("muxio.new_event_loop not available yet")
-        lp = muxio.new_event_loop()
-    else:
-        lp = asyncio.new_event_loop()
+    lp = muxio.new_event_loop() if request.param == "muxio" else asyncio.new_event_loop()
     try:
         yield lp
     finally:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from conftest import SocketPair
 
 import muxio
 from muxio import net
@@ -72,32 +73,12 @@ class Api:
 
 @pytest.fixture(params=["asyncio", "muxio"])
 def api(request: pytest.FixtureRequest) -> Iterator[Api]:
-    if request.param == "asyncio":
-        loop = asyncio.new_event_loop()
-    else:
-        if not hasattr(muxio, "new_event_loop"):
-            pytest.skip("muxio.new_event_loop not available yet")
-        loop = muxio.new_event_loop()
+    loop = asyncio.new_event_loop() if request.param == "asyncio" else muxio.new_event_loop()
     try:
         yield Api(loop, request.param)
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """A connected non-blocking TCP pair over 127.0.0.1."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        a = socket.create_connection(listener.getsockname(), timeout=5)
-        b, _ = listener.accept()
-    a.setblocking(False)
-    b.setblocking(False)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
 
 
 @pytest.fixture
@@ -134,8 +115,8 @@ def fake_resolver(api: Api, answers: list[tuple[Any, ...]]) -> list[tuple[Any, .
 # -- data -----------------------------------------------------------------------
 
 
-def test_sendall_and_recv_into_carry_10_mib_intact(api: Api, pair: Any) -> None:
-    a, b = pair
+def test_sendall_and_recv_into_carry_10_mib_intact(api: Api, tcp_pair: SocketPair) -> None:
+    a, b = tcp_pair
     payload = os.urandom(10 * 1024 * 1024)
 
     async def send() -> None:
@@ -160,16 +141,16 @@ def test_sendall_and_recv_into_carry_10_mib_intact(api: Api, pair: Any) -> None:
     assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
 
 
-def test_recv_returns_available_data_then_empty_at_eof(api: Api, pair: Any) -> None:
-    a, b = pair
+def test_recv_returns_available_data_then_empty_at_eof(api: Api, tcp_pair: SocketPair) -> None:
+    a, b = tcp_pair
     a.send(b"hello")
     assert api.run(api.sock_recv(b, 100)) == b"hello"
     a.shutdown(socket.SHUT_WR)
     assert api.run(api.sock_recv(b, 100)) == b""
 
 
-def test_recv_waits_for_data_sent_later(api: Api, pair: Any) -> None:
-    a, b = pair
+def test_recv_waits_for_data_sent_later(api: Api, tcp_pair: SocketPair) -> None:
+    a, b = tcp_pair
 
     async def scenario() -> bytes:
         task = api.loop.create_task(api.sock_recv(b, 100))
@@ -181,8 +162,8 @@ def test_recv_waits_for_data_sent_later(api: Api, pair: Any) -> None:
     assert api.run(scenario()) == b"later"
 
 
-def test_sendall_accepts_memoryview_of_wide_items(api: Api, pair: Any) -> None:
-    a, b = pair
+def test_sendall_accepts_memoryview_of_wide_items(api: Api, tcp_pair: SocketPair) -> None:
+    a, b = tcp_pair
     import array
 
     data = array.array("i", range(1000))
@@ -198,8 +179,8 @@ def test_sendall_accepts_memoryview_of_wide_items(api: Api, pair: Any) -> None:
     assert api.run(drain()) == data.tobytes()
 
 
-def test_cancelled_recv_loses_no_data(api: Api, pair: Any) -> None:
-    a, b = pair
+def test_cancelled_recv_loses_no_data(api: Api, tcp_pair: SocketPair) -> None:
+    a, b = tcp_pair
 
     async def scenario() -> bytes:
         task = api.loop.create_task(api.sock_recv(b, 100))
@@ -214,7 +195,7 @@ def test_cancelled_recv_loses_no_data(api: Api, pair: Any) -> None:
 
 
 def test_recv_cancelled_in_the_iteration_its_data_arrives_loses_nothing(
-    api: Api, pair: Any
+    api: Api, tcp_pair: SocketPair
 ) -> None:
     """Readiness and cancellation in one loop iteration: the bytes stay in the socket.
 
@@ -224,7 +205,7 @@ def test_recv_cancelled_in_the_iteration_its_data_arrives_loses_nothing(
     inside the readiness callback would lose the bytes here.  Whichever the
     order, the bytes must reach either the task or the next receive.
     """
-    a, b = pair
+    a, b = tcp_pair
 
     async def scenario() -> bytes:
         task = api.loop.create_task(api.sock_recv(b, 100))
@@ -239,8 +220,8 @@ def test_recv_cancelled_in_the_iteration_its_data_arrives_loses_nothing(
     assert api.run(scenario()) == b"precious"
 
 
-def test_two_receivers_on_one_socket_both_complete(api: Api, pair: Any) -> None:
-    a, b = pair
+def test_two_receivers_on_one_socket_both_complete(api: Api, tcp_pair: SocketPair) -> None:
+    a, b = tcp_pair
 
     async def scenario() -> list[bytes]:
         first = api.loop.create_task(api.sock_recv(b, 1))
@@ -281,8 +262,8 @@ def test_datagrams_round_trip_with_addresses(api: Api) -> None:
 # -- argument checks ------------------------------------------------------------
 
 
-def test_blocking_socket_is_rejected_in_debug_mode_only(api: Api, pair: Any) -> None:
-    a, b = pair
+def test_blocking_socket_is_rejected_in_debug_mode_only(api: Api, tcp_pair: SocketPair) -> None:
+    a, b = tcp_pair
     b.setblocking(True)
     a.send(b"z")
     assert api.run(api.sock_recv(b, 1)) == b"z"
@@ -698,8 +679,10 @@ def _drain(api: Api, sock: socket.socket) -> Coroutine[Any, Any, bytes]:
     return drain()
 
 
-def _sendfile_and_drain(api: Api, pair: Any, file: Any, *args: Any, **kw: Any) -> tuple[int, bytes]:
-    a, b = pair
+def _sendfile_and_drain(
+    api: Api, tcp_pair: SocketPair, file: Any, *args: Any, **kw: Any
+) -> tuple[int, bytes]:
+    a, b = tcp_pair
 
     async def scenario() -> tuple[int, bytes]:
         async def send() -> int:
@@ -716,12 +699,12 @@ def _sendfile_and_drain(api: Api, pair: Any, file: Any, *args: Any, **kw: Any) -
     ("offset", "count"), [(0, None), (1000, 500_000), (1000, None), (1024 * 1024 - 10, 100)]
 )
 def test_sendfile_sends_the_requested_range_and_moves_the_position(
-    api: Api, pair: Any, mib_file: tuple[Path, bytes], offset: int, count: int | None
+    api: Api, tcp_pair: SocketPair, mib_file: tuple[Path, bytes], offset: int, count: int | None
 ) -> None:
     path, data = mib_file
     expected = data[offset : offset + count] if count else data[offset:]
     with open(path, "rb") as f:
-        sent, got = _sendfile_and_drain(api, pair, f, offset, count)
+        sent, got = _sendfile_and_drain(api, tcp_pair, f, offset, count)
         assert sent == len(expected)
         assert got == expected
         assert f.tell() == offset + len(expected)
@@ -729,12 +712,12 @@ def test_sendfile_sends_the_requested_range_and_moves_the_position(
 
 @pytest.mark.parametrize(("offset", "count"), [(0, None), (1000, 500_000)])
 def test_sendfile_falls_back_for_files_without_descriptor(
-    api: Api, pair: Any, mib_file: tuple[Path, bytes], offset: int, count: int | None
+    api: Api, tcp_pair: SocketPair, mib_file: tuple[Path, bytes], offset: int, count: int | None
 ) -> None:
     _, data = mib_file
     expected = data[offset : offset + count] if count else data[offset:]
     f = io.BytesIO(data)
-    sent, got = _sendfile_and_drain(api, pair, f, offset, count)
+    sent, got = _sendfile_and_drain(api, tcp_pair, f, offset, count)
     assert (sent, got) == (len(expected), expected)
     assert f.tell() == offset + len(expected)
 
@@ -742,9 +725,9 @@ def test_sendfile_falls_back_for_files_without_descriptor(
 @no_leaks
 @pytest.mark.parametrize("how", ["sendfile", "sendall"])
 def test_sending_to_a_peer_that_closed_raises_connection_error(
-    api: Api, pair: Any, mib_file: tuple[Path, bytes], how: str
+    api: Api, tcp_pair: SocketPair, mib_file: tuple[Path, bytes], how: str
 ) -> None:
-    a, b = pair
+    a, b = tcp_pair
     b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     b.close()  # with zero linger: a reset, whatever is in flight
 
@@ -760,14 +743,16 @@ def test_sending_to_a_peer_that_closed_raises_connection_error(
         api.run(send_forever())
 
 
-def test_sendfile_without_fallback_reports_not_available(api: Api, pair: Any) -> None:
-    a, _ = pair
+def test_sendfile_without_fallback_reports_not_available(api: Api, tcp_pair: SocketPair) -> None:
+    a, _ = tcp_pair
     with pytest.raises(asyncio.SendfileNotAvailableError):
         api.run(api.sock_sendfile(a, io.BytesIO(b"abc"), fallback=False))
 
 
-def test_sendfile_of_empty_file_sends_nothing(api: Api, pair: Any, tmp_path: Path) -> None:
-    a, _ = pair
+def test_sendfile_of_empty_file_sends_nothing(
+    api: Api, tcp_pair: SocketPair, tmp_path: Path
+) -> None:
+    a, _ = tcp_pair
     path = tmp_path / "empty"
     path.write_bytes(b"")
     with open(path, "rb") as f:
@@ -784,18 +769,18 @@ def test_sendfile_of_empty_file_sends_nothing(api: Api, pair: Any, tmp_path: Pat
     ],
 )
 def test_sendfile_argument_errors(
-    api: Api, pair: Any, mib_file: tuple[Path, bytes], kw: Any, exc: type, message: str
+    api: Api, tcp_pair: SocketPair, mib_file: tuple[Path, bytes], kw: Any, exc: type, message: str
 ) -> None:
-    a, _ = pair
+    a, _ = tcp_pair
     with open(mib_file[0], "rb") as f, pytest.raises(exc) as info:
         api.run(api.sock_sendfile(a, f, **kw))
     assert str(info.value) == message
 
 
 def test_sendfile_rejects_text_files_and_datagram_sockets(
-    api: Api, pair: Any, mib_file: tuple[Path, bytes]
+    api: Api, tcp_pair: SocketPair, mib_file: tuple[Path, bytes]
 ) -> None:
-    a, _ = pair
+    a, _ = tcp_pair
     with open(mib_file[0], encoding="latin-1") as f, pytest.raises(ValueError) as info:
         api.run(api.sock_sendfile(a, f))
     assert str(info.value) == "file should be opened in binary mode"

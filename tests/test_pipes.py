@@ -16,7 +16,6 @@ import errno
 import gc
 import os
 import pty
-import socket
 import sys
 import tty
 import weakref
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import pytest
+from conftest import SocketPair
 from loop_kinds import LOOP_KINDS, new_loop, run
 
 from muxio.transports.pipes import ReadPipeTransport, WritePipeTransport
@@ -353,8 +353,10 @@ def test_fifo_round_trip_ends_with_eof(
     assert rp.calls[-2:] == ["eof", "lost"]
 
 
-def test_socketpair_round_trip_ends_with_eof(loop: asyncio.AbstractEventLoop) -> None:
-    a, b = socket.socketpair()
+def test_socketpair_round_trip_ends_with_eof(
+    loop: asyncio.AbstractEventLoop, socket_pair: SocketPair
+) -> None:
+    a, b = socket_pair
     payload = os.urandom(500_000)
 
     async def main() -> Reader:
@@ -367,11 +369,7 @@ def test_socketpair_round_trip_ends_with_eof(loop: asyncio.AbstractEventLoop) ->
         assert await rp.lost is None
         return rp
 
-    try:
-        rp = run(loop, main())
-    finally:
-        a.close()
-        b.close()
+    rp = run(loop, main())
     assert rp.data == payload
     assert rp.calls[-2:] == ["eof", "lost"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import resource
 import select
 import signal
@@ -13,8 +14,8 @@ import time
 
 import pytest
 from helpers import (
+    ServeProcess,
     ServerThread,
-    cpu_seconds,
     exchange,
     has_ipv6_loopback,
     raise_nofile,
@@ -25,9 +26,13 @@ from helpers import (
 )
 
 from muxio import RuntimeFailure, bind_tcp, bind_unix
+from muxio.pollers import BACKENDS, available
 from muxio.services.upper import UpperEcho
 
 pytestmark = pytest.mark.timeout(60)
+
+UNLIMITED_POLLERS = [name for name in available() if BACKENDS[name].max_fd is None]
+"""Every poller here that can watch 2,000 descriptors: all but select."""
 
 
 def check_echo(srv: ServerThread) -> None:
@@ -115,7 +120,7 @@ async def many_clients(srv: ServerThread, n: int) -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("poller", ["epoll", "poll"])
+@pytest.mark.parametrize("poller", UNLIMITED_POLLERS, ids=str)
 def test_2000_concurrent_clients(poller: str) -> None:
     n = 2000
     if raise_nofile() < 2 * n + 100:
@@ -161,38 +166,45 @@ def test_max_connections_refuses_extra_and_keeps_existing(
 
 
 def test_idle_timeout_closes_silent_connections_only() -> None:
+    """A client that keeps talking outlives a silent one; silent in its turn, it goes too.
+
+    The silent client's close is the event that says `idle_timeout` has passed;
+    by then the active client, connected at the same moment, has talked through
+    all of it.  How long the server took is not measured, only that it never
+    closes a connection before it has been silent for `idle_timeout`.
+    """
     timeout = 1.0
-    with (
-        running_server(UpperEcho, idle_timeout=timeout) as srv,
-        srv.connect() as silent,
-        srv.connect() as active,
-    ):
-        t0 = time.monotonic()
-        assert round_trip(active, b"hi") == b"HI"
-        assert srv.wait_for(lambda: len(srv.server.connections) == 2)
-        closed_after = None
-        n = 0
-        while time.monotonic() - t0 < 3 * timeout:
-            if closed_after is None:
-                readable, _, _ = select.select([silent], [], [], 0.05)
-                if readable:
-                    assert silent.recv(10) == b""
-                    closed_after = time.monotonic() - t0
-            else:
-                time.sleep(0.05)
-            n += 1
-            assert round_trip(active, b"tick %d" % n) == b"TICK %d" % n
-        if closed_after is None:
-            assert sees_close(silent, timeout=2 * timeout), "silent connection never closed"
-            closed_after = time.monotonic() - t0
-        assert timeout * 0.9 <= closed_after <= 2 * timeout + 0.3
-        # the active one is still open and served
-        assert round_trip(active, b"still here") == b"STILL HERE"
-        assert srv.call(lambda: srv.server.stats.idle_closed) == 1
-        assert srv.connection_count() == 1
+    with running_server(UpperEcho, idle_timeout=timeout) as srv:
+        before = time.monotonic()
+        with srv.connect() as silent, srv.connect() as active:
+            assert srv.wait_for(lambda: len(srv.server.connections) == 2)
+            deadline = before + 20 * timeout
+            n = 0
+            while not select.select([silent], [], [], 0.05)[0]:
+                assert time.monotonic() < deadline, "the silent connection was never closed"
+                n += 1
+                assert round_trip(active, b"tick %d" % n) == b"TICK %d" % n
+            assert sees_close(silent), "the silent connection got data instead of a close"
+            assert time.monotonic() - before >= timeout, "closed before it was idle long enough"
+            # the active one is still open and served
+            assert round_trip(active, b"still here") == b"STILL HERE"
+            assert srv.call(lambda: srv.server.stats.idle_closed) == 1
+            assert srv.connection_count() == 1
+            # now silent too, the active one is closed in its turn, for the same reason
+            assert sees_close(active, timeout=20 * timeout), "a silent connection stayed open"
+            assert srv.wait_for(lambda: not srv.server.connections)
+            assert srv.call(lambda: srv.server.stats.idle_closed) == 2
 
 
 # -- select's FD_SETSIZE and running out of descriptors ---------------------------------
+
+
+MORE = re.compile(r"\((\d+) more since the last warning\)")
+
+
+def fd_warnings(sp: ServeProcess) -> list[str]:
+    """The server's warnings that it closed connections past select's FD_SETSIZE."""
+    return [line for line in sp.lines if "--poller poll" in line]
 
 
 @pytest.mark.timeout(120)
@@ -228,26 +240,35 @@ def test_select_poller_refuses_descriptors_past_fd_setsize() -> None:
             assert served == list(range(k)), "served connections are not the earliest ones"
             assert 900 <= k < 1024
             assert refused == list(range(k, n))
-            # later arrivals keep being refused, and the warning is rate-limited;
-            # paced (~20/s), since a tight connect loop can collide with TIME_WAIT
-            wave_end = time.monotonic() + 2.2
-            while time.monotonic() < wave_end:
-                with sp.connect() as late:
-                    assert sees_close(late, timeout=5)
+            # later arrivals keep being refused, and warned about again (the
+            # warning comes at most once a second, counting the rest); paced,
+            # since a tight connect loop can collide with TIME_WAIT
+            late = 0
+            deadline = time.monotonic() + 30
+            while len(fd_warnings(sp)) < 2:
+                assert time.monotonic() < deadline, f"no second warning: {sp.lines[-5:]}"
+                with sp.connect() as arrival:
+                    assert sees_close(arrival, timeout=5)
+                late += 1
                 time.sleep(0.05)
             # every earlier connection still gets correct replies
             for i in served:
                 msg = b"again %d" % i
                 assert round_trip(clients[i], msg) == msg.upper()
-            elapsed = time.monotonic() - sp.started_at
         finally:
             for c in clients:
                 c.close()
-        warnings = [line for line in sp.lines if "--poller poll" in line]
+        warnings = fd_warnings(sp)
         assert all("WARNING" in line and "epoll" in line for line in warnings)
-        assert 2 <= len(warnings) <= int(elapsed) + 1, (len(warnings), elapsed)
+        # rate-limited: not one line per refusal, and the lines account for no more
+        suppressed = [int(m.group(1)) for m in map(MORE.search, warnings) if m]
+        assert sum(suppressed) >= 1, warnings
+        assert len(warnings) + sum(suppressed) <= len(refused) + late
         sp.signal(signal.SIGTERM)
         assert sp.wait(30) == 0
+
+
+CANNOT_ACCEPT = r"WARNING cannot accept: .*descriptors are free(?:.*\((?P<more>\d+) more)?"
 
 
 @pytest.mark.timeout(90)
@@ -260,15 +281,16 @@ def test_out_of_descriptors_pauses_accepting_without_spinning() -> None:
         try:
             for _ in range(100):
                 clients.append(sp.connect())
-            sp.wait_line(r"WARNING cannot accept: .*descriptors are free", timeout=10)
+            sp.wait_line(CANNOT_ACCEPT, timeout=10)
             for i, c in enumerate(clients[:40]):
                 assert round_trip(c, b"open %d" % i) == b"OPEN %d" % i
-            # the listening socket stays readable; the server must not spin on it
-            c0, t0 = cpu_seconds(sp.proc.pid), time.monotonic()
-            time.sleep(1.0)
-            c1, t1 = cpu_seconds(sp.proc.pid), time.monotonic()
-            share = (c1 - c0) / (t1 - t0)
-            assert share < 0.5, f"server used {c1 - c0:.2f} s CPU in {t1 - t0:.2f} s"
+            # The listening socket stays readable, with clients waiting: a server
+            # spinning on it would fail thousands of accepts between two warnings
+            # (one a second at most, counting the rest); a paused one retries now
+            # and then.
+            again = sp.wait_line(CANNOT_ACCEPT, timeout=15)
+            failed_between = int(again.group("more") or 0)
+            assert failed_between <= 10, f"{failed_between} accepts failed in between: spinning"
             for i, c in enumerate(clients[:40]):
                 assert round_trip(c, b"still %d" % i) == b"STILL %d" % i
             # free descriptors: the waiting clients are accepted and served

@@ -25,7 +25,6 @@ import pytest
 import trustme
 from helpers import ServerThread, running_server, sees_close
 
-from muxio import pollers
 from muxio.services.upper import UpperEcho
 
 pytestmark = pytest.mark.timeout(60)
@@ -221,7 +220,6 @@ def tls_server(ctx: ssl.SSLContext, **kwargs: Any) -> Iterator[ServerThread]:
         yield srv
 
 
-@pytest.mark.parametrize("poller", pollers.available())
 def test_echo_is_byte_exact_over_tls_on_every_poller(
     poller: str, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
@@ -258,7 +256,6 @@ def test_ten_mib_round_trip_in_random_chunks(
             client.close()
 
 
-@pytest.mark.parametrize("poller", pollers.available())
 def test_half_close_gets_every_reply_then_close_notify(
     poller: str, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:
@@ -427,7 +424,6 @@ def test_graceful_shutdown_flushes_buffered_tls_replies_then_sends_close_notify(
             client.close()
 
 
-@pytest.mark.parametrize("poller", pollers.available())
 def test_eof_without_close_notify_still_gets_every_reply(
     poller: str, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 ) -> None:

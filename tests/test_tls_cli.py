@@ -24,8 +24,6 @@ import pytest
 import trustme
 from helpers import ServeProcess, sees_close, serve_process
 
-from muxio.pollers import available
-
 pytestmark = pytest.mark.timeout(90)
 
 MUXIO = [sys.executable, "-m", "muxio"]
@@ -287,7 +285,6 @@ def test_connect_tls_on_a_terminal(files: Files) -> None:
 
 
 @needs_openssl
-@pytest.mark.parametrize("poller", [p for p in ("epoll", "poll", "select") if p in available()])
 def test_openssl_s_client_talks_to_muxio_serve(files: Files, poller: str) -> None:
     assert OPENSSL is not None
     with tls_serve(files, "--poller", poller) as sp:

@@ -162,15 +162,6 @@ def one_iteration(loop: EventLoop) -> None:
     loop.run_forever()
 
 
-@pytest.fixture
-def loop() -> Iterator[EventLoop]:
-    lp = EventLoop("auto", slow_callback_ms=None)
-    try:
-        yield lp
-    finally:
-        lp.close()
-
-
 class Conn:
     def __init__(self, loop: EventLoop, echo: bool = False) -> None:
         a, self.peer = socket.socketpair()
@@ -470,6 +461,7 @@ class ManySmallWrites(Protocol):
     def __init__(self) -> None:
         self.max_buffered = 0
         self.errors: list[BaseException] = []
+        self.all_written = threading.Event()
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -488,6 +480,7 @@ class ManySmallWrites(Protocol):
             self.max_buffered = max(self.max_buffered, self.transport.get_write_buffer_size())
         if last:
             self.transport.close()
+            self.all_written.set()
 
 
 def test_many_small_writes_arrive_intact_and_in_order(
@@ -496,6 +489,10 @@ def test_many_small_writes_arrive_intact_and_in_order(
     factory = Factory(ManySmallWrites)
     srv = server_with(factory)
     with srv.connect(SO_RCVBUF=4096) as sock:
+        # Read only once all is written: then the 55 KiB cannot all fit in the two
+        # 4 KiB socket buffers, however fast this thread would have read them.
+        assert factory.made.wait(10)
+        assert factory.built[0].all_written.wait(10)
         got = recv_until_eof(sock, timeout=30)
     assert got == b"".join(small_pieces())
     # the scenario really went through the buffer (and sendmsg's iovecs)

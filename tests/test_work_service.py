@@ -11,10 +11,11 @@ watchdog's warning), not how fast this machine happens to be.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
+import re
 import select
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ from helpers import (
 )
 
 from muxio.offload import Offloader
-from muxio.services.work import MAX_LINE, WorkServiceFactory
+from muxio.services.work import MAX_LINE, WorkServiceFactory, burn_cpu
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -258,23 +259,34 @@ def demo() -> ModuleType:
     return load_demo()
 
 
-def test_demo_processes_keep_plain_round_trips_short(demo: ModuleType) -> None:
+def caught_in_the_work(warning: str) -> bool:
+    """Whether a slow-callback warning found the loop thread inside `burn_cpu` itself.
+
+    The watchdog samples the loop thread's stack during a stall: a stall of
+    this machine's making can land anywhere, but only work run on the loop
+    lands in `burn_cpu`.
+    """
+    m = re.search(r"work\.py:(\d+)", warning)
+    lines, first = inspect.getsourcelines(burn_cpu)
+    return m is not None and first <= int(m.group(1)) < first + len(lines)
+
+
+def test_demo_processes_keep_the_work_off_the_loop(demo: ModuleType) -> None:
     result = demo.run_scenario("processes", duration=2.0, pool_size=2)
     print(f"\n{demo.HEADER}\n{result.row()}")
     assert result.lost == 0 and len(result.rtts) >= 50
-    assert result.work_done >= 4, "the work clients were not served"
-    # the loop never stalled: no warning, and a typical round trip is nowhere near 300 ms
-    assert result.slow_warnings == 0, result.log
-    assert statistics.median(result.rtts) < 0.1
+    assert result.work_done >= 2, "the work clients were not both served"
+    # however slow this machine, the watchdog never caught the loop doing the work
+    slow = [line for line in result.log if "slow callback" in line]
+    assert not any(caught_in_the_work(line) for line in slow), slow
 
 
 def test_demo_without_offload_blocks_the_loop(demo: ModuleType) -> None:
     result = demo.run_scenario("none", duration=2.0)
     print(f"\n{demo.HEADER}\n{result.row()}")
     assert result.lost == 0 and result.rtts
-    # a plain line waited behind at least one whole work item ...
-    assert max(result.rtts) >= 0.25
-    # ... and the watchdog named the culprit
+    assert result.work_done >= 2, "the work clients were not both served"
+    # the loop was blocked by the work itself, and the watchdog named the culprit
     slow = [line for line in result.log if "slow callback" in line]
-    assert slow, result.log
-    assert any("WorkService" in line for line in slow)
+    assert any(caught_in_the_work(line) for line in slow), result.log
+    assert all("WorkService" in line for line in slow if caught_in_the_work(line))
