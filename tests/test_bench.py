@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -245,15 +246,17 @@ def test_pipelined_runs_against_upper_have_no_errors(
 
 @pytest.mark.timeout(30)
 def test_pipelined_requests_are_in_flight_together_and_replies_matched_in_order() -> None:
-    common = {"protocol": "line", "requests": [b"a", b"b"], "connections": 1, "processes": 1}
+    bench = partial(
+        run_bench, protocol="line", requests=[b"a", b"b"], connections=1, processes=1, warmup=0
+    )
     with _thread_server(_Pairs) as port:
-        paired = run_bench(port=port, pipeline=2, duration=0.5, warmup=0, **common)  # type: ignore[arg-type]
-        alone = run_bench(port=port, duration=3, warmup=0, stall_timeout=0.3, **common)  # type: ignore[arg-type]
+        paired = bench(port=port, pipeline=2, duration=0.5)
+        alone = bench(port=port, duration=3, stall_timeout=0.3)
     assert paired.ok, paired.to_json()
     assert alone.errors.stalls == 1 and alone.requests == 0
     assert "no reply on connection 1 within 0.3 s" in alone.first_error
     with _thread_server(_SwappedPairs) as port:
-        swapped = run_bench(port=port, pipeline=2, duration=3, warmup=0, **common)  # type: ignore[arg-type]
+        swapped = bench(port=port, pipeline=2, duration=3)
     assert swapped.errors.wrong_bytes == 1
     assert swapped.first_error_kind == "wrong_bytes"
     assert "wrong reply on connection 1" in swapped.first_error
@@ -264,10 +267,10 @@ def test_pipelined_requests_are_in_flight_together_and_replies_matched_in_order(
 def test_open_loop_latency_counts_the_wait_of_requests_queued_behind_a_slow_reply() -> None:
     """One reply held 0.5 s: in a closed loop it is one slow request among thousands, but
     at 200 req/s the ~100 requests that fell due meanwhile waited too, and say so."""
-    common = {"protocol": "line", "connections": 1, "processes": 1, "warmup": 0, "duration": 1.5}
+    bench = partial(run_bench, protocol="line", connections=1, processes=1, warmup=0, duration=1.5)
     with _thread_server(_SlowFirstReply) as port:
-        closed = run_bench(port=port, **common)  # type: ignore[arg-type]
-        opened = run_bench(port=port, rate=200, **common)  # type: ignore[arg-type]
+        closed = bench(port=port)
+        opened = bench(port=port, rate=200)
     assert closed.ok and opened.ok, (closed.to_json(), opened.to_json())
     slow_ms = SLOW_REPLY * 1000
     assert closed.latency_ms.max >= slow_ms and opened.latency_ms.max >= slow_ms

@@ -6,16 +6,16 @@ per power of two: a value of ``b`` bits lands in slot
 (0.8 %) wide and values under 256 ns are exact.  Why not the `hdrhistogram`
 package (0.10.8): the worker records one value per reply in pure Python,
 and a client that costs more per request than the server measures itself.
-Per record, 200,000 log-normal latencies around 0.3 ms, best of 5, this
-2-vCPU machine under other load (`/tmp`-style script kept in the report):
+`python benchmarks/histogram_cost.py` (200,000 log-normal latencies around
+0.3 ms, best of 5-9, four runs on this shared 2-vCPU machine under load,
+hence the ranges), per value recorded:
 
-    bit-length slot + list (this)     328 ns
-    log() slot + dict (before)        574-650 ns
-    log() slot + list                 524 ns
-    hdrhistogram.record_value        2,605-3,831 ns
+    bit-length slot + list (this)      300-530 ns
+    log() slot + dict (before)         340-730 ns
+    hdrhistogram.record_value        2,440-3,960 ns
 
-Merging the workers' histograms is once per run either way (~0.3 ms for a
-dict of non-zero slots, ~0.3 ms for hdrhistogram's encode/decode/add), and
+Merging the workers' histograms happens once per run either way (~0.3 ms for
+a dict of non-zero slots, ~0.3 ms for hdrhistogram's encode/decode/add), and
 both land p50/p90/p99/p99.9 within 0.5 % of the exact values.
 """
 
