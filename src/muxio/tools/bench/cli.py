@@ -206,7 +206,9 @@ def main(args: argparse.Namespace) -> int:
         slow = result.first_error_kind == "stalls"
         hint = " (raise --reply-timeout if it is only slow)" if slow else ""
         raise RuntimeFailure(result.first_error + hint)
-    raise RuntimeFailure(f"no request was answered in the {args.duration:g} s window")
+    if result.requests == 0:
+        raise RuntimeFailure(f"no request was answered in the {args.duration:g} s window")
+    raise RuntimeFailure(f"{result.errors.total} error(s); see the summary")
 
 
 def standalone(argv: list[str] | None = None) -> int:

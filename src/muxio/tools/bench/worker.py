@@ -321,6 +321,9 @@ def _worker_run(pipe: Connection, cfg: WorkerConfig) -> None:
         blocked = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
     reconnects = 0
     failure: tuple[float, str, str] | None = None
+    if errors["connect_failures"]:
+        text = f"{errors['connect_failures']} connection(s) could not connect: {first_error}"
+        failure = (time.monotonic(), "connect_failures", text)
 
     def close(fd: int, c: _Conn) -> None:
         poller.unregister(fd)
