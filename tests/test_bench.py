@@ -140,6 +140,20 @@ class _SwappedPairs(_Pairs):
         return list(reversed(super().answer(line)))
 
 
+class _DrainsAfterThree(_Lines):
+    """Answers three requests, then ends its side cleanly, whatever is in flight: a drain."""
+
+    def answer(self, line: bytes) -> list[bytes]:
+        self.held.append(line)
+        if len(self.held) > 3:
+            return []
+        if len(self.held) == 3:
+            self.request.sendall(line.upper() + b"\n")
+            self.request.shutdown(socket.SHUT_WR)
+            return []
+        return [line.upper()]
+
+
 SLOW_REPLY = 0.5
 
 
@@ -261,6 +275,23 @@ def test_pipelined_requests_are_in_flight_together_and_replies_matched_in_order(
     assert swapped.first_error_kind == "wrong_bytes"
     assert "wrong reply on connection 1" in swapped.first_error
     assert "to b'a': expected b'A', got b'B'" in swapped.first_error
+
+
+@pytest.mark.timeout(30)
+def test_reconnect_sends_every_unanswered_pipelined_request_again() -> None:
+    bench = partial(
+        run_bench, protocol="line", requests=[b"a", b"b", b"c"], pipeline=4, connections=2,
+        processes=1, warmup=0,
+    )  # fmt: skip
+    with _thread_server(_DrainsAfterThree) as port:
+        again = bench(port=port, reconnect=True, duration=1.0, stall_timeout=0.3)
+        plain = bench(port=port, duration=30)
+    assert again.ok, again.to_json()
+    # each connection was drained over and over, and every time the load went on
+    assert again.reconnects > 4 and again.requests >= 3 * again.reconnects
+    assert plain.errors.resets == 2 and plain.requests <= 6
+    assert "the server closed connection" in plain.first_error
+    assert "request(s) unanswered" in plain.first_error
 
 
 @pytest.mark.timeout(30)
