@@ -30,15 +30,19 @@ class PlainDisplay(BenchHooks):
 
     def tick(self, progress: Progress) -> None:
         if progress.phase == "done":
-            self.stream.write("\r" + " " * self.width + "\r")
-        else:
-            text = self.line(progress)
-            self.width = max(self.width, len(text))
-            self.stream.write("\r" + text.ljust(self.width))
+            self.stop()
+            return
+        text = self.line(progress)
+        self.width = max(self.width, len(text))
+        self.stream.write("\r" + text.ljust(self.width))
         self.stream.flush()
 
     def stop(self) -> None:
-        """Leave the terminal clean; called however the run ended."""
+        """Clear the line, however the run ended, so an error line starts at the margin."""
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
 
 
 class RichDisplay(PlainDisplay):
