@@ -421,7 +421,7 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     add_tls_client_arguments(connect)
 
     for name, summary in (
-        ("bench", "load-test an uppercase-echo server"),
+        ("bench", "load-test a server (echo or line protocol, closed or open loop)"),
         ("compare", "measure muxio against asyncio, uvloop, threads and a naive select loop"),
     ):
         tool = sub.add_parser(name, help=summary, description=summary)
