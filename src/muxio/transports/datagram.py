@@ -344,6 +344,9 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
 
     # -- closing -------------------------------------------------------------
 
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def is_closing(self) -> bool:
         return self._closing
 

@@ -153,6 +153,9 @@ class ReadPipeTransport(ReadTransport):
     def get_protocol(self) -> Any:
         return self._protocol
 
+    def get_loop(self) -> AbstractEventLoop:
+        return self._loop
+
     def is_closing(self) -> bool:
         return self._closing
 
@@ -408,6 +411,9 @@ class WritePipeTransport(WriteTransport):
 
     def get_protocol(self) -> Any:
         return self._protocol
+
+    def get_loop(self) -> AbstractEventLoop:
+        return self._loop
 
     def is_closing(self) -> bool:
         return self._closing

@@ -58,6 +58,10 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
     the child behind the watcher's back (3.13's base does the same).
     """
 
+    def get_loop(self) -> AbstractEventLoop:
+        loop: AbstractEventLoop = self._loop
+        return loop
+
     def _start(
         self,
         args: str | bytes | Sequence[str | bytes],
