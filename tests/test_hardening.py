@@ -348,7 +348,7 @@ def test_a_second_server_does_not_take_over_a_live_unix_socket(tmp_path: Path) -
         assert second.returncode == 1
         assert (
             second.stderr == f"muxio: another server is listening on {path} "
-            "(stop it or choose another --unix path)\n"
+            "(stop it or choose another path)\n"
         )
         assert unix_round_trip(path, b"first") == b"FIRST"
         first.signal(signal.SIGTERM)

@@ -11,15 +11,17 @@ import contextlib
 import importlib
 import logging
 import math
+import os
 import sys
 
 from . import __version__
-from .errors import RuntimeFailure, UsageError, run_reporting
+from .errors import MuxioError, RuntimeFailure, UsageError
 from .pollers import BACKENDS
 
 TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
 
 if TYPE_CHECKING:
+    import socket
     import ssl
     from collections.abc import Callable
     from typing import NoReturn
@@ -440,14 +442,20 @@ def setup_logging(level: str, worker: int | None = None) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .activation import handed_in_sockets
+    from .activation import socket_from_fd, systemd_sockets
     from .pollers import get_poller_class
     from .runner import ServeConfig, serve
     from .services import build_service
     from .supervisor import WorkerSpec
 
     worker = WorkerSpec.from_environment()
-    sockets = worker.sockets() if worker is not None else handed_in_sockets(args.fd)
+    sockets: list[socket.socket] | None
+    if worker is not None:
+        sockets = worker.sockets()
+    elif args.fd:
+        sockets = [socket_from_fd(fd, f"--fd {fd}") for fd in args.fd]
+    else:
+        sockets = systemd_sockets()
     if sockets is not None and worker is None:
         given = [o for o, v in (("--host", args.host), ("--port", args.port),
                                 ("--unix", args.unix)) if v is not None]
@@ -459,6 +467,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--unix-mode applies to --unix sockets only")
     if args.worker_sockets is not None and args.workers == 1 and worker is None:
         raise UsageError("--worker-sockets applies with --workers only")
+    reuseport = args.worker_sockets == "reuseport" and worker is None
+    if reuseport and (sockets is not None or args.unix is not None):
+        raise UsageError(
+            "--worker-sockets reuseport needs a TCP --host/--port; handed-in and --unix "
+            "sockets are shared (use --worker-sockets shared)"
+        )
     get_poller_class(args.poller)
     tls = server_tls(args)
     factory = build_service(args.service, args)
@@ -548,6 +562,25 @@ def cmd_connect(args: argparse.Namespace) -> int:
     )
 
 
+def run_reporting(main: Callable[[], int]) -> int:
+    """Run a command's body and turn muxio's errors into one line and an exit code.
+
+    Shared by `muxio` and the tools' `python -m` entry points, so every way of
+    starting a command fails alike and no user mistake ends in a traceback.
+    """
+    try:
+        return main()
+    except MuxioError as exc:
+        print(f"muxio: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout closed early, as by `| head`: nothing left to say to anyone.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -567,4 +600,4 @@ def _dispatch(args: argparse.Namespace) -> int:
     return result
 
 
-__all__ = ["UsageError", "main"]
+__all__ = ["UsageError", "main", "run_reporting"]

@@ -106,7 +106,7 @@ def serve(
     has stopped for good, before it is closed (shut the pool down there,
     waiting no longer than what is left of `shutdown_timeout`: 0 after a
     forced stop).  `sockets`, when given, are served instead of binding
-    the configured address (handed in by systemd, `--fd` or a supervisor).
+    the configured address (handed in by systemd, a parent process or a supervisor).
     """
     if sockets is not None:
         pass
@@ -116,7 +116,7 @@ def serve(
         sockets = bind_tcp(config.host, config.port, backlog=config.backlog)
         if any(_is_wildcard(s) for s in sockets):
             log.warning(
-                "--host %s listens on every network interface: anyone who can reach this "
+                "host %s listens on every network interface: anyone who can reach this "
                 "machine can connect (use 127.0.0.1 to stay local)",
                 config.host or "''",
             )

@@ -133,11 +133,11 @@ def _tls_goodbye(transport: Transport) -> bool:
 
 def _explain(exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return "address already in use (stop the other server or choose another --port)"
+        return "address already in use (stop the other server or choose another port)"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied (choose a port above 1023 or run with the needed privilege)"
     if exc.errno == errno.EADDRNOTAVAIL:
-        return "address not available on this machine (check --host)"
+        return "address not available on this machine (check the host)"
     return exc.strerror or str(exc)
 
 
@@ -154,11 +154,11 @@ def bind_tcp(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
-        raise RuntimeFailure(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+        raise RuntimeFailure(f"cannot resolve host {host!r}: {exc.strerror}") from None
     except UnicodeError:
         shown = host if len(host) <= 40 else host[:40] + "..."
         raise UsageError(
-            f"invalid --host {shown!r}: each dot-separated part of a name is 1 to 63 characters"
+            f"invalid host {shown!r}: each dot-separated part of a name is 1 to 63 characters"
         ) from None
     sockets: list[socket.socket] = []
     seen = set()
@@ -210,11 +210,11 @@ def bind_unix(
     The file is removed at `Server.close()` only while it is still this one.
     """
     if not path:
-        raise UsageError("--unix needs a path (an empty one would mean TCP)")
+        raise UsageError("bind_unix needs a path: an empty one names no file")
     size = len(os.fsencode(path))
     if size > _UNIX_PATH_MAX:
         raise UsageError(
-            f"--unix path is {size} bytes long; a Unix socket path holds at most "
+            f"Unix socket path {path!r} is {size} bytes long; a Unix socket path holds at most "
             f"{_UNIX_PATH_MAX} (use a shorter or a relative path)"
         )
     try:
@@ -227,13 +227,13 @@ def bind_unix(
         if stat.S_ISLNK(st.st_mode):
             raise RuntimeFailure(
                 f"cannot listen on {path}: a symbolic link is there (remove it or choose "
-                "another --unix path)"
+                "another path)"
             )
         if not stat.S_ISSOCK(st.st_mode):
             raise RuntimeFailure(f"cannot listen on {path}: a file that is not a socket is there")
         if _answers(path):
             raise RuntimeFailure(
-                f"another server is listening on {path} (stop it or choose another --unix path)"
+                f"another server is listening on {path} (stop it or choose another path)"
             )
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -248,7 +248,7 @@ def bind_unix(
         if exc.errno == errno.EADDRINUSE:
             raise RuntimeFailure(
                 f"cannot listen on {path}: something took the path meanwhile "
-                "(choose another --unix path)"
+                "(choose another path)"
             ) from None
         raise RuntimeFailure(f"cannot listen on {path}: {_explain_path(exc, path)}") from None
     sock.setblocking(False)
@@ -473,7 +473,7 @@ class Server(asyncio.AbstractServer):
             self.stats.refused += 1
             conn.close()
             self._refused_warning.warn(
-                "refused a connection: %d connections open, the --max-connections limit",
+                "refused a connection: %d connections open, the max_connections limit",
                 len(self.connections),
             )
             return
@@ -507,8 +507,8 @@ class Server(asyncio.AbstractServer):
             self.stats.refused += 1
             conn.close()
             self._fd_warning.warn(
-                "closed a new connection: %s; use --poller poll or --poller epoll "
-                "to serve more than %d connections",
+                "closed a new connection: %s; the poll or epoll poller "
+                "serves more than %d connections",
                 exc,
                 self.loop.poller.max_fd or 0,
             )

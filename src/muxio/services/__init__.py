@@ -70,16 +70,16 @@ def load_service(spec: str) -> ProtocolFactory:
 
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise UsageError(f"--service {spec!r}: write module:factory, e.g. myapp.server:MyProtocol")
+        raise UsageError(f"service {spec!r}: write module:factory, e.g. myapp.server:MyProtocol")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(
-            f"--service {spec!r}: cannot import {module_name!r} ({exc}; is it on PYTHONPATH?)"
+            f"service {spec!r}: cannot import {module_name!r} ({exc}; is it on PYTHONPATH?)"
         ) from None
     except Exception as exc:
         raise UsageError(
-            f"--service {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+            f"service {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from None
     target: object = module
     for part in attribute.split("."):
@@ -87,11 +87,11 @@ def load_service(spec: str) -> ProtocolFactory:
             target = getattr(target, part)
         except AttributeError:
             raise UsageError(
-                f"--service {spec!r}: module {module_name!r} has no attribute {attribute!r}"
+                f"service {spec!r}: module {module_name!r} has no attribute {attribute!r}"
             ) from None
     if not callable(target):
         raise UsageError(
-            f"--service {spec!r}: {attribute!r} is a {type(target).__name__}, not a protocol "
+            f"service {spec!r}: {attribute!r} is a {type(target).__name__}, not a protocol "
             "factory or an async handler"
         )
     return as_protocol_factory(target)
