@@ -9,6 +9,7 @@ from .policy import EventLoopPolicy, new_event_loop, run
 from .pollers import Poller, available, get_poller_class, new_poller
 from .protocol import BaseProtocol, Protocol
 from .server import Server, bind_tcp, bind_unix
+from .services import Service
 from .serving import serve
 from .transports.stream import Transport
 
@@ -27,6 +28,7 @@ __all__ = [
     "Protocol",
     "RuntimeFailure",
     "Server",
+    "Service",
     "TimerHandle",
     "Transport",
     "UsageError",

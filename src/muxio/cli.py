@@ -445,7 +445,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .activation import socket_from_fd, systemd_sockets
     from .pollers import get_poller_class
     from .runner import ServeConfig, serve
-    from .services import build_service
+    from .services import Service, build_service
     from .supervisor import WorkerSpec
 
     worker = WorkerSpec.from_environment()
@@ -475,7 +475,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     get_poller_class(args.poller)
     tls = server_tls(args)
-    factory = build_service(args.service, args)
+    service = build_service(args.service, args)
     if worker is None and args.workers > 1:
         from .supervisor import supervise
 
@@ -497,19 +497,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls=tls,
         tls_client_certs=args.tls_client_ca is not None,
     )
-    # a service with resources to start on the loop and release after it (a pool)
-    on_start = getattr(factory, "on_start", None)
-    on_close = getattr(factory, "on_close", None)
+    factory = service.factory
     if args.proxy_protocol:
         from .proxy_protocol import ProxyProtocolGate
 
         factory = ProxyProtocolGate.wrap(  # type: ignore[assignment]
             factory, timeout=args.proxy_protocol_timeout
         )
+    on_start = service.on_start
     if worker is not None:
         on_start = worker.wrap_on_start(on_start)
+    service = Service(factory, on_start=on_start, on_close=service.on_close)
     try:
-        totals = serve(factory, config, on_start=on_start, on_close=on_close, sockets=sockets)
+        totals = serve(service, config, sockets=sockets)
         if worker is not None:
             worker.report(totals)
         code = 0 if totals.get("drain") == "complete" else 1

@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 from .loop import EventLoop
 from .pollers import Poller
-from .protocol import Protocol
 from .server import Server, bind_tcp, bind_unix
+from .services import Service
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -90,24 +90,24 @@ class _Stopping:
 
 
 def serve(
-    protocol_factory: Callable[[], Protocol],
+    service: Service,
     config: ServeConfig,
     *,
     on_shutdown: Callable[[], object] | None = None,
     poller: Poller | None = None,
-    on_start: Callable[[EventLoop], object] | None = None,
-    on_close: Callable[[float], object] | None = None,
     sockets: list[socket.socket] | None = None,
 ) -> dict[str, object]:
     """Serve until a signal, returning the totals printed in the summary.
 
-    `on_start(loop)` runs once the loop exists, before the server listens
-    (start a worker pool there); `on_close(seconds_left)` runs once the loop
-    has stopped for good, before it is closed (shut the pool down there,
-    waiting no longer than what is left of `shutdown_timeout`: 0 after a
-    forced stop).  `sockets`, when given, are served instead of binding
-    the configured address (handed in by systemd, a parent process or a supervisor).
+    The service's `on_start(loop)` runs once the loop exists, before the
+    server listens (start a worker pool there); its `on_close(seconds_left)`
+    runs once the loop has stopped for good, before it is closed (shut the
+    pool down there, waiting no longer than what is left of
+    `shutdown_timeout`: 0 after a forced stop).  `sockets`, when given, are
+    served instead of binding the configured address (handed in by
+    systemd, a parent process or a supervisor).
     """
+    on_start, on_close = service.on_start, service.on_close
     if sockets is not None:
         pass
     elif config.unix is not None:
@@ -130,7 +130,7 @@ def serve(
     )
     server = Server(
         loop,
-        protocol_factory,
+        service.factory,
         sockets,
         max_connections=config.max_connections,
         idle_timeout=config.idle_timeout,
