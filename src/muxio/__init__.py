@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .errors import MuxioError, RuntimeFailure, UsageError
-from .loop import EventLoop, Handle, LoopStats, TimerHandle
+from .loop import EventLoop, Handle, TimerHandle
 from .offload import Offloader, OrderedReplies
 from .policy import EventLoopPolicy, new_event_loop, run
 from .pollers import Poller, available, get_poller_class, new_poller
@@ -20,7 +20,6 @@ __all__ = [
     "EventLoop",
     "EventLoopPolicy",
     "Handle",
-    "LoopStats",
     "MuxioError",
     "Offloader",
     "OrderedReplies",

@@ -175,8 +175,7 @@ def serve(
         stop_now()
 
     def log_statistics(signame: str) -> None:
-        totals: dict[str, object] = dict(server.totals())
-        totals.update(loop.stats().as_dict())
+        totals: dict[str, object] = {**server.stats(), **loop.stats()}
         log.info("%s: statistics: %s", signame, " ".join(f"{k}={v}" for k, v in totals.items()))
 
     def ignore(signame: str) -> None:
@@ -233,8 +232,7 @@ def serve(
                 on_close(max(0.0, state.deadline - loop.time()))
             except Exception:
                 log.exception("exception in on_close")
-        totals: dict[str, object] = dict(server.totals())
-        totals.update(loop.stats().as_dict())
+        totals: dict[str, object] = {**server.stats(), **loop.stats()}
         totals["drain"] = state.drain
         # logged before the loop restores the default handlers: a signal then cannot lose it
         log.info(
