@@ -471,6 +471,33 @@ def test_cancelled_timers_are_compacted(loop, run_loop) -> None:
     assert all(entry[2].cancelled() for entry in loop._timers)  # run_loop's safety timer
 
 
+@pytest.mark.parametrize("live", [0, 1, 5])
+def test_timers_armed_and_cancelled_behind_live_ones_do_not_pile_up(
+    loop, run_loop, live: int
+) -> None:
+    # Each iteration arms a timeout and cancels it, as a request with a
+    # deadline does; the live timers are nearer, so every cancelled one is
+    # buried behind them and only a rebuild can drop it.
+    for _ in range(live):
+        loop.call_later(1800, lambda: None)
+    sizes: list[int] = []
+    n = 4000
+
+    def step(left: int) -> None:
+        loop.call_later(3600, lambda: None).cancel()
+        sizes.append(len(loop._timers))
+        if left:
+            loop.call_soon(step, left - 1)
+        else:
+            loop.stop()
+
+    loop.call_soon(step, n)
+    run_loop(loop)
+    # bounded: twice as many cancellations leave the heap no bigger
+    assert max(sizes[n // 2 :]) <= max(sizes[: n // 2]) < n // 2
+    assert sum(not entry[2].cancelled() for entry in loop._timers) == live  # none lost
+
+
 def test_cancelling_timers_that_already_ran_is_harmless(loop, run_loop) -> None:
     fired: list[int] = []
     handles = [loop.call_later(0, fired.append, i) for i in range(200)]
