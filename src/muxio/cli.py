@@ -93,9 +93,6 @@ def bounded_float(high: float, low: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
-non_negative_float = bounded_float(1e6)
-
-
 def _plain(x: float) -> str:
     return str(int(x)) if x == int(x) else str(x)
 
@@ -113,11 +110,13 @@ def file_mode(text: str) -> int:
     return value
 
 
-def add_address_arguments(p: argparse.ArgumentParser, default_port: int = 8080) -> None:
+DEFAULT_PORT = 8080
+
+
+def add_address_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=None, help="address to use (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=None, help="TCP port (default 8080)")
     p.add_argument("--unix", metavar="PATH", help="use a Unix socket instead of TCP")
-    p.set_defaults(default_port=default_port)
 
 
 def check_address(args: argparse.Namespace) -> None:
@@ -131,7 +130,7 @@ def check_address(args: argparse.Namespace) -> None:
     if args.host is None:
         args.host = "127.0.0.1"
     if args.port is None:
-        args.port = args.default_port
+        args.port = DEFAULT_PORT
     if len(args.host) > 253:
         raise UsageError(f"--host is {len(args.host)} characters; a host name has at most 253")
 

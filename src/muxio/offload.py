@@ -629,10 +629,6 @@ class OrderedReplies:
         """Replies promised but not yet written."""
         return len(self._queue)
 
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
-
     def reply(self, data: bytes) -> None:
         """Answer now, or as soon as the earlier replies are written."""
         if self._queue:
