@@ -18,7 +18,7 @@ from . import __version__
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .pollers import BACKENDS
 
-TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     import socket
@@ -382,7 +382,8 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         type=positive_int,
         default=None,
         metavar="N",
-        help="worker threads or processes for --offload (default: one per CPU for processes)",
+        help="worker threads or processes for --offload (default: one per CPU for processes, "
+        "CPUs + 4 up to 32 for threads)",
     )
     serve.add_argument(
         "--max-jobs-per-connection",

@@ -51,7 +51,7 @@ from .pollers import READ, WRITE, Poller, new_poller
 from .server import Server
 from .transports.stream import UncountedTransport
 
-TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     import ssl as _ssl

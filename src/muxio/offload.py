@@ -92,10 +92,7 @@ def default_start_method() -> str:
 
 
 class Outcome(Generic[T]):
-    """How an offloaded call ended: a value, or the exception it raised.
-
-    A plain class, not a dataclass: `dataclasses` costs RSS in every server.
-    """
+    """How an offloaded call ended: a value, or the exception it raised."""
 
     __slots__ = ("error", "value")
 

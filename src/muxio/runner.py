@@ -39,7 +39,7 @@ log = logging.getLogger("muxio")
 
 
 class ServeConfig:
-    """What `muxio serve` was asked for (a plain class: `dataclasses` costs 2 MiB of RSS)."""
+    """What `muxio serve` was asked for."""
 
     def __init__(
         self,

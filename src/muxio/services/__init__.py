@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ..errors import UsageError
 from ..protocol import Protocol
 
-TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from typing import Any
@@ -31,7 +31,6 @@ class Service:
     shutdown.  `on_start(loop)` runs before the server listens (start a
     worker pool there); `on_close(seconds_left)` runs once the loop has
     stopped, with what is left of the shutdown timeout to release it in.
-    A plain class, not a dataclass: `dataclasses` costs RSS on every server.
     """
 
     __slots__ = ("factory", "on_close", "on_start")

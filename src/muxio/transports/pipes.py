@@ -25,7 +25,7 @@ from asyncio import BaseProtocol, ReadTransport, WriteTransport
 
 from . import water_marks
 
-TYPE_CHECKING = False  # not `from typing`: see stream.py
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Future

@@ -30,7 +30,7 @@ import sys
 import threading
 from asyncio import SubprocessProtocol, base_subprocess
 
-TYPE_CHECKING = False  # not `from typing`: see stream.py
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Future
