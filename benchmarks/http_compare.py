@@ -30,7 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from muxio.errors import MuxioError, RuntimeFailure, UsageError, run_reporting
+from muxio.cli import run_reporting
+from muxio.errors import MuxioError, RuntimeFailure, UsageError
 from muxio.tools.compare import ProcessTree, ServerSpec, SpecProcess, cpu_plan
 
 REFERENCE = "aiohttp-asyncio"

@@ -382,15 +382,6 @@ def send_until_blocked(
     return sent
 
 
-def wait_exit(proc: subprocess.Popen[Any], timeout: float) -> int:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-        raise
-
-
 def terminate(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

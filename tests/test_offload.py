@@ -108,7 +108,7 @@ def test_result_and_exception_come_back_on_the_loop_thread(
     off.submit(where, callback=got("where"))
     off.submit(fail, "boom", callback=got("fail"))
     assert got.calls == [], "a callback ran inside submit()"
-    assert off.pending == 2
+    assert off.stats()["pending"] == 2
     run_loop(loop, 10)
 
     loop_thread = threading.get_ident()
@@ -127,8 +127,10 @@ def test_result_and_exception_come_back_on_the_loop_thread(
     assert isinstance(failed.error, ValueError) and str(failed.error) == "boom"
     with pytest.raises(ValueError, match="boom"):
         failed.result()
-    assert off.pending == 0
-    assert (off.stats.submitted, off.stats.completed, off.stats.failed) == (2, 1, 1)
+    stats = off.stats()
+    assert (stats["submitted"], stats["completed"], stats["failed"], stats["pending"]) == (
+        2, 1, 1, 0
+    )
 
 
 def test_unpicklable_call_fails_like_any_other(
@@ -237,8 +239,8 @@ def test_crashed_worker_is_replaced(
     assert outcomes["queued"].ok
     assert outcomes["next"].ok
     assert outcomes["next"].result()[0] != os.getpid()
-    assert off.stats.pools_replaced == 1
-    assert off.pending == 0
+    assert off.stats()["pools_replaced"] == 1
+    assert off.stats()["pending"] == 0
 
 
 # -- cancelling and shutting down --------------------------------------------------
@@ -259,8 +261,8 @@ def test_cancelled_job_never_calls_back(
     gate.set()
     run_loop(loop, 10)
     assert calls == []
-    assert off.pending == 0
-    assert off.stats.cancelled == 2
+    assert off.stats()["pending"] == 0
+    assert off.stats()["cancelled"] == 2
 
 
 def test_close_shuts_down_processes_and_drops_pending_callbacks(
@@ -277,7 +279,7 @@ def test_close_shuts_down_processes_and_drops_pending_callbacks(
         off.submit(where, callback=calls.append)  # queued: cancelled
     off.close(timeout=0.5)
     assert all(p.exitcode is not None for p in processes)
-    assert off.is_closed() and off.pending == 0
+    assert off.is_closed() and off.stats()["pending"] == 0
     with pytest.raises(RuntimeError, match="closed"):
         off.submit(where, callback=calls.append)
     loop.call_later(0.05, loop.stop)  # anything already on its way is dropped
@@ -306,4 +308,26 @@ def test_close_threads_cancels_queued_jobs(
     finally:
         gate.set()
     assert ran == []
-    assert off.is_closed() and off.pending == 0
+    assert off.is_closed() and off.stats()["pending"] == 0
+
+
+def test_stats_is_a_snapshot_with_the_documented_keys() -> None:
+    off = Offloader("none")
+    loop = EventLoop()
+    try:
+        off.start(loop)
+        taken = off.stats()
+        done: list[Outcome[int]] = []
+        off.submit(abs, -3, callback=done.append)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert done and done[0].result() == 3
+        assert taken == {
+            "submitted": 0, "completed": 0, "failed": 0, "cancelled": 0,
+            "pending": 0, "abandoned": 0, "pools_replaced": 0,
+        }
+        assert off.stats()["submitted"] == off.stats()["completed"] == 1
+        assert off.stats() is not off.stats()
+    finally:
+        off.close()
+        loop.close()

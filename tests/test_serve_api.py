@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 import muxio
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -94,3 +96,14 @@ def test_bind_unix_returns_a_list_like_bind_tcp(tmp_path: Path) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_hooks_given_both_in_a_service_and_as_parameters_are_refused() -> None:
+    service = muxio.Service(muxio.Protocol, on_close=lambda left: None)
+    with pytest.raises(ValueError, match="on_start/on_close given twice"):
+        muxio.serve(service, on_close=lambda left: None, sockets=[])
+
+
+def test_service_refuses_a_factory_that_cannot_build_protocols() -> None:
+    with pytest.raises(TypeError, match="factory"):
+        muxio.Service(42)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from helpers import serve_process
 
 MODULE = textwrap.dedent(
     """
+    import sys
     import muxio
 
     class Reverse(muxio.Protocol):
@@ -32,6 +33,22 @@ MODULE = textwrap.dedent(
         writer.close()
 
     not_callable = 42
+
+    def _started(loop):
+        print("on_start ran with", type(loop).__name__, file=sys.stderr, flush=True)
+
+    def _closed(seconds_left):
+        print("on_close ran with", seconds_left > 0, file=sys.stderr, flush=True)
+
+    service = muxio.Service(factory, on_start=_started, on_close=_closed)
+
+    class Quacks(Reverse):
+        # hook-like names on a factory are its own business, not the runner's
+        def on_start(loop):
+            print("duck-typed on_start ran", file=sys.stderr, flush=True)
+
+        def on_close(seconds_left):
+            print("duck-typed on_close ran", file=sys.stderr, flush=True)
     """
 )
 
@@ -64,13 +81,34 @@ def test_serve_runs_a_coroutine_handler_from_a_user_module(mymod_on_path: Path) 
         assert srv.wait() == 0
 
 
+def test_serve_runs_a_service_with_its_start_and_close_hooks(mymod_on_path: Path) -> None:
+    with serve_process("--port", "0", "--service", "mymod:service") as srv:
+        assert "on_start ran with EventLoop" in srv.lines
+        with srv.connect() as conn:
+            conn.sendall(b"abc")
+            assert conn.recv(100) == b"cba"
+        srv.signal(signal.SIGTERM)
+        assert srv.wait() == 0
+    assert "on_close ran with True" in srv.lines
+
+
+def test_hook_named_attributes_of_a_factory_are_not_called(mymod_on_path: Path) -> None:
+    with serve_process("--port", "0", "--service", "mymod:Quacks") as srv:
+        with srv.connect() as conn:
+            conn.sendall(b"abc")
+            assert conn.recv(100) == b"cba"
+        srv.signal(signal.SIGTERM)
+        assert srv.wait() == 0
+    assert not [line for line in srv.lines if "duck-typed" in line or "on_close" in line]
+
+
 @pytest.mark.parametrize(
     ("spec", "problem"),
     [
         ("mymod", "unknown service"),
         ("nosuchmodule_xyz:factory", "cannot import"),
         ("mymod:missing", "no attribute"),
-        ("mymod:not_callable", "not a protocol factory"),
+        ("mymod:not_callable", "not a Service, a protocol factory"),
         (":factory", "write module:factory"),
     ],
 )

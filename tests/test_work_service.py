@@ -208,7 +208,7 @@ class CountingOffloader(Offloader):
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         job = super().submit(*args, **kwargs)
-        self.max_seen = max(self.max_seen, self.pending)
+        self.max_seen = max(self.max_seen, self.stats()["pending"])
         return job
 
 

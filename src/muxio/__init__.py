@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from .errors import MuxioError, RuntimeFailure, UsageError
-from .loop import EventLoop, Handle, LoopStats, TimerHandle
+from .loop import EventLoop, Handle, TimerHandle
 from .offload import Offloader, OrderedReplies
 from .policy import EventLoopPolicy, new_event_loop, run
 from .pollers import Poller, available, get_poller_class, new_poller
 from .protocol import BaseProtocol, Protocol
 from .server import Server, bind_tcp, bind_unix
+from .services import Service
 from .serving import serve
 from .transports.stream import Transport
 
@@ -19,7 +20,6 @@ __all__ = [
     "EventLoop",
     "EventLoopPolicy",
     "Handle",
-    "LoopStats",
     "MuxioError",
     "Offloader",
     "OrderedReplies",
@@ -27,6 +27,7 @@ __all__ = [
     "Protocol",
     "RuntimeFailure",
     "Server",
+    "Service",
     "TimerHandle",
     "Transport",
     "UsageError",

@@ -1,4 +1,4 @@
-"""Listening sockets handed in by another process: `--fd N` and systemd's socket activation.
+"""Listening sockets handed in by another process: a descriptor number, or systemd's.
 
 A service manager (systemd, s6, a supervisor of our own) binds the port and
 passes the open socket down, so the server needs no privilege for port 80,
@@ -101,11 +101,4 @@ def systemd_sockets(environ: dict[str, str] | None = None) -> list[socket.socket
     return sockets
 
 
-def handed_in_sockets(fds: list[int] | None) -> list[socket.socket] | None:
-    """The sockets from `--fd` options, else from systemd, else None (bind our own)."""
-    if fds:
-        return [socket_from_fd(fd, f"--fd {fd}") for fd in fds]
-    return systemd_sockets()
-
-
-__all__ = ["handed_in_sockets", "socket_from_fd", "systemd_sockets"]
+__all__ = ["socket_from_fd", "systemd_sockets"]

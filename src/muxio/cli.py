@@ -11,15 +11,17 @@ import contextlib
 import importlib
 import logging
 import math
+import os
 import sys
 
 from . import __version__
-from .errors import RuntimeFailure, UsageError, run_reporting
+from .errors import MuxioError, RuntimeFailure, UsageError
 from .pollers import BACKENDS
 
-TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
+    import socket
     import ssl
     from collections.abc import Callable
     from typing import NoReturn
@@ -91,9 +93,6 @@ def bounded_float(high: float, low: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
-non_negative_float = bounded_float(1e6)
-
-
 def _plain(x: float) -> str:
     return str(int(x)) if x == int(x) else str(x)
 
@@ -111,11 +110,13 @@ def file_mode(text: str) -> int:
     return value
 
 
-def add_address_arguments(p: argparse.ArgumentParser, default_port: int = 8080) -> None:
+DEFAULT_PORT = 8080
+
+
+def add_address_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=None, help="address to use (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=None, help="TCP port (default 8080)")
     p.add_argument("--unix", metavar="PATH", help="use a Unix socket instead of TCP")
-    p.set_defaults(default_port=default_port)
 
 
 def check_address(args: argparse.Namespace) -> None:
@@ -129,7 +130,7 @@ def check_address(args: argparse.Namespace) -> None:
     if args.host is None:
         args.host = "127.0.0.1"
     if args.port is None:
-        args.port = args.default_port
+        args.port = DEFAULT_PORT
     if len(args.host) > 253:
         raise UsageError(f"--host is {len(args.host)} characters; a host name has at most 253")
 
@@ -381,7 +382,8 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         type=positive_int,
         default=None,
         metavar="N",
-        help="worker threads or processes for --offload (default: one per CPU for processes)",
+        help="worker threads or processes for --offload (default: one per CPU for processes, "
+        "CPUs + 4 up to 32 for threads)",
     )
     serve.add_argument(
         "--max-jobs-per-connection",
@@ -440,14 +442,20 @@ def setup_logging(level: str, worker: int | None = None) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .activation import handed_in_sockets
+    from .activation import socket_from_fd, systemd_sockets
     from .pollers import get_poller_class
     from .runner import ServeConfig, serve
-    from .services import build_service
+    from .services import Service, build_service
     from .supervisor import WorkerSpec
 
     worker = WorkerSpec.from_environment()
-    sockets = worker.sockets() if worker is not None else handed_in_sockets(args.fd)
+    sockets: list[socket.socket] | None
+    if worker is not None:
+        sockets = worker.sockets()
+    elif args.fd:
+        sockets = [socket_from_fd(fd, f"--fd {fd}") for fd in args.fd]
+    else:
+        sockets = systemd_sockets()
     if sockets is not None and worker is None:
         given = [o for o, v in (("--host", args.host), ("--port", args.port),
                                 ("--unix", args.unix)) if v is not None]
@@ -459,9 +467,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--unix-mode applies to --unix sockets only")
     if args.worker_sockets is not None and args.workers == 1 and worker is None:
         raise UsageError("--worker-sockets applies with --workers only")
+    reuseport = args.worker_sockets == "reuseport" and worker is None
+    if reuseport and (sockets is not None or args.unix is not None):
+        raise UsageError(
+            "--worker-sockets reuseport needs a TCP --host/--port; handed-in and --unix "
+            "sockets are shared (use --worker-sockets shared)"
+        )
     get_poller_class(args.poller)
     tls = server_tls(args)
-    factory = build_service(args.service, args)
+    service = build_service(args.service, args)
     if worker is None and args.workers > 1:
         from .supervisor import supervise
 
@@ -483,19 +497,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls=tls,
         tls_client_certs=args.tls_client_ca is not None,
     )
-    # a service with resources to start on the loop and release after it (a pool)
-    on_start = getattr(factory, "on_start", None)
-    on_close = getattr(factory, "on_close", None)
+    factory = service.factory
     if args.proxy_protocol:
         from .proxy_protocol import ProxyProtocolGate
 
         factory = ProxyProtocolGate.wrap(  # type: ignore[assignment]
             factory, timeout=args.proxy_protocol_timeout
         )
+    on_start = service.on_start
     if worker is not None:
         on_start = worker.wrap_on_start(on_start)
+    service = Service(factory, on_start=on_start, on_close=service.on_close)
     try:
-        totals = serve(factory, config, on_start=on_start, on_close=on_close, sockets=sockets)
+        totals = serve(service, config, sockets=sockets)
         if worker is not None:
             worker.report(totals)
         code = 0 if totals.get("drain") == "complete" else 1
@@ -548,6 +562,25 @@ def cmd_connect(args: argparse.Namespace) -> int:
     )
 
 
+def run_reporting(main: Callable[[], int]) -> int:
+    """Run a command's body and turn muxio's errors into one line and an exit code.
+
+    Shared by `muxio` and the tools' `python -m` entry points, so every way of
+    starting a command fails alike and no user mistake ends in a traceback.
+    """
+    try:
+        return main()
+    except MuxioError as exc:
+        print(f"muxio: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout closed early, as by `| head`: nothing left to say to anyone.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -567,4 +600,4 @@ def _dispatch(args: argparse.Namespace) -> int:
     return result
 
 
-__all__ = ["UsageError", "main"]
+__all__ = ["UsageError", "main", "run_reporting"]

@@ -1,51 +1,26 @@
-"""Errors that the command line turns into one line on stderr and an exit code.
+"""Errors that name what was wrong and which parameter to change.
 
 Library code raises these instead of printing, so the same failure reads the
-same whether it comes from `muxio serve`, `muxio bench` or a user's script.
+same whether it comes from `muxio serve`, `muxio bench` or a user's script;
+only the command line (`muxio.cli.run_reporting`) turns them into a line on
+stderr and an exit code.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    pass
 
 
 class MuxioError(Exception):
-    """Base of muxio's own errors; `exit_code` is what the CLI exits with."""
-
-    exit_code = 1
+    """Base of muxio's own errors: a message for a person, never a traceback."""
 
 
 class UsageError(MuxioError):
-    """The user asked for something that cannot work as written (exit code 2)."""
-
-    exit_code = 2
+    """The caller asked for something that cannot work as written: change a parameter."""
 
 
 class RuntimeFailure(MuxioError):
-    """The request was well formed but the system refused it (exit code 1)."""
+    """The request was well formed but the system refused it: retrying may work."""
 
-    exit_code = 1
-
-
-def run_reporting(main: Callable[[], int]) -> int:
-    """Run a command's body and turn muxio's errors into one line and an exit code.
-
-    Shared by `muxio` and the tools' `python -m` entry points, so every way of
-    starting a command fails alike and no user mistake ends in a traceback.
-    """
-    try:
-        return main()
-    except MuxioError as exc:
-        print(f"muxio: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # stdout closed early, as by `| head`: nothing left to say to anyone.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1

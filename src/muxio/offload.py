@@ -59,7 +59,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
@@ -77,7 +76,6 @@ __all__ = [
     "BrokenProcessPool",
     "Job",
     "Mode",
-    "OffloadStats",
     "Offloader",
     "OrderedReplies",
     "Outcome",
@@ -93,12 +91,19 @@ def default_start_method() -> str:
     return "spawn"
 
 
-@dataclass(frozen=True, slots=True)
 class Outcome(Generic[T]):
     """How an offloaded call ended: a value, or the exception it raised."""
 
-    value: T | None = None
-    error: BaseException | None = None
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: T | None = None, error: BaseException | None = None) -> None:
+        self.value = value
+        self.error = error
+
+    def __repr__(self) -> str:
+        if self.error is not None:
+            return f"Outcome(error={self.error!r})"
+        return f"Outcome(value={self.value!r})"
 
     @property
     def ok(self) -> bool:
@@ -111,24 +116,16 @@ class Outcome(Generic[T]):
         return self.value  # type: ignore[return-value]
 
 
-@dataclass
-class OffloadStats:
-    submitted: int = 0
-    completed: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    abandoned: int = 0
-    pools_replaced: int = 0
+class OffloadCounters:
+    __slots__ = ("abandoned", "cancelled", "completed", "failed", "pools_replaced", "submitted")
 
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "offload_submitted": self.submitted,
-            "offload_completed": self.completed,
-            "offload_failed": self.failed,
-            "offload_cancelled": self.cancelled,
-            "offload_abandoned": self.abandoned,
-            "offload_pools_replaced": self.pools_replaced,
-        }
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.completed = 0
+        self.failed = 0
+        self.cancelled = 0
+        self.abandoned = 0
+        self.pools_replaced = 0
 
 
 class Job:
@@ -230,7 +227,7 @@ class Offloader:
         self.start_method = start_method or default_start_method()
         self.preload = tuple(preload)
         self.loop = loop
-        self.stats = OffloadStats()
+        self._counters = OffloadCounters()
         self._executor: concurrent.futures.Executor | None = None
         self._pending: set[Job] = set()
         self._queue: deque[Job] = deque()
@@ -252,10 +249,25 @@ class Offloader:
             return os.cpu_count() or 1
         return min(32, (os.cpu_count() or 1) + 4)
 
-    @property
-    def pending(self) -> int:
-        """Jobs submitted whose callback has not run yet."""
-        return len(self._pending)
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the jobs, as `EventLoop.stats()` and `Server.stats()`.
+
+        ``submitted``; of those ``completed`` (a value), ``failed`` (an
+        exception, a dead worker's included), ``cancelled`` (before their
+        callback ran), ``pending`` (callback still to come); ``abandoned``:
+        cancelled while running and given up on; ``pools_replaced``: pools
+        stopped or broken and started afresh.  A new dict each call.
+        """
+        c = self._counters
+        return {
+            "submitted": c.submitted,
+            "completed": c.completed,
+            "failed": c.failed,
+            "cancelled": c.cancelled,
+            "pending": len(self._pending),
+            "abandoned": c.abandoned,
+            "pools_replaced": c.pools_replaced,
+        }
 
     @property
     def queued(self) -> int:
@@ -361,7 +373,7 @@ class Offloader:
             return
         self._closed = True
         pending, self._pending = self._pending, set()
-        self.stats.cancelled += len(pending)
+        self._counters.cancelled += len(pending)
         running, self._running = self._running, set()
         self._queue.clear()
         retired, self._retired = self._retired, []
@@ -395,7 +407,7 @@ class Offloader:
                 with contextlib.suppress(Exception):
                     process.terminate()
                 process.join(1.0)
-        s = self.stats
+        s = self._counters
         log.info(
             "offload: pool closed (mode %s: %d jobs, %d failed, %d cancelled, %d pools replaced)",
             self.mode,
@@ -429,7 +441,7 @@ class Offloader:
             self.start()
         loop = self.loop
         assert loop is not None
-        self.stats.submitted += 1
+        self._counters.submitted += 1
         if self.mode == "none":
             job = Job(callback, self)
             self._pending.add(job)
@@ -476,7 +488,7 @@ class Offloader:
         if job not in self._pending:
             return
         self._pending.discard(job)
-        self.stats.cancelled += 1
+        self._counters.cancelled += 1
         if job in self._running and self._stop_abandoned():
             self._dispatch()
 
@@ -492,7 +504,7 @@ class Offloader:
             return False
         if any(not job._cancelled or job._executor is not executor for job in running):
             return False
-        self.stats.abandoned += len(running)
+        self._counters.abandoned += len(running)
         running.clear()
         self._replace_pool(executor, "every running job was abandoned", terminate=True)
         return True
@@ -526,9 +538,9 @@ class Offloader:
             return
         self._pending.discard(job)
         if outcome.error is None:
-            self.stats.completed += 1
+            self._counters.completed += 1
         else:
-            self.stats.failed += 1
+            self._counters.failed += 1
         try:
             job.callback(outcome)
         except Exception:
@@ -544,7 +556,7 @@ class Offloader:
         """
         if self._executor is not broken:
             return self._executor
-        self.stats.pools_replaced += 1
+        self._counters.pools_replaced += 1
         if terminate:
             log.info("offload: %s; stopping the pool of %d workers", why, self.workers)
             workers = list((getattr(broken, "_processes", None) or {}).values())
@@ -612,10 +624,6 @@ class OrderedReplies:
 
     def __len__(self) -> int:
         """Replies promised but not yet written."""
-        return len(self._queue)
-
-    @property
-    def pending(self) -> int:
         return len(self._queue)
 
     def reply(self, data: bytes) -> None:

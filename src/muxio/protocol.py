@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from .transports.stream import Transport

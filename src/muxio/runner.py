@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 from .loop import EventLoop
 from .pollers import Poller
-from .protocol import Protocol
 from .server import Server, bind_tcp, bind_unix
+from .services import Service
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ log = logging.getLogger("muxio")
 
 
 class ServeConfig:
-    """What `muxio serve` was asked for (a plain class: `dataclasses` costs 2 MiB of RSS)."""
+    """What `muxio serve` was asked for."""
 
     def __init__(
         self,
@@ -90,24 +90,24 @@ class _Stopping:
 
 
 def serve(
-    protocol_factory: Callable[[], Protocol],
+    service: Service,
     config: ServeConfig,
     *,
     on_shutdown: Callable[[], object] | None = None,
     poller: Poller | None = None,
-    on_start: Callable[[EventLoop], object] | None = None,
-    on_close: Callable[[float], object] | None = None,
     sockets: list[socket.socket] | None = None,
 ) -> dict[str, object]:
     """Serve until a signal, returning the totals printed in the summary.
 
-    `on_start(loop)` runs once the loop exists, before the server listens
-    (start a worker pool there); `on_close(seconds_left)` runs once the loop
-    has stopped for good, before it is closed (shut the pool down there,
-    waiting no longer than what is left of `shutdown_timeout`: 0 after a
-    forced stop).  `sockets`, when given, are served instead of binding
-    the configured address (handed in by systemd, `--fd` or a supervisor).
+    The service's `on_start(loop)` runs once the loop exists, before the
+    server listens (start a worker pool there); its `on_close(seconds_left)`
+    runs once the loop has stopped for good, before it is closed (shut the
+    pool down there, waiting no longer than what is left of
+    `shutdown_timeout`: 0 after a forced stop).  `sockets`, when given, are
+    served instead of binding the configured address (handed in by
+    systemd, a parent process or a supervisor).
     """
+    on_start, on_close = service.on_start, service.on_close
     if sockets is not None:
         pass
     elif config.unix is not None:
@@ -116,7 +116,7 @@ def serve(
         sockets = bind_tcp(config.host, config.port, backlog=config.backlog)
         if any(_is_wildcard(s) for s in sockets):
             log.warning(
-                "--host %s listens on every network interface: anyone who can reach this "
+                "host %s listens on every network interface: anyone who can reach this "
                 "machine can connect (use 127.0.0.1 to stay local)",
                 config.host or "''",
             )
@@ -130,7 +130,7 @@ def serve(
     )
     server = Server(
         loop,
-        protocol_factory,
+        service.factory,
         sockets,
         max_connections=config.max_connections,
         idle_timeout=config.idle_timeout,
@@ -175,8 +175,7 @@ def serve(
         stop_now()
 
     def log_statistics(signame: str) -> None:
-        totals: dict[str, object] = dict(server.totals())
-        totals.update(loop.stats().as_dict())
+        totals: dict[str, object] = {**server.stats(), **loop.stats()}
         log.info("%s: statistics: %s", signame, " ".join(f"{k}={v}" for k, v in totals.items()))
 
     def ignore(signame: str) -> None:
@@ -233,8 +232,7 @@ def serve(
                 on_close(max(0.0, state.deadline - loop.time()))
             except Exception:
                 log.exception("exception in on_close")
-        totals: dict[str, object] = dict(server.totals())
-        totals.update(loop.stats().as_dict())
+        totals: dict[str, object] = {**server.stats(), **loop.stats()}
         totals["drain"] = state.drain
         # logged before the loop restores the default handlers: a signal then cannot lose it
         log.info(

@@ -60,15 +60,20 @@ class RateLimitedWarning:
         log.warning(msg, *args)
 
 
-class ServerStats:
-    """Totals for the shutdown summary; live connections are added on demand."""
+class ServerCounters:
+    """Totals of connections gone; the open ones are added when `stats()` asks."""
 
-    __slots__ = ("accepted", "bytes_in", "bytes_out", "handshake_failed", "idle_closed", "refused")
+    __slots__ = (
+        "bytes_in", "bytes_out", "connections", "handshake_failed", "idle_closed", "refused"
+    )
 
     def __init__(self) -> None:
-        self.accepted = 0
-        self.handshake_failed = 0
+        self.connections = 0
+        """Accepted and handed to a protocol; a refused connection never is."""
         self.refused = 0
+        """Accepted, then closed at once: over `max_connections`, or a descriptor the
+        poller cannot watch."""
+        self.handshake_failed = 0
         self.idle_closed = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -133,11 +138,11 @@ def _tls_goodbye(transport: Transport) -> bool:
 
 def _explain(exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return "address already in use (stop the other server or choose another --port)"
+        return "address already in use (stop the other server or choose another port)"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied (choose a port above 1023 or run with the needed privilege)"
     if exc.errno == errno.EADDRNOTAVAIL:
-        return "address not available on this machine (check --host)"
+        return "address not available on this machine (check the host)"
     return exc.strerror or str(exc)
 
 
@@ -154,11 +159,11 @@ def bind_tcp(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as exc:
-        raise RuntimeFailure(f"cannot resolve --host {host!r}: {exc.strerror}") from None
+        raise RuntimeFailure(f"cannot resolve host {host!r}: {exc.strerror}") from None
     except UnicodeError:
         shown = host if len(host) <= 40 else host[:40] + "..."
         raise UsageError(
-            f"invalid --host {shown!r}: each dot-separated part of a name is 1 to 63 characters"
+            f"invalid host {shown!r}: each dot-separated part of a name is 1 to 63 characters"
         ) from None
     sockets: list[socket.socket] = []
     seen = set()
@@ -210,11 +215,11 @@ def bind_unix(
     The file is removed at `Server.close()` only while it is still this one.
     """
     if not path:
-        raise UsageError("--unix needs a path (an empty one would mean TCP)")
+        raise UsageError("bind_unix needs a path: an empty one names no file")
     size = len(os.fsencode(path))
     if size > _UNIX_PATH_MAX:
         raise UsageError(
-            f"--unix path is {size} bytes long; a Unix socket path holds at most "
+            f"Unix socket path {path!r} is {size} bytes long; a Unix socket path holds at most "
             f"{_UNIX_PATH_MAX} (use a shorter or a relative path)"
         )
     try:
@@ -227,13 +232,13 @@ def bind_unix(
         if stat.S_ISLNK(st.st_mode):
             raise RuntimeFailure(
                 f"cannot listen on {path}: a symbolic link is there (remove it or choose "
-                "another --unix path)"
+                "another path)"
             )
         if not stat.S_ISSOCK(st.st_mode):
             raise RuntimeFailure(f"cannot listen on {path}: a file that is not a socket is there")
         if _answers(path):
             raise RuntimeFailure(
-                f"another server is listening on {path} (stop it or choose another --unix path)"
+                f"another server is listening on {path} (stop it or choose another path)"
             )
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -248,7 +253,7 @@ def bind_unix(
         if exc.errno == errno.EADDRINUSE:
             raise RuntimeFailure(
                 f"cannot listen on {path}: something took the path meanwhile "
-                "(choose another --unix path)"
+                "(choose another path)"
             ) from None
         raise RuntimeFailure(f"cannot listen on {path}: {_explain_path(exc, path)}") from None
     sock.setblocking(False)
@@ -354,7 +359,7 @@ class Server(asyncio.AbstractServer):
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.connections: set[Transport] = set()
-        self.stats = ServerStats()
+        self._counters = ServerCounters()
         self._listening = False
         self._accept_paused = False
         self._resume_timer: asyncio.TimerHandle | None = None
@@ -468,12 +473,11 @@ class Server(asyncio.AbstractServer):
 
     def _new_connection(self, conn: socket.socket, is_tcp: bool) -> None:
         """Set up one accepted connection; nothing a protocol does here can leak `conn`."""
-        self.stats.accepted += 1
         if self.max_connections is not None and len(self.connections) >= self.max_connections:
-            self.stats.refused += 1
+            self._counters.refused += 1
             conn.close()
             self._refused_warning.warn(
-                "refused a connection: %d connections open, the --max-connections limit",
+                "refused a connection: %d connections open, the max_connections limit",
                 len(self.connections),
             )
             return
@@ -504,16 +508,17 @@ class Server(asyncio.AbstractServer):
         try:
             transport.start(self._connection_lost)
         except FdTooLargeError as exc:
-            self.stats.refused += 1
+            self._counters.refused += 1
             conn.close()
             self._fd_warning.warn(
-                "closed a new connection: %s; use --poller poll or --poller epoll "
-                "to serve more than %d connections",
+                "closed a new connection: %s; the poll or epoll poller "
+                "serves more than %d connections",
                 exc,
                 self.loop.poller.max_fd or 0,
             )
             return
         self.connections.add(transport)
+        self._counters.connections += 1
         if self.idle_timeout:
             transport.idle_mark = (0, self.loop.time())
 
@@ -546,8 +551,8 @@ class Server(asyncio.AbstractServer):
 
     def _connection_lost(self, transport: Transport) -> None:
         self.connections.discard(transport)
-        self.stats.bytes_in += transport.bytes_in
-        self.stats.bytes_out += transport.bytes_out
+        self._counters.bytes_in += transport.bytes_in
+        self._counters.bytes_out += transport.bytes_out
         if self._accept_paused:
             self._resume_accepting()
         if self._on_closed is not None and not self.connections:
@@ -558,7 +563,7 @@ class Server(asyncio.AbstractServer):
     def _handshake_failed(
         self, transport: asyncio.BaseTransport | None, exc: BaseException
     ) -> None:
-        self.stats.handshake_failed += 1
+        self._counters.handshake_failed += 1
         peer = transport.get_extra_info("peername") if transport is not None else None
         where = f" with {peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
         reason = str(exc) or (
@@ -581,7 +586,7 @@ class Server(asyncio.AbstractServer):
             if total != mark:
                 transport.idle_mark = (total, now)
             elif now - since >= timeout:
-                self.stats.idle_closed += 1
+                self._counters.idle_closed += 1
                 log.debug("closing %s: idle for %.1f s", transport, now - since)
                 if transport.get_write_buffer_size():
                     transport.abort()
@@ -591,19 +596,27 @@ class Server(asyncio.AbstractServer):
 
     # -- totals and shutdown -------------------------------------------------
 
-    def totals(self) -> dict[str, int]:
-        live_in = sum(t.bytes_in for t in self.connections)
-        live_out = sum(t.bytes_out for t in self.connections)
-        totals = {
-            "connections": self.stats.accepted,
-            "refused": self.stats.refused,
+    def stats(self) -> dict[str, int]:
+        """A snapshot of what the server did, as `EventLoop.stats()` and `Offloader.stats()`.
+
+        ``connections``: accepted and served (open or gone); ``refused``:
+        accepted, then closed at once (over `max_connections`, or beyond
+        what the poller can watch); ``open``: served right now;
+        ``idle_closed``: closed by `idle_timeout`; ``bytes_in`` /
+        ``bytes_out``: on the wire, open connections included;
+        ``tls_handshakes_failed``: TLS clients that never got through (0
+        without TLS).  A new dict each call.
+        """
+        c = self._counters
+        return {
+            "connections": c.connections,
+            "refused": c.refused,
             "open": len(self.connections),
-            "bytes_in": self.stats.bytes_in + live_in,
-            "bytes_out": self.stats.bytes_out + live_out,
+            "idle_closed": c.idle_closed,
+            "bytes_in": c.bytes_in + sum(t.bytes_in for t in self.connections),
+            "bytes_out": c.bytes_out + sum(t.bytes_out for t in self.connections),
+            "tls_handshakes_failed": c.handshake_failed,
         }
-        if self._ssl is not None:
-            totals["tls_handshakes_failed"] = self.stats.handshake_failed
-        return totals
 
     def close(self) -> None:
         """Stop accepting and close the listening sockets, started or not.

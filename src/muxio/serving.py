@@ -12,9 +12,10 @@ from .loop import EventLoop
 from .protocol import Protocol
 from .runner import ServeConfig
 from .runner import serve as _run_service
+from .services import Service
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-Service = Callable[..., Any]
+Servable = Callable[..., Any]
 
 
 def stream_protocol_factory(handler: StreamHandler) -> Callable[[], Protocol]:
@@ -32,7 +33,7 @@ def stream_protocol_factory(handler: StreamHandler) -> Callable[[], Protocol]:
     return factory
 
 
-def as_protocol_factory(service: Service) -> Callable[[], Protocol]:
+def as_protocol_factory(service: Servable) -> Callable[[], Protocol]:
     """A coroutine function is a stream handler; anything else builds protocols."""
     if inspect.iscoroutinefunction(service):
         return stream_protocol_factory(cast(StreamHandler, service))
@@ -40,7 +41,7 @@ def as_protocol_factory(service: Service) -> Callable[[], Protocol]:
 
 
 def serve(
-    service: Service,
+    service: Service | Servable,
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
@@ -61,14 +62,28 @@ def serve(
     This is `muxio serve` without the command line, so a program that
     embeds muxio gets the same signals, graceful drain (a second signal
     stops at once), slow-callback watchdog and summary line instead of
-    rewriting them.  `service` is a protocol factory, or an
-    `async def handler(reader, writer)` as for `asyncio.start_server`.
-    `on_start(loop)` runs before listening (start resources there);
-    `on_close(seconds_left)` runs after the loop stopped, with what is
-    left of `shutdown_timeout` to release them.  Port 0 picks a free port:
-    it is in the "listening on" log line and `on_start` can read it from
-    the sockets passed in.
+    rewriting them.  `service` is a protocol factory, an
+    `async def handler(reader, writer)` as for `asyncio.start_server`, or a
+    `Service` that carries its own hooks.  `on_start(loop)` runs before
+    listening (start resources there); `on_close(seconds_left)` runs after
+    the loop stopped, with what is left of `shutdown_timeout` to release
+    them.  Port 0 picks a free port: it is in the "listening on" log line
+    and `on_start` can read it from the sockets passed in.
     """
+    if isinstance(service, Service):
+        if (on_start is not None and service.on_start is not None) or (
+            on_close is not None and service.on_close is not None
+        ):
+            raise ValueError(
+                "on_start/on_close given twice: as parameters and in the Service; give one"
+            )
+        factory = service.factory
+        on_start = on_start or service.on_start
+        on_close = on_close or service.on_close
+        default_name = str(getattr(factory, "__name__", type(factory).__name__))
+    else:
+        factory = as_protocol_factory(service)
+        default_name = str(getattr(service, "__name__", type(service).__name__))
     config = ServeConfig(
         host=host,
         port=port,
@@ -78,13 +93,9 @@ def serve(
         idle_timeout=idle_timeout,
         slow_callback_ms=slow_callback_ms,
         shutdown_timeout=shutdown_timeout,
-        service_name=name or str(getattr(service, "__name__", type(service).__name__)),
+        service_name=name or default_name,
         tls=ssl,
     )
     return _run_service(
-        as_protocol_factory(service),
-        config,
-        sockets=sockets,
-        on_start=on_start,
-        on_close=on_close,
+        Service(factory, on_start=on_start, on_close=on_close), config, sockets=sockets
     )

@@ -476,12 +476,7 @@ def supervise(args: argparse.Namespace, sockets: list[socket.socket] | None) -> 
         reuseport_ok = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
         mode = "reuseport" if reuseport_ok and sockets is None and args.unix is None else "shared"
     if mode == "reuseport" and (sockets is not None or args.unix is not None):
-        from .errors import UsageError
-
-        raise UsageError(
-            "--worker-sockets reuseport needs a TCP --host/--port; handed-in and --unix "
-            "sockets are shared (use --worker-sockets shared)"
-        )
+        raise ValueError("SO_REUSEPORT workers bind their own TCP sockets: share these instead")
     reserved: list[socket.socket] = []
     if sockets is not None:
         shared = sockets

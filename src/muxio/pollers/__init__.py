@@ -39,7 +39,7 @@ def get_poller_class(name: str = "auto") -> type[Poller]:
     if not cls.available():
         raise UsageError(
             f"poller {name!r} is not available on this system "
-            f"(available here: {', '.join(here)}; or use --poller auto)"
+            f"(available here: {', '.join(here)}; or auto: the best of them)"
         )
     return cls
 

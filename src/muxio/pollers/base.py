@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 
-TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from typing import ClassVar

@@ -5,28 +5,20 @@ from __future__ import annotations
 import select
 
 from .base import READ, WRITE, Poller
-from .poll import timeout_ms
+from .poll import MASKS, PollPoller, timeout_ms
 
-TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from typing import Any
-
-_IN = getattr(select, "POLLIN", 0)
-_OUT = getattr(select, "POLLOUT", 0)
-_HUP = getattr(select, "POLLHUP", 0)
-_ERR = getattr(select, "POLLERR", 0)
-_NVAL = getattr(select, "POLLNVAL", 0)
-_REMOVE = getattr(select, "POLLREMOVE", 0x0800)
-_MASKS = (0, _IN, _OUT, _IN | _OUT)
 
 
 class DevpollPoller(Poller):
     """/dev/poll ORs a re-registration into the old mask, so modify removes first."""
 
     name = "devpoll"
-    READABLE = _IN | _HUP | _ERR | _NVAL
-    WRITABLE = _OUT | _HUP | _ERR | _NVAL
+    READABLE = PollPoller.READABLE  # the same poll(2) bits
+    WRITABLE = PollPoller.WRITABLE
 
     @classmethod
     def available(cls) -> bool:
@@ -39,14 +31,14 @@ class DevpollPoller(Poller):
     def register(self, fd: int, events: int) -> None:
         if fd in self._fds:
             raise FileExistsError(f"fd {fd} is already registered")
-        self._dp.register(fd, _MASKS[events & (READ | WRITE)])
+        self._dp.register(fd, MASKS[events & (READ | WRITE)])
         self._fds.add(fd)
 
     def modify(self, fd: int, events: int) -> None:
         if fd not in self._fds:
             raise FileNotFoundError(f"fd {fd} is not registered")
         self._dp.unregister(fd)
-        self._dp.register(fd, _MASKS[events & (READ | WRITE)])
+        self._dp.register(fd, MASKS[events & (READ | WRITE)])
 
     def unregister(self, fd: int) -> None:
         if fd in self._fds:

@@ -13,7 +13,8 @@ _OUT = getattr(select, "POLLOUT", 0)
 _HUP = getattr(select, "POLLHUP", 0)
 _ERR = getattr(select, "POLLERR", 0)
 _NVAL = getattr(select, "POLLNVAL", 0)
-_MASKS = (0, _IN, _OUT, _IN | _OUT)
+MASKS = (0, _IN, _OUT, _IN | _OUT)
+"""poll(2)'s interest bits for READ, WRITE and both, indexed by those bits."""
 
 
 def timeout_ms(timeout: float | None) -> int:
@@ -43,13 +44,13 @@ class PollPoller(Poller):
     def register(self, fd: int, events: int) -> None:
         if fd in self._fds:
             raise FileExistsError(f"fd {fd} is already registered")
-        self._p.register(fd, _MASKS[events & (READ | WRITE)])
+        self._p.register(fd, MASKS[events & (READ | WRITE)])
         self._fds.add(fd)
 
     def modify(self, fd: int, events: int) -> None:
         if fd not in self._fds:
             raise FileNotFoundError(f"fd {fd} is not registered")
-        self._p.modify(fd, _MASKS[events & (READ | WRITE)])
+        self._p.modify(fd, MASKS[events & (READ | WRITE)])
 
     def unregister(self, fd: int) -> None:
         if fd in self._fds:

@@ -41,10 +41,10 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-from ..loop import EventLoop
 from ..offload import MODES, Job, Mode, Offloader, OrderedReplies, Outcome, ReplySlot
 from ..protocol import Protocol
 from ..transports.stream import Transport
+from . import Service
 
 MAX_LINE = 64 * 1024
 MAX_WORK_MS = 10_000
@@ -330,12 +330,7 @@ class WorkService(Protocol):
 
 
 class WorkServiceFactory:
-    """Builds `WorkService` protocols sharing one `Offloader`.
-
-    `on_start(loop)` and `on_close()` are the runner's lifecycle hooks: the
-    pool starts (pre-warmed) before the server listens and shuts down after
-    the loop has stopped.
-    """
+    """Builds `WorkService` protocols sharing one `Offloader`."""
 
     def __init__(
         self,
@@ -358,16 +353,13 @@ class WorkServiceFactory:
             max_jobs=self.max_jobs,
         )
 
-    def on_start(self, loop: EventLoop) -> None:
-        self.offloader.start(loop)
 
-    def on_close(self, timeout: float = 2.0) -> None:
-        """Running jobs get what is left of the shutdown timeout, then are abandoned."""
-        self.offloader.close(timeout)
+def build(options: argparse.Namespace | Any) -> Service:
+    """The ``work`` service from `muxio serve`'s options (``offload``, ``pool_size``).
 
-
-def build(options: argparse.Namespace | Any) -> WorkServiceFactory:
-    """The ``work`` service from `muxio serve`'s options (``--offload``, ``--pool-size``)."""
+    The pool starts (pre-warmed) before the server listens; at shutdown its
+    running jobs get what is left of the shutdown timeout, then are abandoned.
+    """
     mode: Mode = getattr(options, "offload", None) or "processes"
     if mode not in MODES:
         raise ValueError(f"unknown offload mode {mode!r}")
@@ -377,4 +369,8 @@ def build(options: argparse.Namespace | Any) -> WorkServiceFactory:
         preload=(__name__,),
     )
     max_jobs = getattr(options, "max_jobs_per_connection", None) or MAX_JOBS
-    return WorkServiceFactory(offloader, max_jobs=max_jobs)
+    return Service(
+        WorkServiceFactory(offloader, max_jobs=max_jobs),
+        on_start=offloader.start,
+        on_close=offloader.close,
+    )

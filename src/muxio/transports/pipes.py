@@ -25,7 +25,7 @@ from asyncio import BaseProtocol, ReadTransport, WriteTransport
 
 from . import water_marks
 
-TYPE_CHECKING = False  # not `from typing`: see stream.py
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Future
@@ -152,6 +152,9 @@ class ReadPipeTransport(ReadTransport):
 
     def get_protocol(self) -> Any:
         return self._protocol
+
+    def get_loop(self) -> AbstractEventLoop:
+        return self._loop
 
     def is_closing(self) -> bool:
         return self._closing
@@ -408,6 +411,9 @@ class WritePipeTransport(WriteTransport):
 
     def get_protocol(self) -> Any:
         return self._protocol
+
+    def get_loop(self) -> AbstractEventLoop:
+        return self._loop
 
     def is_closing(self) -> bool:
         return self._closing

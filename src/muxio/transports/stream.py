@@ -33,7 +33,7 @@ from asyncio import trsock
 
 from . import water_marks
 
-TYPE_CHECKING = False  # not `from typing`: importing typing costs 1.6 MiB of RSS
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from typing import Any

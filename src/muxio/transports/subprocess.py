@@ -30,7 +30,7 @@ import sys
 import threading
 from asyncio import SubprocessProtocol, base_subprocess
 
-TYPE_CHECKING = False  # not `from typing`: see stream.py
+TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Future
@@ -57,6 +57,10 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
     unreaped, never through `Popen.send_signal`, whose `poll()` would reap
     the child behind the watcher's back (3.13's base does the same).
     """
+
+    def get_loop(self) -> AbstractEventLoop:
+        loop: AbstractEventLoop = self._loop
+        return loop
 
     def _start(
         self,

@@ -17,8 +17,9 @@ from muxio.cli import (
     bounded_int,
     check_address,
     client_tls,
+    run_reporting,
 )
-from muxio.errors import RuntimeFailure, UsageError, run_reporting
+from muxio.errors import RuntimeFailure, UsageError
 
 from .config import PROTOCOLS, BadSetting, TLSOptions
 from .orchestration import MAX_PIPELINE, default_processes, run_bench

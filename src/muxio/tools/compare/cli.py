@@ -17,7 +17,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from muxio.errors import UsageError, run_reporting
+from muxio.cli import run_reporting
+from muxio.errors import UsageError
 
 from .orchestration import expected_seconds, run_compare
 from .report import prepare_out_dir, render_markdown, write_outputs
