@@ -6,9 +6,9 @@ broken loop fails a test instead of hanging the session.
 `poller` runs a test once per mechanism this OS provides (epoll, poll and
 select on Linux; kqueue, poll and select on macOS): one missing here is not
 listed at all, so a skip always means something.  A test or module that is
-about something other than the poller pins it with
-`pytest.mark.parametrize("poller", [BEST_POLLER])`, which takes the place of
-the fixture's own list.
+about something other than the poller pins it by overriding the fixture
+(`def poller() -> str: return BEST_POLLER` in that module), so tests that take
+no poller at all live beside it.
 """
 
 from __future__ import annotations

@@ -20,11 +20,13 @@ from conftest import BEST_POLLER, RunLoop
 from muxio import EventLoop
 from muxio.offload import BrokenProcessPool, Offloader, OrderedReplies, Outcome, ReplySlot
 
-pytestmark = [
-    pytest.mark.timeout(60),
-    # how results reach the loop (call_soon_threadsafe) is tested per poller in test_loop
-    pytest.mark.parametrize("poller", [BEST_POLLER], ids=str),
-]
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def poller() -> str:
+    """The best poller only: how results reach the loop is tested per poller in test_loop."""
+    return BEST_POLLER
 
 MODES = ["none", "threads", "processes"]
 

@@ -3,7 +3,7 @@
 On a terminal it prompts for lines, sends each with its newline, and
 prints whatever the server sends as it arrives: an echo's replies, a line
 service's late answers, a chat's broadcasts.  With stdin not a terminal it
-streams both directions at once, one thread each, so neither side can deadlock waiting on the other.
+streams both directions at once, so neither side can deadlock waiting on the other.
 """
 
 from __future__ import annotations
@@ -108,50 +108,136 @@ def interactive(sock: socket.socket) -> int:
     """Prompt for lines and show whatever the server sends, as it arrives.
 
     Replies are not tied to requests: a line service may answer late (``work``),
-    a chat server broadcasts unasked, so a thread prints everything received
-    while the prompt waits for the next line, which is sent with its newline
-    since line servers need it.  A server that closed is reported when the
-    next line cannot be delivered, once.
+    a chat server broadcasts unasked, so one thread owns the socket, printing
+    everything received while the prompt waits for the next line, which is
+    sent with its newline since line servers need it.  Only that thread
+    touches the socket: an `ssl.SSLSocket` must not read in one thread while
+    another writes (OpenSSL's objects are not thread-safe; a reply was lost
+    that way).  A server that closed is reported once, when the next line
+    cannot be delivered.
     """
-    gone = threading.Event()
-    out = sys.stdout.fileno()
-
-    def receive() -> None:
-        try:
-            while True:
-                data = sock.recv(CHUNK)
-                if not data:
-                    break
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(out, view) :]
-        except OSError:
-            pass
-        finally:
-            gone.set()
-
-    sock.settimeout(None)  # an idle server is not a failure here
-    threading.Thread(target=receive, name="muxio-connect-receive", daemon=True).start()
-    with sock:
+    session = _Session(sock)
+    with sock, session:
         while True:
             try:
                 line = input(">>>:").strip()
             except (EOFError, KeyboardInterrupt):
                 print()
                 return 0
-            if gone.is_set():
+            if session.gone.is_set():
                 print("muxio: the server closed the connection", file=sys.stderr)
                 return 1
             if not line:
                 continue
             try:
-                sock.sendall(line.encode("utf-8") + b"\n")
-            except OSError as exc:
-                print(f"muxio: the server went away ({exc.strerror or exc})", file=sys.stderr)
-                return 1
+                problem = session.send(line.encode("utf-8") + b"\n")
             except KeyboardInterrupt:
                 print()
                 return 0
+            if problem is not None:
+                print(f"muxio: the server went away ({problem})", file=sys.stderr)
+                return 1
+
+
+class _Session:
+    """The socket's one thread: prints what arrives, writes what `send` hands it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.gone = threading.Event()
+        self.problem = "it closed the connection"
+        self._lock = threading.Lock()
+        self._outbox: list[tuple[bytes, threading.Event]] = []
+        self._wake_r, self._wake_w = os.pipe()
+        sock.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="muxio-connect-io", daemon=True)
+        self._thread.start()
+
+    def send(self, data: bytes) -> str | None:
+        """Hand `data` to the socket's thread; wait until it is written or the server is gone."""
+        written = threading.Event()
+        with self._lock:
+            self._outbox.append((data, written))
+        os.write(self._wake_w, b"x")
+        while not written.wait(0.1):
+            if self.gone.is_set():
+                return self.problem
+        return None
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.write(self._wake_w, b"q")
+        self._thread.join(5)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _run(self) -> None:
+        sock, out = self.sock, sys.stdout.fileno()
+        current: tuple[memoryview, threading.Event] | None = None
+        try:
+            while True:
+                buffered = getattr(sock, "pending", lambda: 0)()
+                writers = [sock.fileno()] if current is not None else []
+                readable, _, _ = select.select(
+                    [sock.fileno(), self._wake_r], writers, [], 0 if buffered else None
+                )
+                if self._wake_r in readable and b"q" in os.read(self._wake_r, 512):
+                    return
+                while True:
+                    if current is None:
+                        with self._lock:
+                            if not self._outbox:
+                                break
+                            data, done = self._outbox.pop(0)
+                        current = memoryview(data), done
+                    current = self._write(*current)
+                    if current is not None:
+                        break
+                if buffered or sock.fileno() in readable:
+                    got = self._read()
+                    if got == b"":
+                        return
+                    view = memoryview(got or b"")
+                    while view:
+                        view = view[os.write(out, view) :]
+        except OSError as exc:
+            self.problem = exc.strerror or str(exc)
+        finally:
+            self.gone.set()
+
+    def _write(
+        self, view: memoryview, done: threading.Event
+    ) -> tuple[memoryview, threading.Event] | None:
+        """One non-blocking send; an unfinished write is retried with the same bytes."""
+        try:
+            view = view[self.sock.send(view) :]
+        except (BlockingIOError, InterruptedError):
+            return view, done
+        except OSError as exc:
+            if _wants_retry(exc):
+                return view, done
+            raise
+        if view:
+            return view, done
+        done.set()
+        return None
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.sock.recv(CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            if _wants_retry(exc):
+                return None
+            raise
+
+
+def _wants_retry(exc: OSError) -> bool:
+    """TLS's want-read/want-write: not an error on a non-blocking socket, just not yet."""
+    return type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError")
 
 
 def pipe(

@@ -56,6 +56,10 @@ class ServerStartError(RuntimeFailure):
     """The server exited, or stayed silent, before it said where it listens."""
 
 
+class LineTimeout(ServerStartError, TimeoutError):
+    """The awaited line did not come in time; a caller that retries catches `TimeoutError`."""
+
+
 class ServerProcess:
     """A server subprocess whose stderr is kept line by line; always stopped on exit.
 
@@ -202,7 +206,7 @@ class ServerProcess:
                 raise ServerStartError(f"{self.name} {how} before {wanted}: {self.tail()}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ServerStartError(
+                raise LineTimeout(
                     f"{self.name} did not write {wanted} in {timeout:g} s: {self.tail()}"
                 )
             self._wait_more(self._consumed, remaining)
@@ -329,6 +333,7 @@ def source_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 __all__ = [
     "ServerProcess",
+    "LineTimeout",
     "ServerStartError",
     "announcement",
     "parse_announcement",
