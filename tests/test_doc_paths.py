@@ -53,3 +53,19 @@ def test_the_check_catches_a_missing_path(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("see [there](nowhere.md) and `nosuch/folder/`; `v/bin/pip` is a command\n")
     assert _broken(page) == ["link nowhere.md", "path nosuch/folder/"]
+
+
+def test_the_readme_has_no_relative_links_the_package_index_would_break() -> None:
+    """README.md is also the package's page on the index, where no repository is around it.
+
+    Its paths are code spans naming files of the source distribution (MANIFEST.in
+    carries docs/, benchmarks/, conformance/ and tests/), never relative links.
+    """
+    relative = [
+        m[1]
+        for m in LINK.finditer((ROOT / "README.md").read_text())
+        if not re.match(r"^[a-z]+:", m[1]) and not m[1].startswith("#")
+    ]
+    assert relative == []
+    manifest = (ROOT / "MANIFEST.in").read_text().split()
+    assert {"docs", "benchmarks", "conformance", "tests"} <= set(manifest)
