@@ -332,8 +332,8 @@ def source_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 __all__ = [
-    "ServerProcess",
     "LineTimeout",
+    "ServerProcess",
     "ServerStartError",
     "announcement",
     "parse_announcement",
