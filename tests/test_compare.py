@@ -140,6 +140,8 @@ def test_compare_reports_spread_and_charts_every_workload(tmp_path: Path) -> Non
             assert s["n"] == 2 and s["stdev"] is not None
             assert 0 < s["min"] <= s["median"] == row[metric] <= s["max"]
     assert all(r["server_exit"] == 0 for r in data["runs"])
+    # compare.json reads back into the report it was written from (to redraw or re-render)
+    assert CompareReport.from_dict(data).to_dict() == data
     if find_spec("matplotlib") is not None:
         panels = _png_contents(out / "compare.png")
         for w in ("4x1024", "2x65536", "2x1024+20idle"):

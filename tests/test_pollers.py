@@ -638,6 +638,25 @@ def test_close_twice_is_harmless(poller: Poller, socket_pair: SocketPair) -> Non
         os.close(fd)
 
 
+def test_a_closed_poller_refuses_to_be_used_and_forgets_quietly(
+    poller: Poller, socket_pair: SocketPair
+) -> None:
+    """After close() every poller fails as a closed epoll object does; unregister stays quiet.
+
+    select.poll has no close() of its own: before, a closed PollPoller went on
+    reporting the descriptors it had been given.
+    """
+    a, b = socket_pair
+    poller.register(a.fileno(), READ)
+    b.send(b"x")
+    poller.close()
+    with pytest.raises(ValueError):
+        poller.poll(0)
+    with pytest.raises(ValueError):
+        poller.register(b.fileno(), READ)
+    assert poller.unregister(a.fileno()) is None
+
+
 def test_context_manager_closes_kernel_object(poller: Poller) -> None:
     p = type(poller)()
     with p as entered:

@@ -83,3 +83,23 @@ class Poller(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ClosedPoll:
+    """What a closed `poll` poller holds: any use fails as on a closed epoll object."""
+
+    @staticmethod
+    def error() -> ValueError:
+        return ValueError("I/O operation on a closed poller")
+
+    def register(self, fd: int, mask: int) -> None:
+        raise self.error()
+
+    def modify(self, fd: int, mask: int) -> None:
+        raise self.error()
+
+    def unregister(self, fd: int) -> None:
+        raise self.error()
+
+    def poll(self, timeout: int) -> list[tuple[int, int]]:
+        raise self.error()

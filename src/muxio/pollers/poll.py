@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import select
 
-from .base import READ, WRITE, Poller
+from .base import READ, WRITE, ClosedPoll, Poller
 
 _IN = getattr(select, "POLLIN", 0)
 _PRI = getattr(select, "POLLPRI", 0)
@@ -38,7 +38,7 @@ class PollPoller(Poller):
         return hasattr(select, "poll")
 
     def __init__(self) -> None:
-        self._p = select.poll()
+        self._p: select.poll | ClosedPoll = select.poll()
         self._fds: set[int] = set()
 
     def register(self, fd: int, events: int) -> None:
@@ -61,4 +61,6 @@ class PollPoller(Poller):
         return self._p.poll(timeout_ms(timeout))
 
     def close(self) -> None:
+        """`select.poll` has no close: drop it, so use after close fails as epoll's does."""
         self._fds.clear()
+        self._p = ClosedPoll()

@@ -6,7 +6,7 @@ import errno
 import os
 import select as _select
 
-from .base import READ, WRITE, FdTooLargeError, Poller
+from .base import READ, WRITE, ClosedPoll, FdTooLargeError, Poller
 
 FD_SETSIZE = 1024
 _ERROR = 4
@@ -28,11 +28,14 @@ class SelectPoller(Poller):
     max_fd = FD_SETSIZE
 
     def __init__(self) -> None:
+        self._closed = False
         self._fds: dict[int, int] = {}
         self._r: set[int] = set()
         self._w: set[int] = set()
 
     def register(self, fd: int, events: int) -> None:
+        if self._closed:
+            raise ClosedPoll.error()
         if fd in self._fds:
             raise FileExistsError(f"fd {fd} is already registered")
         if fd >= FD_SETSIZE:
@@ -63,6 +66,8 @@ class SelectPoller(Poller):
             self._w.discard(fd)
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        if self._closed:
+            raise ClosedPoll.error()
         if timeout is not None and timeout < 0:
             timeout = 0
         try:
@@ -86,6 +91,7 @@ class SelectPoller(Poller):
         return bad
 
     def close(self) -> None:
+        self._closed = True
         self._fds.clear()
         self._r.clear()
         self._w.clear()

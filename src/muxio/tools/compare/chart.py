@@ -70,9 +70,9 @@ def plot_png(report: CompareReport, path: Path) -> str | None:
     cmap = plt.get_cmap("tab20")
     colors = [cmap(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # distinct hues first
     row_height = 0.9 + 0.28 * len(servers)
+    height = row_height * len(workloads) + 0.8
     fig, axes = plt.subplots(
-        len(workloads), len(_PANELS), figsize=(13, row_height * len(workloads) + 0.8),
-        squeeze=False,
+        len(workloads), len(_PANELS), figsize=(13, height), squeeze=False
     )  # fmt: skip
     for r, workload in enumerate(workloads):
         counts = sorted({row.ok_runs for row in report.rows_for(workload)})
@@ -89,7 +89,7 @@ def plot_png(report: CompareReport, path: Path) -> str | None:
         "repeat(s), dots = each run",
         fontsize="medium",
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # the title's half inch stays clear
     fig.savefig(path, dpi=110, metadata={"Description": _contents(fig)})
     plt.close(fig)
     return None

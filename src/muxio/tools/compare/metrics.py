@@ -100,6 +100,16 @@ class CompareReport:
             "runs": [asdict(r) for r in self.runs],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareReport:
+        """Read back `to_dict()` (compare.json), to redraw or re-render a finished run."""
+        rows = [
+            Row(**{**r, "spread": {k: Spread(**v) for k, v in r.get("spread", {}).items()}})
+            for r in data["rows"]
+        ]
+        runs = [RunRecord(**r) for r in data["runs"]]
+        return cls(meta=data["meta"], reference=data["reference"], rows=rows, runs=runs)
+
     def rows_for(self, workload: str) -> list[Row]:
         return [r for r in self.rows if r.workload == workload]
 
