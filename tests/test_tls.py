@@ -299,9 +299,11 @@ def test_client_that_never_reads_leaves_server_memory_bounded(
             assert srv.wait_for(lambda: _server_buffers(srv)["raw_paused_reading"] == 1)
             held = srv.call(_server_buffers, srv)
             # sslproto: write high water 512 KiB + one reply (one read, up to 256 KiB) over it;
-            # incoming high water 256 KiB + one recv; the raw transport: 64 KiB + one write.
+            # incoming high water 256 KiB + one recv_into sslproto's 256 KiB buffer (a busy
+            # machine lets the kernel queue that much) + a record; the raw transport: 64 KiB
+            # + one write.
             assert held["app_write"] <= 512 * 1024 + 256 * 1024, held
-            assert held["tls_incoming"] <= 256 * 1024 + 65536 + 16384, held
+            assert held["tls_incoming"] <= 256 * 1024 + 256 * 1024 + 16384, held
             assert held["raw_write"] <= 64 * 1024 + 256 * 1024 + 1024, held
             logging.getLogger("muxio.test").info("never-reading client: sent %d, held %s",
                                                  sent, held)
