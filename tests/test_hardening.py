@@ -184,7 +184,11 @@ def test_a_running_process_job_of_a_client_that_left_is_abandoned() -> None:
 
 
 def run_until_released(gate: str, ms: int) -> int:
-    """A `work <ms>` job that runs until the file `gate` exists (a minute at most)."""
+    """A `work <ms>` job that runs until the file `gate` exists (a minute at most).
+
+    It says it has started by creating `gate + ".started"`.
+    """
+    Path(gate + ".started").touch()
     deadline = time.monotonic() + 60
     while not os.path.exists(gate):
         if time.monotonic() > deadline:
@@ -223,6 +227,10 @@ def test_an_abandoned_process_job_is_stopped_once_no_live_job_shares_the_pool(
         live.sendall(b"work 1500\n")
         gone.sendall(b"work 10000\n")
         assert srv.wait_for(lambda: off.stats()["pending"] == 2)
+        # both jobs running in the pool, not waiting for a worker: only a running job is
+        # abandoned (one still queued is simply cancelled, and the pool has no reason to go)
+        started = [Path(gate + ".started") for gate in gates.values()]
+        assert srv.wait_for(lambda: all(p.exists() for p in started), timeout=30)
         rst_close(gone)
         assert srv.wait_for(lambda: off.stats()["cancelled"] == 1)
         # stopping the pool now would break the live client's job, still running, with it
