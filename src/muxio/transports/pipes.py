@@ -21,7 +21,7 @@ import os
 import stat
 import sys
 import warnings
-from asyncio import BaseProtocol, ReadTransport, WriteTransport
+from asyncio import BaseProtocol, BaseTransport, ReadTransport, WriteTransport
 
 from . import water_marks
 
@@ -59,7 +59,75 @@ def _with_pipe(extra: Mapping[str, Any] | None, pipe: Any) -> dict[str, Any]:
     return info
 
 
-class ReadPipeTransport(ReadTransport):
+class _PipeEnd(BaseTransport):
+    """What both ends share: the descriptor check, the protocol, and the way out."""
+
+    _pipe: Any
+    _protocol: Any  # None once connection_lost has run
+    _closing: bool  # close() or write_eof() called, or the pipe lost
+    _lost: bool  # connection_lost scheduled or done
+
+    def _open(
+        self,
+        loop: AbstractEventLoop,
+        pipe: Any,
+        protocol: BaseProtocol,
+        extra: Mapping[str, Any] | None,
+        not_a_pipe: str,
+    ) -> int:
+        """Take `pipe` over, non-blocking; its `st_mode`, or ValueError(`not_a_pipe`)."""
+        self._pipe = None  # set first: __del__ runs even if we raise below
+        BaseTransport.__init__(self, _with_pipe(extra, pipe))
+        fileno = pipe.fileno()
+        mode = os.fstat(fileno).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            raise ValueError(not_a_pipe)
+        os.set_blocking(fileno, False)
+        self._loop = loop
+        self._pipe = pipe
+        self._fileno = fileno
+        self._protocol = protocol
+        self._closing = False
+        self._lost = False
+        return mode
+
+    def set_protocol(self, protocol: BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    def get_loop(self) -> AbstractEventLoop:
+        return self._loop
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def _schedule_connection_lost(self, exc: BaseException | None) -> None:
+        if not self._lost:
+            self._lost = True
+            self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        """Tell the protocol, close the pipe, then drop the protocol.
+
+        Dropping it breaks the transport <-> protocol cycle, so both are
+        freed by reference counting rather than waiting for the cyclic GC.
+        """
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._pipe.close()
+            self._pipe = None
+            self._protocol = None
+
+    def __del__(self) -> None:
+        if self._pipe is not None:
+            _warn_unclosed(self)
+            self._pipe.close()
+
+
+class ReadPipeTransport(_PipeEnd, ReadTransport):
     """The reading end of a pipe, FIFO, socket or tty.
 
     `connection_made` and the first read are scheduled, not run, so that the
@@ -81,20 +149,8 @@ class ReadPipeTransport(ReadTransport):
         waiter: Future[None] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        self._pipe: Any = None  # set first: __del__ runs even if we raise below
-        super().__init__(_with_pipe(extra, pipe))
-        fileno = pipe.fileno()
-        mode = os.fstat(fileno).st_mode
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
-            raise ValueError("Pipe transport is for pipes/sockets only.")
-        os.set_blocking(fileno, False)
-        self._loop = loop
-        self._pipe = pipe
-        self._fileno = fileno
-        self._protocol: Any = protocol  # None once connection_lost has run
-        self._closing = False
+        self._open(loop, pipe, protocol, extra, "Pipe transport is for pipes/sockets only.")
         self._paused = False
-        self._lost = False
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
@@ -147,18 +203,6 @@ class ReadPipeTransport(ReadTransport):
         if self._loop.get_debug():
             log.debug("%r resumes reading", self)
 
-    def set_protocol(self, protocol: BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self._protocol
-
-    def get_loop(self) -> AbstractEventLoop:
-        return self._loop
-
-    def is_closing(self) -> bool:
-        return self._closing
-
     def close(self) -> None:
         if not self._closing:
             self._close(None)
@@ -184,29 +228,6 @@ class ReadPipeTransport(ReadTransport):
         self._loop.remove_reader(self._fileno)
         self._schedule_connection_lost(exc)
 
-    def _schedule_connection_lost(self, exc: BaseException | None) -> None:
-        if not self._lost:
-            self._lost = True
-            self._loop.call_soon(self._call_connection_lost, exc)
-
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        """Tell the protocol, close the pipe, then drop the protocol.
-
-        Dropping it breaks the transport <-> protocol cycle, so both are
-        freed by reference counting rather than waiting for the cyclic GC.
-        """
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._pipe.close()
-            self._pipe = None
-            self._protocol = None
-
-    def __del__(self) -> None:
-        if self._pipe is not None:
-            _warn_unclosed(self)
-            self._pipe.close()
-
     def __repr__(self) -> str:
         if self._pipe is None:
             state = "closed"
@@ -218,7 +239,7 @@ class ReadPipeTransport(ReadTransport):
         return f"<{type(self).__name__} fd={fd} {state}>"
 
 
-class WritePipeTransport(WriteTransport):
+class WritePipeTransport(_PipeEnd, WriteTransport):
     """The writing end of a pipe, FIFO, socket or tty, with flow control.
 
     The protocol is paused once more than the high-water mark is buffered and
@@ -237,29 +258,18 @@ class WritePipeTransport(WriteTransport):
         waiter: Future[None] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
-        self._pipe: Any = None  # set first: __del__ runs even if we raise below
-        super().__init__(_with_pipe(extra, pipe))
-        fileno = pipe.fileno()
-        mode = os.fstat(fileno).st_mode
-        is_socket = stat.S_ISSOCK(mode)
-        is_fifo = stat.S_ISFIFO(mode)
-        if not (is_socket or is_fifo or stat.S_ISCHR(mode)):
-            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
-        os.set_blocking(fileno, False)
-        self._loop = loop
-        self._pipe = pipe
-        self._fileno = fileno
-        self._protocol: Any = protocol  # None once connection_lost has run
+        mode = self._open(
+            loop, pipe, protocol, extra,
+            "Pipe transport is only for pipes, sockets and character devices",
+        )  # fmt: skip
         self._buffer: list[bytes | memoryview] = []
         self._buffered = 0
-        self._closing = False  # close() or write_eof() called, or the pipe lost
-        self._lost = False  # connection_lost scheduled or done
         self._writes_after_loss = 0
         self._protocol_paused = False
         self._high_water = 64 * 1024
         self._low_water = 16 * 1024
         loop.call_soon(protocol.connection_made, self)
-        if is_socket or (is_fifo and _PEER_CLOSE_SIGNALLED):
+        if stat.S_ISSOCK(mode) or (stat.S_ISFIFO(mode) and _PEER_CLOSE_SIGNALLED):
             loop.call_soon(self._watch_reader)
         if waiter is not None:
             loop.call_soon(_wake, waiter)
@@ -406,18 +416,6 @@ class WritePipeTransport(WriteTransport):
 
     # -- closing -------------------------------------------------------------
 
-    def set_protocol(self, protocol: BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self._protocol
-
-    def get_loop(self) -> AbstractEventLoop:
-        return self._loop
-
-    def is_closing(self) -> bool:
-        return self._closing
-
     def close(self) -> None:
         """Flush what is buffered, then close: nothing accepted is dropped."""
         if self._pipe is not None and not self._closing:
@@ -447,25 +445,6 @@ class WritePipeTransport(WriteTransport):
             self._buffered = 0
         self._loop.remove_reader(self._fileno)
         self._schedule_connection_lost(exc)
-
-    def _schedule_connection_lost(self, exc: BaseException | None) -> None:
-        if not self._lost:
-            self._lost = True
-            self._loop.call_soon(self._call_connection_lost, exc)
-
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        """Tell the protocol, close the pipe, then drop the protocol (see ReadPipeTransport)."""
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._pipe.close()
-            self._pipe = None
-            self._protocol = None
-
-    def __del__(self) -> None:
-        if self._pipe is not None:
-            _warn_unclosed(self)
-            self._pipe.close()
 
     def __repr__(self) -> str:
         if self._pipe is None:
