@@ -321,14 +321,7 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": f"protocol.{method}() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            self._report(exc, f"protocol.{method}() failed")
 
     def get_write_buffer_size(self) -> int:
         return self._buffered
@@ -382,15 +375,13 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
             if self._loop.get_debug():
                 log.debug("%r: %s", self, message, exc_info=exc)
         else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            self._report(exc, message)
         self._force_close(exc)
+
+    def _report(self, exc: BaseException, message: str) -> None:
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+        )
 
     def _force_close(self, exc: Exception | None) -> None:
         if self._lost:

@@ -121,6 +121,27 @@ class _PipeEnd(BaseTransport):
             self._pipe = None
             self._protocol = None
 
+    def _peer_went_away(self, exc: BaseException) -> bool:
+        raise NotImplementedError
+
+    def _close(self, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        """Close; what the peer caused reaches the protocol through connection_lost only,
+        anything else is a bug worth the exception handler's attention."""
+        if self._peer_went_away(exc):
+            if self._loop.get_debug():
+                log.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._report_callback_failure(exc, message)
+        self._close(exc)
+
+    def _report_callback_failure(self, exc: BaseException, message: str) -> None:
+        self._loop.call_exception_handler(
+            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+        )
+
     def __del__(self) -> None:
         if self._pipe is not None:
             _warn_unclosed(self)
@@ -207,21 +228,10 @@ class ReadPipeTransport(_PipeEnd, ReadTransport):
         if not self._closing:
             self._close(None)
 
-    def _fatal_error(self, exc: BaseException, message: str) -> None:
-        # EIO is how a pty master reports that the slave side was closed.
-        if isinstance(exc, OSError) and exc.errno == errno.EIO:
-            if self._loop.get_debug():
-                log.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler(
-                {
-                    "message": message,
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-        self._close(exc)
+    @staticmethod
+    def _peer_went_away(exc: BaseException) -> bool:
+        """EIO is how a pty master reports that the slave side was closed."""
+        return isinstance(exc, OSError) and exc.errno == errno.EIO
 
     def _close(self, exc: BaseException | None) -> None:
         self._closing = True
@@ -409,11 +419,6 @@ class WritePipeTransport(_PipeEnd, WriteTransport):
         except Exception as exc:
             self._report_callback_failure(exc, "protocol.resume_writing() failed")
 
-    def _report_callback_failure(self, exc: BaseException, message: str) -> None:
-        self._loop.call_exception_handler(
-            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
-        )
-
     # -- closing -------------------------------------------------------------
 
     def close(self) -> None:
@@ -425,15 +430,10 @@ class WritePipeTransport(_PipeEnd, WriteTransport):
         """Close now, dropping whatever is still buffered."""
         self._close(None)
 
-    def _fatal_error(self, exc: BaseException, message: str) -> None:
-        # OS errors (EPIPE above all) are the peer's doing, reported through
-        # connection_lost; anything else is a bug worth the handler's attention.
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                log.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._report_callback_failure(exc, message)
-        self._close(exc)
+    @staticmethod
+    def _peer_went_away(exc: BaseException) -> bool:
+        """OS errors (EPIPE above all) are the peer's doing."""
+        return isinstance(exc, OSError)
 
     def _close(self, exc: BaseException | None) -> None:
         self._closing = True
