@@ -139,6 +139,17 @@ def interactive(sock: socket.socket) -> int:
                 return 1
 
 
+class _Line:
+    """One line handed to the socket's thread; `done` is set once it is written or lost."""
+
+    __slots__ = ("done", "view", "written")
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+        self.done = threading.Event()
+        self.written = False
+
+
 class _Session:
     """The socket's one thread: prints what arrives, writes what `send` hands it."""
 
@@ -146,8 +157,15 @@ class _Session:
         self.sock = sock
         self.gone = threading.Event()
         self.problem = "it closed the connection"
+        self._fd = sock.fileno()
+        self._pending = getattr(sock, "pending", None)  # TLS: bytes decrypted, not yet read
+        ssl = sys.modules.get("ssl") if self._pending is not None else None
+        # TLS's want-read/want-write are, on a non-blocking socket, just "not yet"
+        self._not_yet: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
+        if ssl is not None:
+            self._not_yet += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self._lock = threading.Lock()
-        self._outbox: list[tuple[bytes, threading.Event]] = []
+        self._outbox: list[_Line] = []
         self._wake_r, self._wake_w = os.pipe()
         sock.setblocking(False)
         self._thread = threading.Thread(target=self._run, name="muxio-connect-io", daemon=True)
@@ -155,14 +173,14 @@ class _Session:
 
     def send(self, data: bytes) -> str | None:
         """Hand `data` to the socket's thread; wait until it is written or the server is gone."""
-        written = threading.Event()
+        line = _Line(data)
         with self._lock:
-            self._outbox.append((data, written))
-        os.write(self._wake_w, b"x")
-        while not written.wait(0.1):
             if self.gone.is_set():
                 return self.problem
-        return None
+            self._outbox.append(line)
+        os.write(self._wake_w, b"x")
+        line.done.wait()
+        return None if line.written else self.problem
 
     def __enter__(self) -> _Session:
         return self
@@ -174,14 +192,13 @@ class _Session:
         os.close(self._wake_w)
 
     def _run(self) -> None:
-        sock, out = self.sock, sys.stdout.fileno()
-        current: tuple[memoryview, threading.Event] | None = None
+        fd, out = self._fd, sys.stdout.fileno()
+        current: _Line | None = None
         try:
             while True:
-                buffered = getattr(sock, "pending", lambda: 0)()
-                writers = [sock.fileno()] if current is not None else []
+                buffered = self._pending is not None and self._pending()
                 readable, _, _ = select.select(
-                    [sock.fileno(), self._wake_r], writers, [], 0 if buffered else None
+                    [fd, self._wake_r], [fd] if current else [], [], 0 if buffered else None
                 )
                 if self._wake_r in readable and b"q" in os.read(self._wake_r, 512):
                     return
@@ -190,12 +207,11 @@ class _Session:
                         with self._lock:
                             if not self._outbox:
                                 break
-                            data, done = self._outbox.pop(0)
-                        current = memoryview(data), done
-                    current = self._write(*current)
-                    if current is not None:
+                            current = self._outbox.pop(0)
+                    if not self._write(current):
                         break
-                if buffered or sock.fileno() in readable:
+                    current = None
+                if buffered or fd in readable:
                     got = self._read()
                     if got == b"":
                         return
@@ -205,39 +221,30 @@ class _Session:
         except OSError as exc:
             self.problem = exc.strerror or str(exc)
         finally:
-            self.gone.set()
+            with self._lock:
+                self.gone.set()
+                lost, self._outbox = self._outbox, []
+            for line in (current, *lost):
+                if line is not None:
+                    line.done.set()
 
-    def _write(
-        self, view: memoryview, done: threading.Event
-    ) -> tuple[memoryview, threading.Event] | None:
-        """One non-blocking send; an unfinished write is retried with the same bytes."""
+    def _write(self, line: _Line) -> bool:
+        """One non-blocking send: whether the line is all written (a retry sends the same bytes)."""
         try:
-            view = view[self.sock.send(view) :]
-        except (BlockingIOError, InterruptedError):
-            return view, done
-        except OSError as exc:
-            if _wants_retry(exc):
-                return view, done
-            raise
-        if view:
-            return view, done
-        done.set()
-        return None
+            line.view = line.view[self.sock.send(line.view) :]
+        except self._not_yet:
+            return False
+        if line.view:
+            return False
+        line.written = True
+        line.done.set()
+        return True
 
     def _read(self) -> bytes | None:
         try:
             return self.sock.recv(CHUNK)
-        except (BlockingIOError, InterruptedError):
+        except self._not_yet:
             return None
-        except OSError as exc:
-            if _wants_retry(exc):
-                return None
-            raise
-
-
-def _wants_retry(exc: OSError) -> bool:
-    """TLS's want-read/want-write: not an error on a non-blocking socket, just not yet."""
-    return type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError")
 
 
 def pipe(
