@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import select as _select
+from collections.abc import Callable
 
 from .base import READ, WRITE, ClosedPoll, FdTooLargeError, Poller
 
@@ -28,13 +29,14 @@ class SelectPoller(Poller):
     max_fd = FD_SETSIZE
 
     def __init__(self) -> None:
-        self._closed = False
+        # swapped for one that refuses on close: no flag to check per wait
+        self._select: Callable[..., tuple[list[int], list[int], list[int]]] = _select.select
         self._fds: dict[int, int] = {}
         self._r: set[int] = set()
         self._w: set[int] = set()
 
     def register(self, fd: int, events: int) -> None:
-        if self._closed:
+        if self._select is _refuse:
             raise ClosedPoll.error()
         if fd in self._fds:
             raise FileExistsError(f"fd {fd} is already registered")
@@ -66,12 +68,10 @@ class SelectPoller(Poller):
             self._w.discard(fd)
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
-        if self._closed:
-            raise ClosedPoll.error()
         if timeout is not None and timeout < 0:
             timeout = 0
         try:
-            r, w, _ = _select.select(self._r, self._w, (), timeout)
+            r, w, _ = self._select(self._r, self._w, (), timeout)
         except OSError as exc:
             if exc.errno != errno.EBADF:
                 raise
@@ -91,7 +91,11 @@ class SelectPoller(Poller):
         return bad
 
     def close(self) -> None:
-        self._closed = True
+        self._select = _refuse
         self._fds.clear()
         self._r.clear()
         self._w.clear()
+
+
+def _refuse(*args: object) -> tuple[list[int], list[int], list[int]]:
+    raise ClosedPoll.error()
