@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers import has_ipv6_loopback
 
 import muxio
 from muxio.transports import datagram
@@ -34,18 +35,9 @@ PY311 = sys.version_info >= (3, 11)
 PY313 = sys.version_info >= (3, 13)
 
 
-def _has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
-HAS_IPV6 = _has_ipv6_loopback()
+HAS_IPV6 = has_ipv6_loopback()
 HAS_REUSEPORT = hasattr(socket, "SO_REUSEPORT")
 
 

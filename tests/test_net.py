@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import SocketPair
+from helpers import has_ipv6_loopback
 
 import muxio
 from muxio import net
@@ -33,18 +34,9 @@ T = TypeVar("T")
 TIMEOUT = 20.0
 
 
-def _has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
-HAS_V6 = _has_ipv6_loopback()
+HAS_V6 = has_ipv6_loopback()
 needs_v6 = pytest.mark.skipif(not HAS_V6, reason="no IPv6 loopback")
 # a socket left for the garbage collector to close is a leak, even if the fd count agrees
 no_leaks = pytest.mark.filterwarnings(
