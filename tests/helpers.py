@@ -40,6 +40,15 @@ def raise_nofile(wanted: int | None = None) -> int:
     return soft
 
 
+def one_line(stderr: bytes) -> str:
+    """The one line a command wrote on stderr, no traceback: how muxio reports a mistake."""
+    text = stderr.decode("utf-8", "replace")
+    assert "Traceback" not in text, text
+    lines = text.splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
 def has_ipv6_loopback() -> bool:
     if not socket.has_ipv6:
         return False

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import Any, TypeVar
+
+import pytest
 
 import muxio
 from muxio.transports import pipes
@@ -48,3 +50,13 @@ def run(loop: asyncio.AbstractEventLoop, aw: Awaitable[T], timeout: float = WAIT
         return await asyncio.wait_for(aw, timeout)
 
     return loop.run_until_complete(bounded())
+
+
+@pytest.fixture(params=LOOP_KINDS, name="loop")
+def loop_fixture(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
+    """`loop` in the modules that import this: each test once per kind, closed after."""
+    lp = new_loop(request.param)
+    try:
+        yield lp
+    finally:
+        lp.close()

@@ -21,6 +21,7 @@ from helpers import (
     ServeProcess,
     ServerThread,
     has_ipv6_loopback,
+    one_line,
     recv_until_eof,
     round_trip,
     running_server,
@@ -48,14 +49,6 @@ def run_muxio(
         timeout=timeout,
         **kwargs,  # type: ignore[call-overload]
     )
-
-
-def one_line(stderr: bytes) -> str:
-    text = stderr.decode("utf-8", "replace")
-    assert "Traceback" not in text, text
-    lines = text.splitlines()
-    assert len(lines) == 1, text
-    return lines[0]
 
 
 # -- serve: load, then a graceful stop ---------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 import pytest
 from conftest import SocketPair
-from loop_kinds import LOOP_KINDS, new_loop, run
+from loop_kinds import loop_fixture, run  # noqa: F401 - loop_fixture is the `loop` fixture
 
 from muxio.transports.pipes import ReadPipeTransport, WritePipeTransport
 
@@ -130,15 +130,6 @@ class Files:
         for f in self._all:
             with contextlib.suppress(OSError):
                 f.close()
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
-    lp = new_loop(request.param)
-    try:
-        yield lp
-    finally:
-        lp.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from loop_kinds import LOOP_KINDS, WAIT, new_loop, run
+from loop_kinds import WAIT, loop_fixture, run  # noqa: F401 - loop_fixture is the `loop` fixture
 
 from muxio.transports import subprocess as msub
 from muxio.transports.pipes import ReadPipeTransport, WritePipeTransport
@@ -91,15 +91,6 @@ class Child(asyncio.SubprocessProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.events.append("lost")
         self.lost.set_result(exc)
-
-
-@pytest.fixture(params=LOOP_KINDS)
-def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
-    lp = new_loop(request.param)
-    try:
-        yield lp
-    finally:
-        lp.close()
 
 
 @pytest.fixture(params=["pidfd", "thread"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from helpers import ServeProcess, sees_close, serve_process
+from helpers import ServeProcess, one_line, sees_close, serve_process
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -96,14 +96,6 @@ def run_muxio(
     return subprocess.run(
         [*MUXIO, *args], input=stdin, capture_output=True, timeout=timeout, check=False
     )
-
-
-def one_line(stderr: bytes) -> str:
-    text = stderr.decode("utf-8", "replace")
-    assert "Traceback" not in text, text
-    lines = text.splitlines()
-    assert len(lines) == 1, text
-    return lines[0]
 
 
 # -- serve: bad files are one line, no traceback ----------------------------------------
