@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import selectors
 import shutil
@@ -47,7 +46,7 @@ from http_compare import http_servers
 
 from muxio.cli import run_reporting
 from muxio.errors import MuxioError, RuntimeFailure, UsageError
-from muxio.tools.compare import ServerSpec, SpecProcess, all_servers, cpu_plan
+from muxio.tools.compare import ServerSpec, SpecProcess, all_servers, cpu_plan, machine
 
 DEFAULT_SERVERS = (
     "asyncio-protocol,uvloop,muxio-asyncio-protocol,muxio-epoll,"
@@ -476,8 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         server_cpu, load_cpus = cpu_plan()
         report = Report(
             meta={
-                "python": platform.python_version(),
-                "platform": platform.platform(),
+                **machine(),
                 "valgrind": version,
                 "connections": args.connections,
                 "size": args.size,

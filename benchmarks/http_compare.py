@@ -20,7 +20,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ from typing import Any
 
 from muxio.cli import run_reporting
 from muxio.errors import MuxioError, RuntimeFailure, UsageError
-from muxio.tools.compare import ProcessTree, ServerSpec, SpecProcess, cpu_plan
+from muxio.tools.compare import ProcessTree, ServerSpec, SpecProcess, cpu_plan, machine
 
 REFERENCE = "aiohttp-asyncio"
 _MARK = "WRKJSON "
@@ -368,9 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         server_cpu, load_cpus = cpu_plan()
         report = Report(
             meta={
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
+                **machine(),
                 "server_cpu": server_cpu,
                 "load_cpus": load_cpus,
                 "wrk_threads": max(1, len(load_cpus)),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .cli import configure_parser, main
 from .metrics import CompareReport, Row, RunRecord, Spread, aggregate, pick_reference
-from .orchestration import cpu_plan, expected_seconds, run_compare, run_once
+from .orchestration import cpu_plan, expected_seconds, machine, run_compare, run_once
 from .report import prepare_out_dir, render_markdown, write_outputs
 from .sampling import ProcessTree
 from .servers import (
@@ -50,6 +50,7 @@ __all__ = [
     "configure_parser",
     "cpu_plan",
     "expected_seconds",
+    "machine",
     "main",
     "make_tls_files",
     "parse_workload",

@@ -27,6 +27,15 @@ STARTUP_SECONDS = 1.0
 _MIB = 1024 * 1024
 
 
+def machine() -> dict[str, Any]:
+    """What every report says about where it was measured: numbers mean little without it."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+
+
 def cpu_plan() -> tuple[int | None, list[int]]:
     """Server on the first allowed CPU, load on the rest; no pinning with one CPU."""
     if not hasattr(os, "sched_getaffinity"):
@@ -157,9 +166,7 @@ def run_compare(
     reference = pick_reference(servers)
     report = CompareReport(
         meta={
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
+            **machine(),
             "server_cpu": server_cpu,
             "load_cpus": load_cpus,
             "load_processes": procs,
