@@ -128,7 +128,9 @@ def test_debug_mode_refuses_call_soon_from_another_thread(loop: EventLoop) -> No
 def test_timers_cancelled_after_they_ran_do_not_count_as_cancelled(loop: EventLoop) -> None:
     fired: list[int] = []
     handles = [loop.call_later(0, fired.append, i) for i in range(10)]
-    run(loop, asyncio.sleep(0.01))
+    last = loop.create_future()
+    loop.call_later(0, last.set_result, None)  # same deadline: runs after the ten
+    run(loop, last)
     before = loop._timers_cancelled  # run()'s own wait_for timer may count
     for handle in handles:
         handle.cancel()
@@ -270,7 +272,7 @@ def test_server_wait_closed_waits_for_the_last_connection(loop: EventLoop) -> No
         assert not server.is_serving()
 
         async def closer() -> None:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0)  # wait_closed() is waiting by now, or has returned
             order.append("client closes")
             writer.close()
 
