@@ -401,25 +401,11 @@ def v2_header(
     tail = b"".join(struct.pack("!BH", k, len(v)) + v for k, v in tlvs or ())
     if source is None or destination is None:
         return V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x00, len(tail)) + tail
-    if ":" in source[0]:
-        body = struct.pack(
-            "!16s16sHH",
-            ipaddress.IPv6Address(source[0]).packed,
-            ipaddress.IPv6Address(destination[0]).packed,
-            source[1],
-            destination[1],
-        )
-        fam = 0x21
-    else:
-        body = struct.pack(
-            "!4s4sHH",
-            ipaddress.IPv4Address(source[0]).packed,
-            ipaddress.IPv4Address(destination[0]).packed,
-            source[1],
-            destination[1],
-        )
-        fam = 0x11
-    body += tail
+    src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
+    if src.version != dst.version:
+        raise ValueError(f"source {src} and destination {dst} are not of one address family")
+    fam = 0x21 if src.version == 6 else 0x11
+    body = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1]) + tail
     return V2_SIGNATURE + struct.pack("!BBH", 0x21, fam, len(body)) + body
 
 
