@@ -14,7 +14,7 @@ import math
 import os
 import sys
 
-from . import __version__
+from . import __version__, validate
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .pollers import BACKENDS
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import socket
     import ssl
     from collections.abc import Callable
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
     from .tls import TLSSetupError
 
@@ -88,6 +88,34 @@ def bounded_float(high: float, low: float = 0.0) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(
                 f"invalid value {text!r}: use a number from {_plain(low)} to {_plain(high)}"
             )
+        return value
+
+    return parse
+
+
+def checked(validator: Callable[[Any, str], object], flag: str, *, whole: bool = False
+            ) -> Callable[[str], Any]:
+    """An argparse type that leaves the judging to the library's own check (`muxio.validate`).
+
+    The library names its parameter; given the flag as the name, the same
+    check names the flag, so the two can never disagree on what is valid.
+    """
+
+    def parse(text: str) -> Any:
+        value: Any
+        if whole:
+            value = _ascii_int(text)
+            if value is None:
+                value = text
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+        try:
+            validator(value, flag)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc}") from None
         return value
 
     return parse
@@ -282,7 +310,7 @@ def add_scale_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--proxy-protocol-timeout",
-        type=bounded_float(3600, 0.001),
+        type=checked(validate.header_timeout, "--proxy-protocol-timeout"),
         default=5.0,
         metavar="S",
         help="close a connection whose PROXY header is not complete after S seconds (default 5)",
@@ -345,28 +373,29 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     )
     serve.add_argument(
         "--max-connections",
-        type=positive_int,
+        type=checked(validate.max_connections, "--max-connections", whole=True),
         default=None,
         metavar="N",
         help="close new connections at once past N open ones",
     )
     serve.add_argument(
         "--idle-timeout",
-        type=bounded_float(31_536_000),
+        type=checked(validate.idle_timeout, "--idle-timeout"),
         default=None,
         metavar="S",
-        help="close connections silent in both directions for S seconds",
+        help="close connections silent in both directions for S seconds (at least 0.1; "
+        "0: never)",
     )
     serve.add_argument(
         "--slow-callback-ms",
-        type=bounded_float(3_600_000),
+        type=checked(validate.slow_callback_ms, "--slow-callback-ms"),
         default=100.0,
         metavar="MS",
         help="warn when a callback holds the loop longer (0 turns the watchdog off)",
     )
     serve.add_argument(
         "--shutdown-timeout",
-        type=bounded_float(86_400),
+        type=checked(validate.shutdown_timeout, "--shutdown-timeout"),
         default=10.0,
         metavar="S",
         help="on SIGINT/SIGTERM, abort connections still flushing after S seconds",
@@ -453,6 +482,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if worker is not None:
         sockets = worker.sockets()
     elif args.fd:
+        twice = sorted({fd for fd in args.fd if args.fd.count(fd) > 1})
+        if twice:
+            raise UsageError(
+                f"--fd {twice[0]} is given twice: give each descriptor once "
+                "(serving it twice would close it twice)"
+            )
         sockets = [socket_from_fd(fd, f"--fd {fd}") for fd in args.fd]
     else:
         sockets = systemd_sockets()

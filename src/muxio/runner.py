@@ -26,6 +26,7 @@ import signal
 import socket
 from collections.abc import Callable
 
+from . import validate
 from .loop import EventLoop
 from .pollers import Poller
 from .server import Server, bind_tcp, bind_unix
@@ -39,7 +40,7 @@ log = logging.getLogger("muxio")
 
 
 class ServeConfig:
-    """What `muxio serve` was asked for."""
+    """What `muxio serve` was asked for, each value checked here (see `muxio.validate`)."""
 
     def __init__(
         self,
@@ -59,15 +60,15 @@ class ServeConfig:
         tls_client_certs: bool = False,
     ) -> None:
         self.host = host
-        self.port = port
+        self.port = validate.port(port)
         self.unix = unix
         self.unix_mode = unix_mode
         self.poller = poller
-        self.backlog = backlog
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
-        self.slow_callback_ms = slow_callback_ms
-        self.shutdown_timeout = shutdown_timeout
+        self.backlog = validate.backlog(backlog)
+        self.max_connections = validate.max_connections(max_connections)
+        self.idle_timeout = validate.idle_timeout(idle_timeout)
+        self.slow_callback_ms = validate.slow_callback_ms(slow_callback_ms)
+        self.shutdown_timeout = validate.shutdown_timeout(shutdown_timeout)
         self.service_name = service_name
         self.tls = tls
         """An `ssl.SSLContext` to serve TLS with, or None for plain TCP."""
@@ -108,6 +109,7 @@ def serve(
     systemd, a parent process or a supervisor).
     """
     on_start, on_close = service.on_start, service.on_close
+    sockets = validate.sockets(sockets)
     if sockets is not None:
         pass
     elif config.unix is not None:
@@ -120,10 +122,7 @@ def serve(
                 "machine can connect (use 127.0.0.1 to stay local)",
                 config.host or "''",
             )
-    if not 0 <= config.slow_callback_ms < float("inf"):
-        raise ValueError(
-            f"slow_callback_ms must be a finite number >= 0, not {config.slow_callback_ms!r}"
-        )
+    validate.slow_callback_ms(config.slow_callback_ms)
     loop = EventLoop(
         poller if poller is not None else config.poller,
         slow_callback_ms=config.slow_callback_ms,
