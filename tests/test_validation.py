@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import one_line
 
 CHILD_TIMEOUT = 20
