@@ -41,12 +41,12 @@ def number(
     """A finite real number in [low, high]; bools and strings are refused by type."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, not {type(value).__name__} {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and low <= value <= high):
+    result = float(value)
+    if not (math.isfinite(result) and low <= result <= high):
         raise ValueError(
             f"{name} must be a number from {_plain(low)} to {_plain(high)}{unit}, not {value!r}"
         )
-    return value
+    return result
 
 
 def timeout(
