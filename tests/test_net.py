@@ -945,7 +945,8 @@ def test_unix_server_never_takes_over_a_live_servers_file(tmp_path: Path) -> Non
         with pytest.raises(listeners.UnixPathTaken) as info:
             listeners.bind_unix_listener(path)
         assert info.value.reason == "live"
-        assert str(info.value) == f"[Errno {errno.EADDRINUSE}] Address {str(path)!r} is already in use"
+        in_use = f"[Errno {errno.EADDRINUSE}] Address {str(path)!r} is already in use"
+        assert str(info.value) == in_use
         with socket.socket(socket.AF_UNIX) as client:  # the live one still answers at its path
             client.connect(str(path))
             conn, _ = first.accept()
@@ -999,7 +1000,8 @@ def test_create_unix_server_refuses_a_live_servers_path_and_replaces_a_stale_one
             with pytest.raises(OSError) as info:
                 await loop.create_unix_server(Hello, path)
             assert info.value.errno == errno.EADDRINUSE
-            assert str(info.value) == f"[Errno {errno.EADDRINUSE}] Address {path!r} is already in use"
+            in_use = f"[Errno {errno.EADDRINUSE}] Address {path!r} is already in use"
+            assert str(info.value) == in_use
             assert await hello_from(path) == b"live"
         finally:
             live.close()

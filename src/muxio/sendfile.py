@@ -1,4 +1,4 @@
-"""`loop.sock_sendfile` and `loop.sendfile`: the kernel copies when it can.
+"""The kernel-copy and fallback paths of `loop.sock_sendfile` and `loop.sendfile`.
 
 Both have a fallback for files or transports the kernel cannot send from:
 chunks read in the executor (a disk read may block) and written out with
@@ -17,7 +17,7 @@ from asyncio import AbstractEventLoop
 from asyncio import constants as _aio_constants
 from typing import Any
 
-from .readiness import Waiter, check_socket
+from .readiness import Waiter
 
 FALLBACK_BLOCK = 256 * 1024
 """Bytes per read in either fallback, as asyncio's."""
@@ -25,7 +25,7 @@ FALLBACK_BLOCK = 256 * 1024
 _SendfileMode: Any = _aio_constants._SendfileMode  # asyncio's marker on transports
 
 
-def _check_sendfile_params(sock: socket.socket, file: Any, offset: object, count: object) -> None:
+def check_sendfile_params(sock: socket.socket, file: Any, offset: object, count: object) -> None:
     if "b" not in getattr(file, "mode", "b"):
         raise ValueError("file should be opened in binary mode")
     if sock.type != socket.SOCK_STREAM:
@@ -41,34 +41,7 @@ def _check_sendfile_params(sock: socket.socket, file: Any, offset: object, count
         raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
 
 
-async def sock_sendfile(
-    loop: AbstractEventLoop,
-    sock: socket.socket,
-    file: Any,
-    offset: int = 0,
-    count: int | None = None,
-    *,
-    fallback: bool = True,
-) -> int:
-    """Send `file` from `offset` (`count` bytes, or to EOF); the count sent.
-
-    The kernel copies with `os.sendfile` when it can; otherwise, if
-    `fallback`, chunks are read in the executor and sent with `sock_sendall`.
-    Afterwards the file position is just past the last byte sent.
-    """
-    if loop.get_debug() and sock.gettimeout() != 0:
-        raise ValueError("the socket must be non-blocking")
-    check_socket(loop, sock)
-    _check_sendfile_params(sock, file, offset, count)
-    try:
-        return await _sendfile_native(loop, sock, file, offset, count)
-    except asyncio.SendfileNotAvailableError:
-        if not fallback:
-            raise
-    return await _sendfile_fallback(loop, sock, file, offset, count)
-
-
-async def _sendfile_native(
+async def sock_sendfile_native(
     loop: AbstractEventLoop, sock: socket.socket, file: Any, offset: int, count: int | None
 ) -> int:
     sendfile = getattr(os, "sendfile", None)
@@ -118,7 +91,7 @@ async def _sendfile_native(
             os.lseek(fileno, offset + total, os.SEEK_SET)
 
 
-async def _sendfile_fallback(
+async def sock_sendfile_fallback(
     loop: AbstractEventLoop, sock: socket.socket, file: Any, offset: int, count: int | None
 ) -> int:
     if offset:
@@ -166,7 +139,7 @@ async def transport_sendfile(
     if mode is _SendfileMode.UNSUPPORTED:
         raise RuntimeError(f"sendfile is not supported for transport {transport!r}")
     if mode is _SendfileMode.TRY_NATIVE:
-        _check_sendfile_params(transport.get_extra_info("socket"), file, offset, count)
+        check_sendfile_params(transport.get_extra_info("socket"), file, offset, count)
         try:
             sent: int = await loop._sendfile_native(  # type: ignore[attr-defined]
                 transport, file, offset, count

@@ -137,5 +137,19 @@ class SocketOps(asyncio.AbstractEventLoop):
         *,
         fallback: bool = True,
     ) -> int:
-        """Send `file` from `offset` (`count` bytes, or to EOF): see `muxio.sendfile`."""
-        return await _sendfile.sock_sendfile(self, sock, file, offset, count, fallback=fallback)
+        """Send `file` from `offset` (`count` bytes, or to EOF); the count sent.
+
+        The kernel copies with `os.sendfile` when it can; otherwise, if
+        `fallback`, chunks are read in the executor and sent with `sock_sendall`.
+        Afterwards the file position is just past the last byte sent.
+        """
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        check_socket(self, sock)
+        _sendfile.check_sendfile_params(sock, file, offset, count)
+        try:
+            return await _sendfile.sock_sendfile_native(self, sock, file, offset, count)
+        except asyncio.SendfileNotAvailableError:
+            if not fallback:
+                raise
+        return await _sendfile.sock_sendfile_fallback(self, sock, file, offset, count)
