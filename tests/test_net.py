@@ -250,6 +250,23 @@ def test_two_receivers_on_one_socket_both_complete(api: Api, tcp_pair: SocketPai
     assert api.run(scenario()) == [b"x", b"y"]
 
 
+def test_waiters_share_one_registration_kept_on_the_loop(api: Api, tcp_pair: SocketPair) -> None:
+    a, b = tcp_pair
+
+    async def scenario() -> None:
+        first = api.loop.create_task(api.sock_recv(b, 1))
+        second = api.loop.create_task(api.sock_recv(b, 1))
+        await asyncio.sleep(0)
+        registry = api.loop._readiness  # type: ignore[attr-defined]
+        assert list(registry) == [(b.fileno(), False)]
+        assert registry[(b.fileno(), False)].users == 2
+        a.send(b"xy")
+        await asyncio.gather(first, second)
+        assert registry == {}
+
+    api.run(scenario())
+
+
 def test_datagrams_round_trip_with_addresses(api: Api) -> None:
     with (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
