@@ -26,9 +26,10 @@ import signal
 import socket
 from collections.abc import Callable
 
+from .listeners import bind_tcp, bind_unix
 from .loop import EventLoop
 from .pollers import Poller
-from .server import Server, bind_tcp, bind_unix
+from .server import Server
 from .services import Service
 
 TYPE_CHECKING = False
