@@ -444,7 +444,7 @@ def setup_logging(level: str, worker: int | None = None) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .activation import socket_from_fd, systemd_sockets
     from .pollers import get_poller_class
-    from .runner import ServeConfig, serve
+    from .runner import ServeConfig, run_service
     from .services import Service, build_service
     from .supervisor import WorkerSpec
 
@@ -509,7 +509,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         on_start = worker.wrap_on_start(on_start)
     service = Service(factory, on_start=on_start, on_close=service.on_close)
     try:
-        totals = serve(service, config, sockets=sockets)
+        totals = run_service(service, config, sockets=sockets)
         if worker is not None:
             worker.report(totals)
         code = 0 if totals.get("drain") == "complete" else 1

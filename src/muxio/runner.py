@@ -89,7 +89,7 @@ class _Stopping:
         self.deadline = float("inf")
 
 
-def serve(
+def run_service(
     service: Service,
     config: ServeConfig,
     *,

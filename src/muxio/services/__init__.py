@@ -6,19 +6,21 @@ take options of its own without the CLI knowing them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import importlib
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import UsageError
 from ..protocol import Protocol
 
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
-
 if TYPE_CHECKING:
-    from typing import Any
-
     from ..loop import EventLoop
 
 ProtocolFactory = Callable[[], Protocol]
+StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Servable = Callable[..., Any]
 StartHook = Callable[["EventLoop"], object]
 CloseHook = Callable[[float], object]
 
@@ -54,7 +56,34 @@ class Service:
         return f"<Service {getattr(self.factory, '__qualname__', self.factory)!r}{shown}>"
 
 
-ServiceBuilder = Callable[["Any"], Service]
+ServiceBuilder = Callable[[Any], Service]
+
+
+def stream_protocol_factory(handler: StreamHandler) -> ProtocolFactory:
+    """Adapt `async def handler(reader, writer)` to a protocol factory.
+
+    The loop is a full asyncio loop, so asyncio's own stream protocol does
+    the buffering and flow control: the handler sees exactly what
+    `asyncio.start_server` would give it.
+    """
+
+    def factory() -> Protocol:
+        reader = asyncio.StreamReader()
+        return cast(Protocol, asyncio.StreamReaderProtocol(reader, handler))
+
+    return factory
+
+
+def as_protocol_factory(service: Servable) -> ProtocolFactory:
+    """A coroutine function is a stream handler; anything else builds protocols.
+
+    It lives here, not in `serving`, because both `load_service` (a
+    `module:handler` spec) and `muxio.serve` need it, and `serving` sits
+    above `services`.
+    """
+    if inspect.iscoroutinefunction(service):
+        return stream_protocol_factory(cast(StreamHandler, service))
+    return cast(ProtocolFactory, service)
 
 
 def _upper(options: Any) -> Service:
@@ -102,10 +131,6 @@ def load_service(spec: str) -> Service:
     `async def handler(reader, writer)`; every way the spec can be wrong
     is a usage error naming it, never a traceback.
     """
-    import importlib
-
-    from ..serving import as_protocol_factory
-
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise UsageError(f"service {spec!r}: write module:factory, e.g. myapp.server:MyProtocol")
@@ -137,4 +162,13 @@ def load_service(spec: str) -> Service:
     return Service(as_protocol_factory(target))
 
 
-__all__ = ["Service", "build_service", "load_service"]
+__all__ = [
+    "ProtocolFactory",
+    "Servable",
+    "Service",
+    "StreamHandler",
+    "as_protocol_factory",
+    "build_service",
+    "load_service",
+    "stream_protocol_factory",
+]
