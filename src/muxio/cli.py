@@ -553,11 +553,11 @@ def exit_despite_threads(code: int) -> None:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    from .tools.client import run
+    from .tools.client import run_client
 
     check_address(args)
     tls, server_name = client_tls(args)
-    return run(
+    return run_client(
         args.host, args.port, args.unix, timeout=args.timeout, tls=tls, server_name=server_name
     )
 
