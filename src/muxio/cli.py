@@ -13,18 +13,16 @@ import logging
 import math
 import os
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .pollers import BACKENDS
 
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
-
 if TYPE_CHECKING:
     import socket
     import ssl
     from collections.abc import Callable
-    from typing import NoReturn
 
     from .tls import TLSSetupError
 

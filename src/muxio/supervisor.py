@@ -45,12 +45,11 @@ import socket
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
-    from typing import Any
 
     from .loop import EventLoop
 
