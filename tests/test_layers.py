@@ -26,8 +26,7 @@ LAYERS: list[list[str]] = [
     ["listeners", "resolve"],
     ["protocol"],
     ["transports", "transports.*"],
-    # net: what is left of it until its split into the modules beside it lands
-    ["sendfile", "sockops", "connect", "net"],
+    ["readiness", "sendfile", "sockops", "connect"],
     ["server"],
     ["watchdog"],
     ["loop"],
