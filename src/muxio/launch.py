@@ -109,21 +109,22 @@ def main(argv: list[str]) -> int:
 
     loop_settings(None, UNSET)  # a bad MUXIO_* variable: one line now, not in each worker
     if module is not None:
+        # python -m looks in the current directory first, not where `muxio` was found
+        sys.path[0:1] = [os.getcwd()]
         _check_module(module)
     else:
         assert script is not None
         if not os.path.exists(script):
             raise UsageError(f"run {script}: no such file (check the path)")
+        sys.path[0:1] = [os.path.dirname(os.path.abspath(script))]
     child_environment(os.environ)
     install_policy()
     if module is not None:
         sys.argv = [module, *rest]
-        sys.path[0:1] = [os.getcwd()]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
         assert script is not None
         sys.argv = [script, *rest]
-        sys.path[0:1] = [os.path.dirname(os.path.abspath(script))]
         runpy.run_path(script, run_name="__main__")
     return 0
 

@@ -25,7 +25,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                print(f"app started on {loop_module()} in {os.getpid()}", file=sys.stderr, flush=True)
+                started = f"app started on {loop_module()} in {os.getpid()}"
+                print(started, file=sys.stderr, flush=True)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})

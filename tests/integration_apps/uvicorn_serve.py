@@ -7,4 +7,5 @@ import sys
 import uvicorn
 
 if __name__ == "__main__":
-    uvicorn.run("asgi_app:app", host="127.0.0.1", port=int(sys.argv[1]), loop="muxio:new_event_loop")
+    port = int(sys.argv[1])
+    uvicorn.run("asgi_app:app", host="127.0.0.1", port=port, loop="muxio:new_event_loop")
