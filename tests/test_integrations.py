@@ -264,6 +264,20 @@ def test_gunicorn_module_without_gunicorn_says_what_to_install() -> None:
     ), out.stderr
 
 
+def test_a_gunicorn_worker_without_its_server_says_what_to_install() -> None:
+    need("gunicorn")
+    code = (
+        "import sys; sys.modules['uvicorn_worker'] = None\n"
+        "import muxio.gunicorn as workers\n"
+        "try:\n    workers.UvicornWorker\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == (
+        "muxio.gunicorn.UvicornWorker needs uvicorn-worker, which is not installed here: "
+        "pip install 'muxio[integrations]'"
+    ), out.stderr
+
+
 # -- hypercorn, through muxio run ---------------------------------------------------------
 
 HYPERCORN_PORT = r"Running on http://127\.0\.0\.1:(\d+)"

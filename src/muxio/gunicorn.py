@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from typing import Any
 
 _INSTALL = "pip install 'muxio[integrations]'"
 
@@ -26,13 +23,17 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
     ) from exc
 
 
-def _missing(worker: str, package: str, exc: ImportError) -> Callable[..., Any]:
-    def fail(*args: Any, **kwargs: Any) -> Any:
-        raise ImportError(
-            f"muxio.gunicorn.{worker} needs {package}, which is not installed here: {_INSTALL}"
-        ) from exc
+_MISSING: dict[str, tuple[str, ImportError]] = {}
+"""Worker classes whose server is not installed: named on use, not on import."""
 
-    return fail
+
+def __getattr__(name: str) -> Any:
+    if name in _MISSING:
+        package, exc = _MISSING[name]
+        raise ImportError(
+            f"muxio.gunicorn.{name} needs {package}, which is not installed here: {_INSTALL}"
+        ) from exc
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _install_policy() -> None:
@@ -43,11 +44,11 @@ def _install_policy() -> None:
 
 try:
     from uvicorn_worker import UvicornWorker as _UvicornBase
-except ImportError as _uvicorn_missing:  # pragma: no cover - depends on what is installed
-    UvicornWorker: Any = _missing("UvicornWorker", "uvicorn-worker", _uvicorn_missing)
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    _MISSING["UvicornWorker"] = ("uvicorn-worker", exc)
 else:
 
-    class UvicornWorker(_UvicornBase):  # type: ignore[no-redef,misc]
+    class UvicornWorker(_UvicornBase):  # type: ignore[misc]
         """uvicorn's maintained gunicorn worker, with `--loop muxio:new_event_loop`."""
 
         CONFIG_KWARGS: dict[str, Any] = {  # noqa: RUF012 - the base's own override point
@@ -58,11 +59,11 @@ else:
 
 try:
     from aiohttp.worker import GunicornWebWorker as _AiohttpBase
-except ImportError as _aiohttp_missing:  # pragma: no cover - depends on what is installed
-    AiohttpWorker: Any = _missing("AiohttpWorker", "aiohttp", _aiohttp_missing)
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    _MISSING["AiohttpWorker"] = ("aiohttp", exc)
 else:
 
-    class AiohttpWorker(_AiohttpBase):  # type: ignore[no-redef]
+    class AiohttpWorker(_AiohttpBase):
         """aiohttp's worker on muxio's policy, as `GunicornUVLoopWebWorker` is on uvloop's."""
 
         def init_process(self) -> None:
