@@ -30,12 +30,14 @@ LAYERS: list[list[str]] = [
     ["server"],
     ["watchdog"],
     ["loop"],
-    ["offload", "policy"],
+    ["offload", "policy", "loopenv"],
     ["services", "services.*"],
     ["runner"],
     ["serving"],
     ["proxy_protocol", "activation", "tls"],
     ["supervisor"],
+    # muxio under other programs: `muxio run`, gunicorn's workers, the pytest plugin
+    ["launch", "_run_site.*", "gunicorn", "pytest_plugin", "_pytest_loops"],
     ["tools", "tools.*"],
     # one group: `cli` reads `muxio.__version__`; the cycle check still
     # catches the package importing `cli` back

@@ -321,9 +321,10 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     add_address_arguments(serve)
     serve.add_argument(
         "--poller",
-        default="auto",
+        default=None,
         metavar="NAME",
-        help=f"auto or one of {', '.join(BACKENDS)} (default auto: the best this OS has)",
+        help=f"auto or one of {', '.join(BACKENDS)} (default: $MUXIO_POLLER, else auto: "
+        "the best this OS has)",
     )
     serve.add_argument(
         "--unix-mode",
@@ -358,9 +359,10 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     serve.add_argument(
         "--slow-callback-ms",
         type=bounded_float(3_600_000),
-        default=100.0,
+        default=None,
         metavar="MS",
-        help="warn when a callback holds the loop longer (0 turns the watchdog off)",
+        help="warn when a callback holds the loop longer (0 turns the watchdog off; "
+        "default: $MUXIO_SLOW_CALLBACK_MS, else 100)",
     )
     serve.add_argument(
         "--shutdown-timeout",
@@ -419,6 +421,12 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         help="give up when the server has sent nothing for S seconds (default: wait)",
     )
     add_tls_client_arguments(connect)
+
+    sub.add_parser(
+        "run",
+        help="run a program (-m module or script.py) with muxio as its event loop",
+        add_help=False,
+    )
 
     for name, summary in (
         ("bench", "load-test a server (echo or line protocol, closed or open loop)"),
@@ -582,14 +590,34 @@ def run_reporting(main: Callable[[], int]) -> int:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if argv[:1] == ["run"]:
+        return cmd_run(argv[1:])
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.argv = argv
     return run_reporting(lambda: _dispatch(args))
 
 
+def serve_loop_defaults(args: argparse.Namespace) -> None:
+    """`muxio serve`'s flags win; left out, the loop variables every muxio loop reads apply."""
+    from .loopenv import env_poller, env_slow_callback_ms
+
+    if args.poller is None:
+        args.poller = env_poller()
+    if args.slow_callback_ms is None:
+        args.slow_callback_ms = env_slow_callback_ms()
+
+
+def cmd_run(argv: list[str]) -> int:
+    """`muxio run`: everything after it is the program's, so argparse never sees it."""
+    from .launch import main as launch
+
+    return run_reporting(lambda: launch(argv))
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
+        serve_loop_defaults(args)
         return cmd_serve(args)
     if args.command == "connect":
         return cmd_connect(args)
