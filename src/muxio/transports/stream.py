@@ -47,13 +47,15 @@ Buffer = bytes | memoryview
 
 
 class _Output(enum.IntEnum):
-    """What may still be written; falsy while writes are accepted (one test on the hot path)."""
+    """What becomes of a write: falsy while writes are accepted, so `write()` tests one slot."""
 
     OPEN = 0
     EOF = 1
-    """`write_eof()` or a graceful shutdown: FIN once the buffer is flushed."""
+    """`write_eof()` or a graceful shutdown: FIN once the buffer is flushed; writes raise."""
     SENDFILE = 2
-    """The kernel sends a file: writes are refused, as in asyncio."""
+    """The kernel sends a file: writes raise, as in asyncio."""
+    LOST = 3
+    """The connection is lost (and was open for writing): writes are dropped."""
 
 
 class Transport(FlowControlTransport, asyncio.Transport):
@@ -244,7 +246,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
             )
-        if self._output or self._lost or not data:
+        if self._output or not data:
             self._write_refused(data)
             return
         buf = self._buffer
@@ -279,11 +281,12 @@ class Transport(FlowControlTransport, asyncio.Transport):
 
     def _write_refused(self, data: bytes | bytearray | memoryview) -> None:
         """`write()`'s rare cases, in asyncio's order, off the hot path."""
-        if self._output is _Output.SENDFILE:
-            raise RuntimeError("unable to write; sendfile is in progress")
-        if self._output:
+        output = self._output
+        if output is _Output.EOF:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if data and self._lost:
+        if output is _Output.SENDFILE:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        if data and output is _Output.LOST:
             self._drop_write("socket.send() raised exception.")
 
     def writelines(self, list_of_data: Any) -> None:
@@ -330,7 +333,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
                 self._wake_flush_waiter(None)
             if self._closing:
                 self._lose(None)
-            elif self._output:
+            elif self._output is _Output.EOF:
                 self._shutdown_write()
 
     def write_eof(self) -> None:
@@ -438,6 +441,8 @@ class Transport(FlowControlTransport, asyncio.Transport):
         self._force_close(None)
 
     def _unwatch(self, exc: BaseException | None) -> None:
+        if self._output is _Output.OPEN:
+            self._output = _Output.LOST
         if self._flush_waiter is not None:
             self._wake_flush_waiter(exc or ConnectionError("Connection is closed"))
         self._loop.forget_fd(self._fd)
@@ -468,6 +473,8 @@ class Transport(FlowControlTransport, asyncio.Transport):
             if self._buffer:
                 waiter = self._flush_waiter = loop.create_future()
                 await waiter
+            if self._output is _Output.LOST:
+                raise ConnectionError("Connection is closed")
             if self._output:
                 raise RuntimeError("Cannot call sendfile() after write_eof()")
             self._output = _Output.SENDFILE
@@ -477,7 +484,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
                 )
             finally:
                 if self._output is _Output.SENDFILE:
-                    self._output = _Output.OPEN
+                    self._output = _Output.LOST if self._lost else _Output.OPEN
             if self._counting:
                 self.bytes_out += sent
             return sent
