@@ -26,6 +26,8 @@ log = logging.getLogger("muxio")
 
 WARN_AFTER_DROPPED_WRITES = 5
 """asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`."""
+FAILED: Any = object()
+"""What `_call_protocol` returns when the callback raised (and the transport is closing)."""
 
 
 class TransportBase(asyncio.BaseTransport):
@@ -85,6 +87,21 @@ class TransportBase(asyncio.BaseTransport):
         else:
             self._report(exc, message)
         self._force_close(exc)
+
+    def _call_protocol(self, method: str, *args: Any) -> Any:
+        """Run a protocol callback off the hot path; its failure is fatal, as in asyncio.
+
+        Returns what the callback returned, or `FAILED`.  `SystemExit` and
+        `KeyboardInterrupt` go on to whoever runs the loop; any other
+        `BaseException` (a `CancelledError` too) closes the transport.
+        """
+        try:
+            return getattr(self._protocol, method)(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, f"Fatal error: protocol.{method}() call failed.")
+            return FAILED
 
     def _report(self, exc: BaseException, message: str) -> None:
         self._loop.call_exception_handler(
@@ -162,26 +179,23 @@ class FlowControlTransport(TransportBase):
         self._maybe_pause_protocol()
 
     def _maybe_pause_protocol(self) -> None:
-        if self._buffered <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        try:
-            self._protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._report(exc, "protocol.pause_writing() failed")
+        if self._buffered > self._high_water and not self._protocol_paused:
+            self._protocol_paused = True
+            self._tell_protocol("pause_writing")
 
     def _maybe_resume_protocol(self) -> None:
-        if not self._protocol_paused or self._buffered > self._low_water:
-            return
-        self._protocol_paused = False
+        if self._protocol_paused and self._buffered <= self._low_water:
+            self._protocol_paused = False
+            self._tell_protocol("resume_writing")
+
+    def _tell_protocol(self, method: str) -> None:
+        """Flow control is advice: a protocol that fails to take it is reported, not closed."""
         try:
-            self._protocol.resume_writing()
+            getattr(self._protocol, method)()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._report(exc, "protocol.resume_writing() failed")
+            self._report(exc, f"protocol.{method}() failed")
 
     def _force_close(self, exc: BaseException | None) -> None:
         if self._lost:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     _P = TypeVar("_P", bound=BaseProtocol)
+    _T = TypeVar("_T", "ReadPipeTransport", "WritePipeTransport")
 
 
 log = logging.getLogger("muxio")
@@ -63,30 +64,57 @@ class _PipeEnd(TransportBase):
     __slots__ = ()  # the ends have a __dict__; slots here would clash with the write end's
 
     _pipe: Any
+    _not_a_pipe: str
+    """The ValueError's message for a descriptor that is no pipe, socket or tty (asyncio's)."""
 
-    def _open(
+    def __init__(
         self,
         loop: AbstractEventLoop,
         pipe: Any,
         protocol: BaseProtocol,
-        extra: Mapping[str, Any] | None,
-        not_a_pipe: str,
-    ) -> int:
-        """Take `pipe` over, non-blocking; its `st_mode`, or ValueError(`not_a_pipe`)."""
+        waiter: Future[None] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Take `pipe` over, non-blocking; the protocol hears of it on the next loop turn.
+
+        `connection_made` is scheduled, not run, so that the caller of the
+        constructor finishes first; `waiter` is woken after it.
+        """
         self._pipe = None  # set first: __del__ runs even if we raise below
         self._extra = _with_pipe(extra, pipe)
         fd = pipe.fileno()
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
-            raise ValueError(not_a_pipe)
+            raise ValueError(self._not_a_pipe)
         os.set_blocking(fd, False)
         self._init_base(loop, fd, protocol)
         self._pipe = pipe
-        return mode
+        then = self._setup(mode)
+        loop.call_soon(protocol.connection_made, self)
+        if then is not None:
+            loop.call_soon(then)
+        if waiter is not None:
+            loop.call_soon(_wake, waiter)
+
+    def _setup(self, mode: int) -> Callable[[], object] | None:
+        """This end's own state; what to run once `connection_made` has."""
+        raise NotImplementedError
 
     def _release(self) -> None:
         self._pipe.close()
         self._pipe = None
+
+    def _state_when_open(self) -> str:
+        return "open"
+
+    def __repr__(self) -> str:
+        if self._pipe is None:
+            state = "closed"
+        elif self._closing:
+            state = "closing"
+        else:
+            state = self._state_when_open()
+        return f"<{type(self).__name__} fd={getattr(self, '_fd', None)} {state}>"
 
     def __del__(self) -> None:
         if self._pipe is not None:
@@ -104,24 +132,13 @@ class ReadPipeTransport(_PipeEnd, ReadTransport):
     ignored, as a pipe has no write half to keep open.
     """
 
-
     max_size = 256 * 1024
     """Largest single read: four default Linux pipe buffers."""
+    _not_a_pipe = "Pipe transport is for pipes/sockets only."
 
-    def __init__(
-        self,
-        loop: AbstractEventLoop,
-        pipe: Any,
-        protocol: BaseProtocol,
-        waiter: Future[None] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        self._open(loop, pipe, protocol, extra, "Pipe transport is for pipes/sockets only.")
+    def _setup(self, mode: int) -> Callable[[], object] | None:
         self._paused = False
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
-            loop.call_soon(_wake, waiter)
+        return self._start_reading
 
     def _start_reading(self) -> None:
         if self.is_reading():
@@ -142,14 +159,9 @@ class ReadPipeTransport(_PipeEnd, ReadTransport):
             self._loop.call_soon(self._protocol.eof_received)
             self._lose(None)
             return
-        try:
-            self._protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            # As asyncio's socket transports do: a protocol that cannot take
-            # the data would lose the rest of the stream too.
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+        # Fatal if it raises, as in asyncio's socket transports: a protocol
+        # that cannot take the data would lose the rest of the stream too.
+        self._call_protocol("data_received", data)
 
     def is_reading(self) -> bool:
         return not (self._paused or self._closing)
@@ -182,15 +194,8 @@ class ReadPipeTransport(_PipeEnd, ReadTransport):
     def _unwatch(self, exc: BaseException | None) -> None:
         self._loop.remove_reader(self._fd)
 
-    def __repr__(self) -> str:
-        if self._pipe is None:
-            state = "closed"
-        elif self._closing:
-            state = "closing"
-        else:
-            state = "open reading" if self.is_reading() else "open paused"
-        fd = getattr(self, "_fileno", None)
-        return f"<{type(self).__name__} fd={fd} {state}>"
+    def _state_when_open(self) -> str:
+        return "open reading" if self.is_reading() else "open paused"
 
 
 class WritePipeTransport(_PipeEnd, FlowControlTransport, WriteTransport):
@@ -203,26 +208,14 @@ class WritePipeTransport(_PipeEnd, FlowControlTransport, WriteTransport):
     buffer is flushed.
     """
 
+    _not_a_pipe = "Pipe transport is only for pipes, sockets and character devices"
 
-    def __init__(
-        self,
-        loop: AbstractEventLoop,
-        pipe: Any,
-        protocol: BaseProtocol,
-        waiter: Future[None] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        mode = self._open(
-            loop, pipe, protocol, extra,
-            "Pipe transport is only for pipes, sockets and character devices",
-        )  # fmt: skip
+    def _setup(self, mode: int) -> Callable[[], object] | None:
         self._buffer: list[bytes | memoryview] = []
         self._init_flow_control()
-        loop.call_soon(protocol.connection_made, self)
         if stat.S_ISSOCK(mode) or (stat.S_ISFIFO(mode) and _PEER_CLOSE_SIGNALLED):
-            loop.call_soon(self._watch_reader)
-        if waiter is not None:
-            loop.call_soon(_wake, waiter)
+            return self._watch_reader
+        return None
 
     def _watch_reader(self) -> None:
         if not self._lost:
@@ -267,8 +260,7 @@ class WritePipeTransport(_PipeEnd, FlowControlTransport, WriteTransport):
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
-                self._writes_after_loss += 1
-                self._fatal_error(exc, "Fatal write error on pipe transport")
+                self._write_failed(exc)
                 return
             if n == len(data):
                 return
@@ -283,21 +275,20 @@ class WritePipeTransport(_PipeEnd, FlowControlTransport, WriteTransport):
 
     def _write_ready(self) -> None:
         buf = self._buffer
-        if not buf:
-            self._loop.remove_writer(self._fd)
-            return
         try:
-            if len(buf) == 1 or not _HAS_WRITEV:
-                n = os.write(self._fd, buf[0])
-            else:
+            if len(buf) > 1 and _HAS_WRITEV:
                 n = os.writev(self._fd, buf[:_IOV_MAX])
+            elif buf:
+                n = os.write(self._fd, buf[0])
+            else:  # an event polled before the buffer was dropped
+                self._loop.remove_writer(self._fd)
+                return
         except (BlockingIOError, InterruptedError):
             return
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._writes_after_loss += 1
-            self._fatal_error(exc, "Fatal write error on pipe transport")
+            self._write_failed(exc)
             return
         self._buffered -= n
         done = 0
@@ -316,6 +307,11 @@ class WritePipeTransport(_PipeEnd, FlowControlTransport, WriteTransport):
         self._maybe_resume_protocol()  # may write again, never when closing
         if self._closing:
             self._lose(None)
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """Fatal, and it counts as a write after the loss (asyncio's count)."""
+        self._writes_after_loss += 1
+        self._fatal_error(exc, "Fatal write error on pipe transport")
 
     def can_write_eof(self) -> bool:
         return True
@@ -344,45 +340,38 @@ class WritePipeTransport(_PipeEnd, FlowControlTransport, WriteTransport):
         self._loop.remove_reader(self._fd)
 
     def __repr__(self) -> str:
-        if self._pipe is None:
-            state = "closed"
-        elif self._closing:
-            state = "closing"
-        else:
-            state = "open"
-        fd = getattr(self, "_fileno", None)
-        return f"<{type(self).__name__} fd={fd} {state} bufsize={getattr(self, '_buffered', 0)}>"
+        return f"{super().__repr__()[:-1]} bufsize={getattr(self, '_buffered', 0)}>"
 
 
 async def connect_read_pipe(
     loop: AbstractEventLoop, protocol_factory: Callable[[], _P], pipe: Any
 ) -> tuple[ReadPipeTransport, _P]:
     """`loop.connect_read_pipe` for any loop: returns once `connection_made` has run."""
-    protocol = protocol_factory()
-    waiter: Future[None] = loop.create_future()
-    transport = ReadPipeTransport(loop, pipe, protocol, waiter)
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
-        raise
-    if loop.get_debug():
-        log.debug("read pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
-    return transport, protocol
+    return await _connect(loop, ReadPipeTransport, protocol_factory, pipe, "read")
 
 
 async def connect_write_pipe(
     loop: AbstractEventLoop, protocol_factory: Callable[[], _P], pipe: Any
 ) -> tuple[WritePipeTransport, _P]:
     """`loop.connect_write_pipe` for any loop: returns once `connection_made` has run."""
+    return await _connect(loop, WritePipeTransport, protocol_factory, pipe, "write")
+
+
+async def _connect(
+    loop: AbstractEventLoop,
+    transport_class: type[_T],
+    protocol_factory: Callable[[], _P],
+    pipe: Any,
+    direction: str,
+) -> tuple[_T, _P]:
     protocol = protocol_factory()
     waiter: Future[None] = loop.create_future()
-    transport = WritePipeTransport(loop, pipe, protocol, waiter)
+    transport = transport_class(loop, pipe, protocol, waiter)
     try:
         await waiter
     except BaseException:
         transport.close()
         raise
     if loop.get_debug():
-        log.debug("write pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
+        log.debug("%s pipe %r connected: (%r, %r)", direction, pipe.fileno(), transport, protocol)
     return transport, protocol

@@ -129,12 +129,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
             self._fd, self._on_read_into if self._buffered_proto else self._on_read
         )
         self._on_lost = on_lost
-        try:
-            self._protocol.connection_made(self)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.connection_made() call failed.")
+        self._call_protocol("connection_made", self)
 
     # -- reading -------------------------------------------------------------
 
@@ -202,13 +197,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
     def _on_eof(self) -> None:
         self._eof = True
         self._loop._remove_reader(self._fd)
-        try:
-            keep_open = self._protocol.eof_received()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
-            return
+        keep_open = self._call_protocol("eof_received")
         if not keep_open:
             self.close()
 
