@@ -147,10 +147,9 @@ class ReadPipeTransport(_PipeEnd, ReadTransport):
     def _read_ready(self) -> None:
         try:
             data = os.read(self._fd, self.max_size)
-        except (BlockingIOError, InterruptedError):
-            return
         except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on pipe transport")
+            if not isinstance(exc, (BlockingIOError, InterruptedError)):
+                self._fatal_error(exc, "Fatal read error on pipe transport")
             return
         if not data:
             if self._loop.get_debug():
