@@ -13,18 +13,16 @@ import logging
 import math
 import os
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .pollers import BACKENDS
 
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
-
 if TYPE_CHECKING:
     import socket
     import ssl
     from collections.abc import Callable
-    from typing import NoReturn
 
     from .tls import TLSSetupError
 
@@ -444,7 +442,7 @@ def setup_logging(level: str, worker: int | None = None) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .activation import socket_from_fd, systemd_sockets
     from .pollers import get_poller_class
-    from .runner import ServeConfig, serve
+    from .runner import ServeConfig, run_service
     from .services import Service, build_service
     from .supervisor import WorkerSpec
 
@@ -509,7 +507,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         on_start = worker.wrap_on_start(on_start)
     service = Service(factory, on_start=on_start, on_close=service.on_close)
     try:
-        totals = serve(service, config, sockets=sockets)
+        totals = run_service(service, config, sockets=sockets)
         if worker is not None:
             worker.report(totals)
         code = 0 if totals.get("drain") == "complete" else 1
@@ -553,11 +551,11 @@ def exit_despite_threads(code: int) -> None:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    from .tools.client import run
+    from .tools.client import run_client
 
     check_address(args)
     tls, server_name = client_tls(args)
-    return run(
+    return run_client(
         args.host, args.port, args.unix, timeout=args.timeout, tls=tls, server_name=server_name
     )
 

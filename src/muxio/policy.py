@@ -11,14 +11,11 @@ import asyncio
 import sys
 from asyncio import events
 from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from .loop import EventLoop
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, TypeVar
-
-    T = TypeVar("T")
+T = TypeVar("T")
 
 _BasePolicy: Any = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(  # noqa: B009
     events, "_BaseDefaultEventLoopPolicy"

@@ -26,7 +26,8 @@ import warnings
 from asyncio import trsock
 from typing import TYPE_CHECKING
 
-from ..net import remove_stale_unix_socket, set_reuse_port
+from ..listeners import clear_unix_path, set_reuse_port
+from ..resolve import numeric_info
 from .base import FlowControlTransport
 
 if TYPE_CHECKING:
@@ -351,45 +352,12 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 # -- creating endpoints ------------------------------------------------------
 
 
-def _numeric_addrinfo(host: Any, port: Any, family: int, proto: int) -> _AddrInfo | None:
-    """The addrinfo of a literal IP address, or None if it needs `getaddrinfo`.
-
-    asyncio skips the resolver for literals too: on most loops it runs in
-    a thread, and a literal would come back unchanged anyway.
-    """
-    if host is None or proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
-        return None
-    if port is None or port in ("", b""):
-        port = 0
-    else:
-        try:
-            port = int(port)
-        except (TypeError, ValueError):
-            return None  # a service name such as "domain"
-    if isinstance(host, bytes):
-        host = host.decode("idna")
-    if not isinstance(host, str) or "%" in host:
-        return None  # Linux's inet_pton refuses a scope such as '::1%lo'
-    if family == socket.AF_UNSPEC:
-        families: list[int] = [socket.AF_INET, socket.AF_INET6] if _HAS_IPV6 else [socket.AF_INET]
-    else:
-        families = [family]
-    for af in families:
-        try:
-            socket.inet_pton(af, host)
-        except (OSError, ValueError):
-            continue
-        if _HAS_IPV6 and af == socket.AF_INET6:
-            return af, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", (host, port, 0, 0)
-        return af, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", (host, port)
-    return None
-
-
 async def _resolve(
     loop: asyncio.AbstractEventLoop, addr: tuple[Any, Any], family: int, proto: int, flags: int
 ) -> Sequence[_AddrInfo]:
     host, port = addr
-    info = _numeric_addrinfo(host, port, family, proto)
+    # asyncio's shortcut keeps the caller's text: `sendto` compares addresses by value
+    info = numeric_info(host, port, family, socket.SOCK_DGRAM, proto, as_given=True)
     if info is not None:
         return [info]
     return await loop.getaddrinfo(
@@ -559,7 +527,7 @@ async def _address_pairs(
             if addr is not None and not isinstance(addr, str):
                 raise TypeError("string is expected")
         if local_addr:
-            remove_stale_unix_socket(local_addr)
+            clear_unix_path(local_addr, socket.SOCK_DGRAM)
         return [((family, proto), (local_addr, remote_addr))]
     found: dict[tuple[int, int], list[Any]] = {}  # ordered: the resolver's preference
     for idx, addr in ((0, local_addr), (1, remote_addr)):
