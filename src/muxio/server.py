@@ -508,7 +508,7 @@ class Server(asyncio.AbstractServer):
         self._on_closed = on_closed
         self._shutdown_deadline = self.loop.time() + timeout
         for transport in list(self.connections):
-            transport.drain()
+            transport.begin_shutdown()
         self._shutdown_tick()
 
     def _shutdown_tick(self) -> None:
@@ -527,8 +527,8 @@ class Server(asyncio.AbstractServer):
             for transport in list(self.connections):
                 if self._ssl is not None and not _tls_goodbye(transport):
                     continue
-                if transport.finish_drain():
-                    transport.close_drained()
+                if transport.half_close_if_idle():
+                    transport.close_when_acknowledged()
         if not self.connections:
             self._finish_shutdown()
         else:
