@@ -26,14 +26,13 @@ import ipaddress
 import logging
 import socket
 import struct
+from typing import TYPE_CHECKING, Any
 
 from . import validate
 from .server import RateLimitedWarning
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
 
 log = logging.getLogger("muxio")
 

@@ -57,12 +57,13 @@ import socket
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
-TYPE_CHECKING = False
+from .listeners import close_listener
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
-    from typing import Any
 
     from .loop import EventLoop
 
@@ -101,7 +102,7 @@ class WorkerSpec:
 
     def sockets(self) -> list[socket.socket]:
         from .activation import socket_from_fd
-        from .server import bind_tcp
+        from .listeners import bind_tcp
 
         if self.fds:
             return [socket_from_fd(fd, f"worker socket {fd}") for fd in self.fds]
@@ -218,7 +219,7 @@ class Worker:
 
 def _reserve_port(host: str, port: int) -> list[socket.socket]:
     """Bound, non-listening ``SO_REUSEPORT`` sockets: they hold the port, take no connection."""
-    from .server import bind_tcp
+    from .listeners import bind_tcp
 
     return bind_tcp(host, port, backlog=None, reuse_port=True)
 
@@ -506,7 +507,7 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             for sock in self.shared + self.reserved:
-                _close_listener(sock)
+                close_listener(sock)
             for fd in (self._wake_r, self._wake_w, self._life_r, self._life_w):
                 os.close(fd)
             if self._tls_fd is not None:
@@ -571,14 +572,6 @@ def _contents_file(contents: dict[str, bytes]) -> int:
     return fd
 
 
-def _close_listener(sock: socket.socket) -> None:
-    from .net import remove_unix_socket_file
-
-    if sock.family == socket.AF_UNIX:
-        remove_unix_socket_file(sock)
-    sock.close()
-
-
 def _how(code: int) -> str:
     if code < 0:
         with contextlib.suppress(ValueError):
@@ -599,7 +592,8 @@ def supervise(
     `reload_tls()` reads and checks them again for a SIGHUP, raising a
     `MuxioError` if they are broken.
     """
-    from .server import bind_tcp, bind_unix, format_address
+    from .listeners import bind_tcp, bind_unix
+    from .server import format_address
 
     mode = args.worker_sockets
     if mode is None:

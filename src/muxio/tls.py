@@ -45,7 +45,7 @@ class TLSSetupError(Exception):
 
 
 class _NoPassword(Exception):
-    pass
+    """Aborts `load_cert_chain` from the password callback: the key wants a password."""
 
 
 def read_file(path: str, role: str = "") -> bytes:
