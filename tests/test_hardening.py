@@ -206,10 +206,10 @@ class GatedOffloader(Offloader):
 
     gates: ClassVar[dict[int, str]] = {}
 
-    def submit(self, fn: Callable[..., Any], *args: Any, callback: Any) -> Any:
+    def submit(self, fn: Callable[..., Any], *args: Any, callback: Any, key: Any = None) -> Any:
         if fn is burn_cpu and args[0] in self.gates:
             fn, args = run_until_released, (self.gates[args[0]], args[0])
-        return super().submit(fn, *args, callback=callback)
+        return super().submit(fn, *args, callback=callback, key=key)
 
 
 @pytest.mark.timeout(90)

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
-from . import __version__
+from . import __version__, validate
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .pollers import BACKENDS
 
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     import socket
     import ssl
     from collections.abc import Callable
+    from typing import Any
 
+    from .supervisor import WorkerSpec
     from .tls import TLSSetupError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -91,6 +93,34 @@ def bounded_float(high: float, low: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
+def checked(validator: Callable[[Any, str], object], flag: str, *, whole: bool = False
+            ) -> Callable[[str], Any]:
+    """An argparse type that leaves the judging to the library's own check (`muxio.validate`).
+
+    The library names its parameter; given the flag as the name, the same
+    check names the flag, so the two can never disagree on what is valid.
+    """
+
+    def parse(text: str) -> Any:
+        value: Any
+        if whole:
+            value = _ascii_int(text)
+            if value is None:
+                value = text
+        else:
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+        try:
+            validator(value, flag)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc}") from None
+        return value
+
+    return parse
+
+
 def _plain(x: float) -> str:
     return str(int(x)) if x == int(x) else str(x)
 
@@ -150,10 +180,22 @@ def add_tls_client_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+SERVER_TLS_FLAGS = {
+    "cert": "--tls-cert",
+    "key": "--tls-key",
+    "client_ca": "--tls-client-ca",
+    "password": "--tls-key-password-file",
+}
+
+
 def _tls_error(exc: TLSSetupError, options: dict[str, str]) -> Exception:
-    """One sentence per way a certificate, key or password file can be wrong."""
+    """One sentence per way a certificate, key or password file can be wrong.
+
+    The option is found by the file's role, not its path: two options may
+    name one file, and the message must blame the one that is wrong.
+    """
     path = exc.path
-    opt = options.get(path, "")
+    opt = options.get(f"flag:{exc.role}") or options.get(path, "")
     cert = options.get("cert", "")
     if exc.kind == "missing":
         return UsageError(f"{opt} {path}: no such file (check the path)")
@@ -182,8 +224,15 @@ def _tls_error(exc: TLSSetupError, options: dict[str, str]) -> Exception:
     )
 
 
-def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The context `muxio serve --tls-*` asks for: TLS 1.2+, client certs with a CA given."""
+def server_tls(
+    args: argparse.Namespace, contents: dict[str, bytes] | None = None
+) -> ssl.SSLContext | None:
+    """The context `muxio serve --tls-*` asks for: TLS 1.2+, client certs with a CA given.
+
+    Each file is read once into `contents` (by role), unless already there:
+    a `--workers` supervisor hands what it read to its workers, since a
+    ``/dev/fd/N`` or a FIFO cannot be read a second time, or elsewhere.
+    """
     if args.tls_cert is None and args.tls_key is None:
         extra = [
             o
@@ -201,22 +250,34 @@ def server_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise UsageError(
             "--tls-cert and --tls-key go together: the certificate and its private key"
         )
-    from .tls import TLSSetupError, read_password, server_context
+    from .tls import TLSSetupError, read_file, read_password, server_context
 
     options = {
         "cert": args.tls_cert,
         "password": args.tls_key_password_file or "",
-        args.tls_key_password_file or "": "--tls-key-password-file",
-        args.tls_client_ca or "": "--tls-client-ca",
-        args.tls_cert: "--tls-cert",
-        args.tls_key: "--tls-key",
+        **{f"flag:{role}": flag for role, flag in SERVER_TLS_FLAGS.items()},
     }
+    paths = {
+        "cert": args.tls_cert,
+        "key": args.tls_key,
+        "client_ca": args.tls_client_ca,
+        "password": args.tls_key_password_file,
+    }
+    if contents is None:
+        contents = {}
     try:
+        for role, path in paths.items():
+            if path is not None and role not in contents:
+                contents[role] = read_file(path, role)
         password = None
         if args.tls_key_password_file is not None:
-            password = read_password(args.tls_key_password_file)
+            password = read_password(args.tls_key_password_file, contents)
         return server_context(
-            args.tls_cert, args.tls_key, client_ca=args.tls_client_ca, password=password
+            args.tls_cert,
+            args.tls_key,
+            client_ca=args.tls_client_ca,
+            password=password,
+            contents=contents,
         )
     except TLSSetupError as exc:
         raise _tls_error(exc, options) from None
@@ -252,7 +313,7 @@ def client_tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, str | N
     try:
         return client_context(args.ca, insecure=args.insecure), name
     except TLSSetupError as exc:
-        raise _tls_error(exc, {args.ca or "": "--ca"}) from None
+        raise _tls_error(exc, {args.ca or "": "--ca", "flag:ca": "--ca"}) from None
 
 
 def worker_count(text: str) -> int:
@@ -280,7 +341,7 @@ def add_scale_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--proxy-protocol-timeout",
-        type=bounded_float(3600, 0.001),
+        type=checked(validate.header_timeout, "--proxy-protocol-timeout"),
         default=5.0,
         metavar="S",
         help="close a connection whose PROXY header is not complete after S seconds (default 5)",
@@ -344,21 +405,22 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     )
     serve.add_argument(
         "--max-connections",
-        type=positive_int,
+        type=checked(validate.max_connections, "--max-connections", whole=True),
         default=None,
         metavar="N",
         help="close new connections at once past N open ones",
     )
     serve.add_argument(
         "--idle-timeout",
-        type=bounded_float(31_536_000),
+        type=checked(validate.idle_timeout, "--idle-timeout"),
         default=None,
         metavar="S",
-        help="close connections silent in both directions for S seconds",
+        help="close connections silent in both directions for S seconds (at least 0.1; "
+        "0: never)",
     )
     serve.add_argument(
         "--slow-callback-ms",
-        type=bounded_float(3_600_000),
+        type=checked(validate.slow_callback_ms, "--slow-callback-ms"),
         default=None,
         metavar="MS",
         help="warn when a callback holds the loop longer (0 turns the watchdog off; "
@@ -366,7 +428,7 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     )
     serve.add_argument(
         "--shutdown-timeout",
-        type=bounded_float(86_400),
+        type=checked(validate.shutdown_timeout, "--shutdown-timeout"),
         default=10.0,
         metavar="S",
         help="on SIGINT/SIGTERM, abort connections still flushing after S seconds",
@@ -448,17 +510,57 @@ def setup_logging(level: str, worker: int | None = None) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .supervisor import WorkerSpec
+
+    worker = WorkerSpec.from_environment()
+    try:
+        return _serve(args, worker)
+    except UsageError as exc:
+        # a worker's mistake is its supervisor's to report, once, and to stop on
+        if worker is not None and worker.report_error(str(exc)):
+            return 2
+        raise
+
+
+def _reload_tls(args: argparse.Namespace, contents: dict[str, bytes]) -> dict[str, bytes]:
+    """The TLS files again for a reload: regular files re-read, pipes as first read."""
+    import stat
+
+    fresh: dict[str, bytes] = {}
+    for role, path in (
+        ("cert", args.tls_cert),
+        ("key", args.tls_key),
+        ("client_ca", args.tls_client_ca),
+        ("password", args.tls_key_password_file),
+    ):
+        if path is None or role not in contents:
+            continue
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:
+            regular = True  # gone since: let reading it say so
+        if not regular:
+            fresh[role] = contents[role]  # a pipe was read once, at start
+    server_tls(args, fresh)
+    return fresh
+
+
+def _serve(args: argparse.Namespace, worker: WorkerSpec | None) -> int:
     from .activation import socket_from_fd, systemd_sockets
     from .pollers import get_poller_class
     from .runner import ServeConfig, run_service
     from .services import Service, build_service
-    from .supervisor import WorkerSpec
 
-    worker = WorkerSpec.from_environment()
     sockets: list[socket.socket] | None
     if worker is not None:
         sockets = worker.sockets()
     elif args.fd:
+        twice = sorted({fd for fd in args.fd if args.fd.count(fd) > 1})
+        if twice:
+            raise UsageError(
+                f"--fd {twice[0]} is given twice: give each descriptor once "
+                "(serving it twice would close it twice)"
+            )
         sockets = [socket_from_fd(fd, f"--fd {fd}") for fd in args.fd]
     else:
         sockets = systemd_sockets()
@@ -480,13 +582,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "sockets are shared (use --worker-sockets shared)"
         )
     get_poller_class(args.poller)
-    tls = server_tls(args)
+    tls_contents = worker.tls_contents() if worker is not None else {}
+    tls = server_tls(args, tls_contents)
     service = build_service(args.service, args)
     if worker is None and args.workers > 1:
         from .supervisor import supervise
 
         setup_logging(args.log_level)
-        return supervise(args, sockets)
+        return supervise(
+            args, sockets, tls_contents, lambda: _reload_tls(args, tls_contents)
+        )
     setup_logging(args.log_level, worker.index if worker is not None else None)
     config = ServeConfig(
         host=args.host,

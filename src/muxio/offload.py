@@ -31,14 +31,22 @@ a `ProcessPoolExecutor` for good: every job running on it fails with
 callers and replaces the pool; jobs still in its own queue, and later
 submits, go to the fresh pool.
 
-Jobs wait in the offloader's own first-come-first-served queue and enter
-the pool only when a worker is free, so a job cancelled before it started
-(its client left) never runs.  A cancelled job that is already running is
-abandoned where the pool allows it: a process pool whose running jobs have
-all been abandoned is terminated and replaced (`ProcessPoolExecutor` cannot
-stop one worker without breaking the jobs of the others, so a job of a live
-caller is never sacrificed); a thread cannot be stopped, so an abandoned
-job in a thread runs to its end and only its result is dropped.
+Jobs wait in the offloader's own queue and enter the pool only when a
+worker is free, so a job cancelled before it started (its client left)
+never runs.  The queue is fair across callers: `submit(..., key=...)` names
+who the job is for (a connection, say), each key has its own first-in
+first-out queue, and a free worker takes the next job of the key served
+least so far, in turn among equals.  A key that arrives (or comes back
+after a whole round away) joins at the head of the current round, so a
+newcomer waits for one job to finish, not for every queued job of every
+busy caller before it; jobs without a key share one queue.
+
+A cancelled job that is already running is abandoned where the pool
+allows it: a process pool whose running jobs have all been abandoned is
+terminated and replaced (`ProcessPoolExecutor` cannot stop one worker
+without breaking the jobs of the others, so a job of a live caller is
+never sacrificed); a thread cannot be stopped, so an abandoned job in a
+thread runs to its end and only its result is dropped.
 
 `OrderedReplies` keeps a connection's replies in request order while the
 results that feed them complete in any order.
@@ -57,9 +65,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
+from heapq import heappop, heappush
 from typing import Any, Generic, Literal, TypeVar
 
 from .errors import RuntimeFailure
@@ -131,7 +140,7 @@ class OffloadCounters:
 class Job:
     """One submitted call; `cancel()` drops its callback (and the call, if queued)."""
 
-    __slots__ = ("_call", "_cancelled", "_executor", "_future", "_offloader", "callback")
+    __slots__ = ("_call", "_cancelled", "_executor", "_future", "_key", "_offloader", "callback")
 
     def __init__(
         self,
@@ -145,6 +154,7 @@ class Job:
         self._executor: concurrent.futures.Executor | None = None
         self._offloader = offloader
         self._call = call
+        self._key: Hashable = None
 
     def cancel(self) -> None:
         """The callback will not run; a call not yet started will not run either.
@@ -163,6 +173,22 @@ class Job:
 
     def cancelled(self) -> bool:
         return self._cancelled
+
+
+class _Flow:
+    """One key's queue and its place in the rotation."""
+
+    __slots__ = ("jobs", "last", "queued", "running", "served")
+
+    def __init__(self, served: int) -> None:
+        self.jobs: deque[Job] = deque()
+        self.served = served
+        """Jobs handed to the pool, counted from the round the key joined in."""
+        self.last = -1
+        """When its last job was handed over (-1: never): the tie-break, oldest first."""
+        self.running = 0
+        self.queued = False
+        """Whether it has an entry in the offloader's heap."""
 
 
 def _worker_init(modules: tuple[str, ...]) -> None:
@@ -230,7 +256,13 @@ class Offloader:
         self._counters = OffloadCounters()
         self._executor: concurrent.futures.Executor | None = None
         self._pending: set[Job] = set()
-        self._queue: deque[Job] = deque()
+        self._flows: dict[Hashable, _Flow] = {}
+        self._turns: list[tuple[int, int, int, Hashable]] = []
+        """(served, last, arrival, key) per key with queued jobs: the next turn on top."""
+        self._round = 0
+        """`served` of the last key that got a worker: where a newcomer joins."""
+        self._handed = 0
+        self._arrivals = 0
         self._retired: list[concurrent.futures.Executor] = []
         self._running: set[Job] = set()
         self._started = False
@@ -272,7 +304,7 @@ class Offloader:
     @property
     def queued(self) -> int:
         """Jobs waiting for a free worker."""
-        return sum(1 for job in self._queue if not job._cancelled)
+        return sum(1 for f in self._flows.values() for job in f.jobs if not job._cancelled)
 
     @property
     def running(self) -> int:
@@ -375,7 +407,8 @@ class Offloader:
         pending, self._pending = self._pending, set()
         self._counters.cancelled += len(pending)
         running, self._running = self._running, set()
-        self._queue.clear()
+        self._flows.clear()
+        self._turns.clear()
         retired, self._retired = self._retired, []
         for old in retired:
             old.shutdown(wait=True)  # stopped or broken pools: only their threads are left
@@ -427,10 +460,13 @@ class Offloader:
         fn: Callable[..., T],
         *args: Any,
         callback: Callable[[Outcome[T]], object],
+        key: Hashable = None,
     ) -> Job:
         """Run `fn(*args)` off the loop; then, on the loop, `callback(outcome)`.
 
-        The callback never runs inside `submit` itself, in any mode.  For a
+        `key` says whom the job is for: workers are shared fairly among
+        keys (see the module docstring), so give one per client.  The
+        callback never runs inside `submit` itself, in any mode.  For a
         process pool `fn`, its arguments and its result must pickle (a
         module-level function, say); a pickling error comes back as the
         outcome's error like any other.
@@ -452,19 +488,85 @@ class Offloader:
             loop.call_soon(self._deliver, job, outcome)
             return job
         job = Job(callback, self, (fn, args))
+        job._key = key
         self._pending.add(job)
-        self._queue.append(job)
+        self._enqueue(job, key)
         self._dispatch()
         return job
 
-    def _dispatch(self) -> None:
-        """Hand queued jobs to the pool while it has a free worker."""
-        queue = self._queue
-        while queue and len(self._running) < self.workers and not self._closed:
-            job = queue.popleft()
-            call = job._call
-            if job._cancelled or call is None:
+    def _enqueue(self, job: Job, key: Hashable) -> None:
+        flows = self._flows
+        if len(flows) > 64 and len(flows) > 4 * len(self._turns) + 4 * len(self._running):
+            self._forget_idle(key)
+        flow = flows.get(key)
+        if flow is None:
+            flow = flows[key] = _Flow(self._round)
+        flow.jobs.append(job)
+        if not flow.queued:
+            self._take_turn(flow, key)
+
+    def _take_turn(self, flow: _Flow, key: Hashable) -> None:
+        flow.served = max(flow.served, self._round)
+        flow.queued = True
+        self._arrivals += 1
+        heappush(self._turns, (flow.served, flow.last, self._arrivals, key))
+
+    def _forget_idle(self, keep: Hashable) -> None:
+        """Drop keys with nothing queued or running that would rejoin as newcomers anyway.
+
+        A key one job ahead of the round is kept only while it may be
+        between a finished job and the next (its callback submits it).
+        """
+        limit = self._round + 1
+        for key in [
+            k
+            for k, f in self._flows.items()
+            if not f.jobs and not f.running and f.served <= limit and k != keep
+        ]:
+            del self._flows[key]
+
+    def _next_job(self) -> Job | None:
+        """The next job by turn, or None when nothing is queued."""
+        turns = self._turns
+        while turns:
+            _, _, _, key = heappop(turns)
+            flow = self._flows[key]
+            flow.queued = False
+            jobs = flow.jobs
+            while jobs and (jobs[0]._cancelled or jobs[0]._call is None):
+                jobs.popleft()
+            if not jobs:
+                if not flow.running:
+                    del self._flows[key]
                 continue
+            job = jobs.popleft()
+            self._round = max(self._round, flow.served)
+            flow.served += 1
+            self._handed += 1
+            flow.last = self._handed
+            flow.running += 1
+            if jobs:
+                self._take_turn(flow, key)
+            return job
+        return None
+
+    def _finished(self, job: Job) -> None:
+        """`job` left the pool (done, or abandoned)."""
+        if job not in self._running:
+            return
+        self._running.discard(job)
+        flow = self._flows.get(job._key)
+        if flow is not None:
+            flow.running -= 1
+
+    def _dispatch(self) -> None:
+        """Hand queued jobs to the pool, by turn, while it has a free worker."""
+        while len(self._running) < self.workers and not self._closed:
+            job = self._next_job()
+            if job is None:
+                break
+            call = job._call
+            assert call is not None
             job._call = None
             fn, args = call
             executor = self._executor
@@ -505,7 +607,8 @@ class Offloader:
         if any(not job._cancelled or job._executor is not executor for job in running):
             return False
         self._counters.abandoned += len(running)
-        running.clear()
+        for job in list(running):
+            self._finished(job)
         self._replace_pool(executor, "every running job was abandoned", terminate=True)
         return True
 
@@ -527,7 +630,7 @@ class Offloader:
         """On the loop: account, replace a broken pool, run the caller's callback."""
         if self._closed:
             return
-        self._running.discard(job)
+        self._finished(job)
         if isinstance(outcome.error, BrokenProcessPool) and job._executor is self._executor:
             assert job._executor is not None
             self._replace_pool(job._executor, "a worker process died")

@@ -28,6 +28,9 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from . import validate
+from .server import RateLimitedWarning
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -45,6 +48,8 @@ unique-id TLVs included) comes near 2 KiB, and a bound keeps a hostile
 peer from making us buffer much before the header is refused.
 """
 DEFAULT_TIMEOUT = 5.0
+_REFUSALS = RateLimitedWarning()
+"""The rate limit of gates made without `wrap` (which gives its own)."""
 
 _V2_ADDRESS_SIZES = {0x1: 12, 0x2: 36, 0x3: 216}
 _V2_FAMILIES = {0x0: "UNSPEC", 0x1: "INET", 0x2: "INET6", 0x3: "UNIX"}
@@ -149,6 +154,12 @@ def _parse_v1(data: bytes | bytearray) -> ProxyHeader | None:
 
 
 def _v1_address(text: str, family: str) -> str:
+    _, percent, scope = text.partition("%")
+    if percent and not (scope.isascii() and scope.isdigit()):
+        # an interface name here would reach the logs and the service as the peer's address
+        raise ProxyProtocolError(
+            f"v1 header has an address with a non-numeric scope id {text[:45]!r}"
+        )
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
@@ -247,16 +258,23 @@ class ProxyProtocolGate(asyncio.Protocol):
     and the header itself as ``proxy_header``; the service's protocol then
     sees `connection_made` and any bytes that followed the header.  A bad,
     oversized, missing (the peer closed) or late header aborts the
-    connection with one warning line, and the service never hears of it.
+    connection with a warning, and the service never hears of it.  The
+    warnings are rate-limited (one a second, then a count of the rest), as
+    TLS handshake failures are: 10,000 bad headers must not be 10,000 lines.
     """
 
-    __slots__ = ("_buffer", "_done", "_factory", "_timeout", "_timer", "_transport")
+    __slots__ = ("_buffer", "_done", "_factory", "_refusals", "_timeout", "_timer", "_transport")
 
     def __init__(
-        self, protocol_factory: Callable[[], Any], *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        protocol_factory: Callable[[], Any],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        refusals: RateLimitedWarning | None = None,
     ) -> None:
         self._factory = protocol_factory
         self._timeout = timeout
+        self._refusals = refusals if refusals is not None else _REFUSALS
         self._buffer = bytearray()
         self._transport: Any = None
         self._timer: asyncio.TimerHandle | None = None
@@ -266,10 +284,16 @@ class ProxyProtocolGate(asyncio.Protocol):
     def wrap(
         cls, protocol_factory: Callable[[], Any], *, timeout: float = DEFAULT_TIMEOUT
     ) -> Callable[[], ProxyProtocolGate]:
-        """A protocol factory that puts a gate in front of each new connection."""
+        """A protocol factory that puts a gate in front of each new connection.
+
+        Its gates share one rate limit for their warnings, so one server's
+        refusals are counted together.
+        """
+        timeout = validate.header_timeout(timeout, "timeout")
+        refusals = RateLimitedWarning()
 
         def factory() -> ProxyProtocolGate:
-            return cls(protocol_factory, timeout=timeout)
+            return cls(protocol_factory, timeout=timeout, refusals=refusals)
 
         return factory
 
@@ -316,7 +340,7 @@ class ProxyProtocolGate(asyncio.Protocol):
         self._done = True
         self._cancel_timer()
         peer = self._transport.get_extra_info("peername")
-        log.warning("closed a connection from %s: %s", _show(peer), reason)
+        self._refusals.warn("closed a connection from %s: %s", _show(peer), reason)
         self._buffer.clear()
         self._transport.abort()
 

@@ -27,6 +27,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from . import validate
 from .listeners import bind_tcp, bind_unix
 from .loop import EventLoop
 from .pollers import Poller
@@ -37,7 +38,7 @@ log = logging.getLogger("muxio")
 
 
 class ServeConfig:
-    """What `muxio serve` was asked for."""
+    """What `muxio serve` was asked for, each value checked here (see `muxio.validate`)."""
 
     def __init__(
         self,
@@ -57,15 +58,15 @@ class ServeConfig:
         tls_client_certs: bool = False,
     ) -> None:
         self.host = host
-        self.port = port
+        self.port = validate.port(port)
         self.unix = unix
         self.unix_mode = unix_mode
         self.poller = poller
-        self.backlog = backlog
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
-        self.slow_callback_ms = slow_callback_ms
-        self.shutdown_timeout = shutdown_timeout
+        self.backlog = validate.backlog(backlog)
+        self.max_connections = validate.max_connections(max_connections)
+        self.idle_timeout = validate.idle_timeout(idle_timeout)
+        self.slow_callback_ms = validate.slow_callback_ms(slow_callback_ms)
+        self.shutdown_timeout = validate.shutdown_timeout(shutdown_timeout)
         self.service_name = service_name
         self.tls = tls
         """An `ssl.SSLContext` to serve TLS with, or None for plain TCP."""
@@ -106,6 +107,7 @@ def run_service(
     systemd, a parent process or a supervisor).
     """
     on_start, on_close = service.on_start, service.on_close
+    sockets = validate.sockets(sockets)
     if sockets is None and config.unix is not None:
         sockets = bind_unix(config.unix, backlog=config.backlog, mode=config.unix_mode)
     elif sockets is None:
@@ -116,10 +118,7 @@ def run_service(
                 "machine can connect (use 127.0.0.1 to stay local)",
                 config.host or "''",
             )
-    if not 0 <= config.slow_callback_ms < float("inf"):
-        raise ValueError(
-            f"slow_callback_ms must be a finite number >= 0, not {config.slow_callback_ms!r}"
-        )
+    validate.slow_callback_ms(config.slow_callback_ms)
     loop = EventLoop(
         poller if poller is not None else config.poller,
         slow_callback_ms=config.slow_callback_ms,

@@ -12,9 +12,20 @@ a ``MUXIO_WORKER`` variable that says which sockets to serve and where to
 report; a fresh interpreter (not `fork`) inherits no half-held lock or
 thread from the supervisor, and a SIGHUP reload picks up new code.  It
 reports on a pipe: ``ready`` once it accepts, then its totals as JSON when it
-has drained.  It also holds a "lifeline" pipe whose other end only the
+has drained, or ``error <line>`` if its configuration is wrong (it then
+exits with code 2): the supervisor stops with that line rather than start
+worker after worker that fail alike.  It also holds a "lifeline" pipe whose other end only the
 supervisor has: if the supervisor is killed outright, the workers see EOF on
 it and drain as on SIGTERM rather than linger unsupervised.
+
+The TLS files (certificate, key, client CA, key password) are read once, by
+the supervisor, and handed to each worker in an anonymous file whose
+descriptor it inherits, never on its command line or in its environment: a
+``/dev/fd/N`` from a shell's ``<(...)`` is a pipe that can be read once and
+that the workers do not have.  A SIGHUP re-reads the files that are
+regular files (a renewed certificate) and checks them before starting any
+new worker; if they are broken, the reload is abandoned and the old
+workers keep serving.
 
 Two ways to share the port (`--worker-sockets`):
 
@@ -35,6 +46,7 @@ Two ways to share the port (`--worker-sockets`):
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -79,6 +91,7 @@ class WorkerSpec:
         self.fds: list[int] = spec.get("fds", [])
         self.reuseport: list[list[Any]] = spec.get("reuseport", [])
         self.backlog: int = spec.get("backlog", 1024)
+        self.tls_fd: int | None = spec.get("tls")
 
     @classmethod
     def from_environment(cls) -> WorkerSpec | None:
@@ -97,6 +110,28 @@ class WorkerSpec:
         for host, port in self.reuseport:
             sockets += bind_tcp(host, port, backlog=self.backlog, reuse_port=True)
         return sockets
+
+    def tls_contents(self) -> dict[str, bytes]:
+        """The TLS files the supervisor read, by role (empty without TLS)."""
+        fd, self.tls_fd = self.tls_fd, None
+        if fd is None:
+            return {}
+        try:
+            data = b""
+            while chunk := os.pread(fd, 1 << 20, len(data)):
+                data += chunk
+        finally:
+            os.close(fd)
+        return {role: base64.b64decode(text) for role, text in json.loads(data).items()}
+
+    def report_error(self, message: str) -> bool:
+        """Tell the supervisor this worker cannot start as configured; False if it is gone."""
+        line = " ".join(message.split())  # one line, whatever the message held
+        try:
+            os.write(self.report_fd, b"error " + line.encode("utf-8", "replace") + b"\n")
+        except OSError:
+            return False
+        return True
 
     def wrap_on_start(
         self, on_start: Callable[[EventLoop], object] | None
@@ -148,6 +183,8 @@ class Worker:
         self.retiring = False
         self.drained_at_stop = False
         self.totals: dict[str, Any] | None = None
+        self.error: str | None = None
+        """The configuration error it reported before exiting, if any."""
         self._pending = b""
 
     @property
@@ -173,6 +210,8 @@ class Worker:
             if line == b"ready":
                 self.ready = True
                 log.info("worker %d (pid %d) ready", self.index, self.pid)
+            elif line.startswith(b"error "):
+                self.error = line[6:].decode("utf-8", "replace")
             elif line.startswith(b"{"):
                 with contextlib.suppress(ValueError):
                     self.totals = json.loads(line)
@@ -197,6 +236,8 @@ class Supervisor:
         shared: list[socket.socket] | None = None,
         reserved: list[socket.socket] | None = None,
         backlog: int = 1024,
+        tls_contents: dict[str, bytes] | None = None,
+        reload_tls: Callable[[], dict[str, bytes]] | None = None,
     ) -> None:
         self.argv = argv
         self.count = count
@@ -217,6 +258,10 @@ class Supervisor:
         self.replacing: list[Worker] = []
         self.replacement: tuple[Worker, Worker] | None = None
         """(new, old) during a reload: old retires once new is ready."""
+        self.config_error: str | None = None
+        """A worker's configuration error that stopped the supervisor (exit code 2)."""
+        self.reload_tls = reload_tls
+        self._tls_fd = _contents_file(tls_contents) if tls_contents else None
         self._wake_r, self._wake_w = os.pipe()
         self._life_r, self._life_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
@@ -235,9 +280,12 @@ class Supervisor:
         else:
             spec["reuseport"] = [list(s.getsockname()[:2]) for s in self.reserved]
             spec["backlog"] = self.backlog
+        pass_fds = [report_w, self._life_r, *spec.get("fds", [])]
+        if self._tls_fd is not None:
+            spec["tls"] = self._tls_fd
+            pass_fds.append(self._tls_fd)
         env = dict(os.environ)
         env[ENV] = json.dumps(spec)
-        pass_fds = [report_w, self._life_r, *spec.get("fds", [])]
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "muxio", *self.argv],
@@ -270,6 +318,8 @@ class Supervisor:
             if self.stopping or worker.retiring:
                 log.info("worker %d (pid %d) exited (%s)", worker.index, pid, _how(code))
                 continue
+            if self._failed_at_start(worker, code):
+                continue
             lived = time.monotonic() - worker.started
             now = time.monotonic()
             self.deaths = [t for t in self.deaths if now - t < CRASH_WINDOW] + [now]
@@ -288,6 +338,50 @@ class Supervisor:
                 worker.index, pid, _how(code), lived,
                 "restarting it now" if not delay else f"restarting it in {delay:g} s",
             )
+
+    def _failed_at_start(self, worker: Worker, code: int) -> bool:
+        """A worker that never served: abandon a reload, or stop on a configuration error."""
+        if worker.ready:
+            return False
+        if self.replacement is not None and self.replacement[0] is worker:
+            why = worker.error or _how(code)
+            log.error(
+                "reload: worker %d (pid %d) failed at start-up (%s); "
+                "reload abandoned, old workers keep serving",
+                worker.index, worker.pid, why,
+            )
+            self.replacement = None
+            self.replacing.clear()
+            return True
+        if code != 2 and worker.error is None:
+            return False
+        self.config_error = worker.error or (
+            f"worker {worker.index} exited with code 2 at start-up: a configuration error"
+        )
+        log.error(
+            "worker %d (pid %d) failed at start-up with a configuration error; "
+            "stopping every worker", worker.index, worker.pid,
+        )
+        self.stopping = True
+        self.stop_deadline = time.monotonic() + self.shutdown_timeout + 5.0
+        self._signal_all(signal.SIGTERM)
+        return True
+
+    def _reload_tls(self) -> bool:
+        """Re-read and check the TLS files before a reload; False if they are broken."""
+        if self.reload_tls is None:
+            return True
+        from .errors import MuxioError
+
+        try:
+            contents = self.reload_tls()
+        except MuxioError as exc:
+            log.error("reload: %s; reload abandoned, old workers keep serving", exc)
+            return False
+        old, self._tls_fd = self._tls_fd, _contents_file(contents) if contents else None
+        if old is not None:
+            os.close(old)
+        return True
 
     def manage(self) -> None:
         """Start or retire workers until `count` are serving."""
@@ -363,6 +457,8 @@ class Supervisor:
                 self.stop_deadline = time.monotonic() + 5.0
                 self._signal_all(signal.SIGQUIT)
             elif signum == signal.SIGHUP and not self.stopping:
+                if not self._reload_tls():
+                    continue
                 old = [w for w in self.workers.values() if not w.retiring]
                 log.info("SIGHUP: replacing %d workers one at a time", len(old))
                 self.replacing = sorted(old, key=lambda w: w.index)
@@ -414,6 +510,9 @@ class Supervisor:
                 close_listener(sock)
             for fd in (self._wake_r, self._wake_w, self._life_r, self._life_w):
                 os.close(fd)
+            if self._tls_fd is not None:
+                os.close(self._tls_fd)
+                self._tls_fd = None
         return self.summary()
 
     def _wait(self) -> None:
@@ -452,6 +551,27 @@ class Supervisor:
         return totals
 
 
+def _contents_file(contents: dict[str, bytes]) -> int:
+    """A descriptor of an anonymous file holding `contents`, for workers to inherit.
+
+    Not a pipe (a worker restarted later must be able to read it too) and
+    not a named file (nothing to clean up, nothing for another user to find).
+    """
+    data = json.dumps({role: base64.b64encode(v).decode() for role, v in contents.items()})
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("muxio-tls", os.MFD_CLOEXEC)
+    else:
+        import tempfile
+
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+        os.set_inheritable(fd, False)
+    view = memoryview(data.encode())
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
+
+
 def _how(code: int) -> str:
     if code < 0:
         with contextlib.suppress(ValueError):
@@ -460,8 +580,18 @@ def _how(code: int) -> str:
     return f"exit code {code}"
 
 
-def supervise(args: argparse.Namespace, sockets: list[socket.socket] | None) -> int:
-    """Run `muxio serve` as a supervisor of `args.workers` workers; the exit code."""
+def supervise(
+    args: argparse.Namespace,
+    sockets: list[socket.socket] | None,
+    tls_contents: dict[str, bytes] | None = None,
+    reload_tls: Callable[[], dict[str, bytes]] | None = None,
+) -> int:
+    """Run `muxio serve` as a supervisor of `args.workers` workers; the exit code.
+
+    `tls_contents` are the TLS files as read (handed to every worker);
+    `reload_tls()` reads and checks them again for a SIGHUP, raising a
+    `MuxioError` if they are broken.
+    """
     from .listeners import bind_tcp, bind_unix
     from .server import format_address
 
@@ -494,8 +624,14 @@ def supervise(args: argparse.Namespace, sockets: list[socket.socket] | None) -> 
         shared=shared,
         reserved=reserved,
         backlog=args.backlog,
+        tls_contents=tls_contents,
+        reload_tls=reload_tls,
     )
     totals = supervisor.run()
+    if supervisor.config_error is not None:
+        from .errors import UsageError
+
+        raise UsageError(supervisor.config_error)
     log.info("shutdown complete: %s", " ".join(f"{k}={v}" for k, v in totals.items()))
     return 0 if totals["drain"] == "complete" else 1
 

@@ -79,6 +79,12 @@ def load_service(spec: str) -> Service:
         raise UsageError(
             f"service {spec!r}: cannot import {module_name!r} ({exc}; is it on PYTHONPATH?)"
         ) from None
+    except SystemExit as exc:
+        # a module that exits at import would end `muxio serve` with its code, silently
+        raise UsageError(
+            f"service {spec!r}: importing {module_name!r} called sys.exit({exc.code!r}) "
+            "(a module to serve must not exit when imported)"
+        ) from None
     except Exception as exc:
         raise UsageError(
             f"service {spec!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
@@ -90,6 +96,10 @@ def load_service(spec: str) -> Service:
         except AttributeError:
             raise UsageError(
                 f"service {spec!r}: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+        except Exception as exc:
+            raise UsageError(
+                f"service {spec!r}: looking up {part!r} failed: {type(exc).__name__}: {exc}"
             ) from None
     if isinstance(target, Service):
         return target

@@ -16,9 +16,11 @@ error reply and the connection is closed; a last line without a newline
 before EOF is answered like any other.
 
 Fairness: a connection has at most `max_jobs` ``work`` requests in the pool
-at once; the rest wait in that connection, and the pool takes jobs first
-come, first served.  With the default of one, busy connections take turns:
-one client's pipelined work cannot hold every worker.
+at once; the rest wait in that connection, and the offloader's queue takes
+connections in turn (each job is submitted with the connection as its
+key), a newcomer at the head of the round.  So one client's pipelined work
+cannot hold every worker, and a new client waits for one job to finish, not
+for one job of every busy connection.
 
 A client that is gone must not cost work.  Its queued requests are dropped
 when the connection is lost, and a connection that is not being read (the
@@ -214,7 +216,7 @@ class WorkService(Protocol):
         while self._waiting and len(self._jobs) < self.max_jobs:
             slot, ms = self._waiting.popleft()
             self._jobs[slot] = self.offloader.submit(
-                burn_cpu, ms, callback=partial(self._work_done, slot, ms)
+                burn_cpu, ms, callback=partial(self._work_done, slot, ms), key=self
             )
         self._watch_peer()
 
