@@ -44,7 +44,7 @@ from typing import Any
 
 from http_compare import http_servers
 
-from muxio.cli import run_reporting
+from muxio.cmdline import run_reporting
 from muxio.errors import MuxioError, RuntimeFailure, UsageError
 from muxio.tools.compare import ServerSpec, SpecProcess, all_servers, cpu_plan, machine
 

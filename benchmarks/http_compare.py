@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from muxio.cli import run_reporting
+from muxio.cmdline import run_reporting
 from muxio.errors import MuxioError, RuntimeFailure, UsageError
 from muxio.tools.compare import ProcessTree, ServerSpec, SpecProcess, cpu_plan, machine
 

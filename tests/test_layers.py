@@ -36,6 +36,8 @@ LAYERS: list[list[str]] = [
     ["serving"],
     ["proxy_protocol", "activation", "tls"],
     ["supervisor"],
+    # what every command shares (parser, option types, one-line errors): below the tools
+    ["cmdline"],
     # muxio under other programs: `muxio run`, gunicorn's workers, the pytest plugin
     ["launch", "_run_site.*", "gunicorn", "pytest_plugin", "_pytest_loops"],
     ["tools", "tools.*"],

@@ -18,7 +18,7 @@ from muxio.errors import RuntimeFailure, UsageError
 
 SRC = Path(muxio.__file__).parent
 FLAG = re.compile(r"(?<![\w-])--[a-z]")
-CLI_SIDE = {"cli.py", "supervisor.py", "launch.py", "pytest_plugin.py"}
+CLI_SIDE = {"cli.py", "cmdline.py", "supervisor.py", "launch.py", "pytest_plugin.py"}
 """The command, the `--workers` supervisor it runs (which takes the parsed arguments), `muxio
 run`'s body, and the pytest plugin, whose flags are pytest's command line."""
 
@@ -91,7 +91,7 @@ def test_bind_tcp_errors_name_the_host_not_a_flag() -> None:
 
 
 def test_run_reporting_is_the_command_lines() -> None:
-    from muxio.cli import run_reporting
+    from muxio.cmdline import run_reporting
 
     def usage() -> int:
         raise UsageError("bad")

@@ -2,7 +2,7 @@
 
 Library code raises these instead of printing, so the same failure reads the
 same whether it comes from `muxio serve`, `muxio bench` or a user's script;
-only the command line (`muxio.cli.run_reporting`) turns them into a line on
+only the command line (`muxio.cmdline.run_reporting`) turns them into a line on
 stderr and an exit code.
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from muxio.cli import (
+from muxio.cmdline import (
     Parser,
     add_address_arguments,
     add_tls_client_arguments,

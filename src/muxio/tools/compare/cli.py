@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
-from muxio.cli import run_reporting
+from muxio.cmdline import run_reporting
 from muxio.errors import UsageError
 
 from .orchestration import expected_seconds, run_compare
@@ -92,7 +92,7 @@ def _check_tls_flags(args: argparse.Namespace) -> None:
 def _tls_files(args: argparse.Namespace, scratch: str) -> TLSFiles | None:
     if not args.tls:
         return None
-    from muxio.cli import server_tls
+    from muxio.cmdline import server_tls
 
     if args.tls_cert is None:
         tls = _flag("--tls", lambda: make_tls_files(scratch))
@@ -182,7 +182,7 @@ def _main(args: argparse.Namespace, scratch: str) -> int:
 
 def standalone(argv: list[str] | None = None) -> int:
     """`python -m muxio.tools.compare`, with `muxio compare`'s one-line errors."""
-    from muxio.cli import Parser
+    from muxio.cmdline import Parser
 
     parser = Parser(prog="muxio compare", description=sys.modules[__package__ or ""].__doc__)
     configure_parser(parser)
