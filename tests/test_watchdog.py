@@ -200,3 +200,37 @@ def test_the_watchdog_module_does_not_import_the_loop() -> None:
         for alias in node.names
     }
     assert not {name for name in imported if name.endswith("loop")}, imported
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("debug", [False, True], ids=["normal", "debug"])
+def test_a_blocking_io_callback_is_reported_in_both_modes_and_timed_in_debug(
+    debug: bool, run_loop: RunLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    lp = EventLoop(slow_callback_ms=50)
+    lp.set_debug(debug)
+    a, b = socket.socketpair()
+
+    def an_io_callback_that_blocks_the_loop() -> None:
+        lp.remove_reader(a.fileno())
+        time.sleep(BLOCK)
+        lp.stop()
+
+    try:
+        lp.add_reader(a.fileno(), an_io_callback_that_blocks_the_loop)
+        b.send(b"x")
+        run_loop(lp)
+    finally:
+        a.close()
+        b.close()
+        lp.close()
+    assert lp.stats()["slow_iterations"] >= 1
+    slow = slow_warnings(caplog)
+    assert any("an_io_callback_that_blocks_the_loop" in m for m in slow), slow
+    executing = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "asyncio" and r.getMessage().startswith("Executing <Handle")
+    ]
+    assert any("an_io_callback_that_blocks_the_loop" in m for m in executing) is debug, executing

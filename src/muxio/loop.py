@@ -699,22 +699,28 @@ class EventLoop(asyncio.AbstractEventLoop):
                     cb = readers.get(fd)
                     if cb is not None:
                         self._running = cb
-                        try:
-                            cb()
-                        except (SystemExit, KeyboardInterrupt):
-                            raise
-                        except BaseException as exc:
-                            self._callback_failed(cb, exc)
+                        if debug:
+                            self._run_io_timed(cb)
+                        else:
+                            try:
+                                cb()
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                self._callback_failed(cb, exc)
                 if bits & writable:
                     cb = writers.get(fd)
                     if cb is not None:
                         self._running = cb
-                        try:
-                            cb()
-                        except (SystemExit, KeyboardInterrupt):
-                            raise
-                        except BaseException as exc:
-                            self._callback_failed(cb, exc)
+                        if debug:
+                            self._run_io_timed(cb)
+                        else:
+                            try:
+                                cb()
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                self._callback_failed(cb, exc)
         if due is not None:
             stats.callbacks += len(due)
             for i in range(len(due)):
@@ -765,6 +771,23 @@ class EventLoop(asyncio.AbstractEventLoop):
         # A failed task's traceback keeps this frame (through f_back); it must
         # not keep the handle, and through it the task, alive too.
         handle = None
+
+    def _run_io_timed(self, callback: IOCallback) -> None:
+        """Debug mode's I/O callback: timed like a handle, as asyncio's are handles too."""
+        t0 = monotonic()
+        try:
+            callback()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._callback_failed(callback, exc)
+        finally:
+            self._running = None
+        dt = monotonic() - t0
+        if dt >= self.slow_callback_duration:
+            owner = getattr(callback, "__self__", None)
+            what = owner if isinstance(owner, asyncio.Handle) else describe_callback(callback)
+            aio_log.warning("Executing %s took %.3f seconds", what, dt)
 
     def _report_slow(self, started: float, busy: float, n_events: int) -> None:
         self._counters.slow_iterations += 1
