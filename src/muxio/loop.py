@@ -641,13 +641,14 @@ class EventLoop(asyncio.AbstractEventLoop):
         This loop keeps that order (so cancellations and wake-ups interleave
         exactly as on asyncio) but calls the I/O callbacks directly.
 
-        Debug mode is a branch per callback, as in asyncio's `_run_once`, not a
-        second iteration function: the order, the stats and the slow-iteration
-        report are the same code in both modes, and `set_debug()` takes effect
-        from the next iteration even while the loop runs.  `_running` is one
-        store per callback; it is cleared once per iteration, after the last
-        callback, so a finished handle (and its task) does not outlive the
-        iteration that ran it.
+        Debug mode is a branch in this function, as in asyncio's `_run_once`
+        (per handle, and once for the whole I/O block so the per-event loop
+        carries no check), not a second iteration function: the order, the
+        stats and the slow-iteration report are the same code in both modes,
+        and `set_debug()` takes effect from the next iteration even while the
+        loop runs.  `_running` is one store per callback; it is cleared once
+        per iteration, after the last callback, so a finished handle (and its
+        task) does not outlive the iteration that ran it.
         """
         ready = self._ready
         timers = self._timers
