@@ -10,6 +10,7 @@ stand-in is a spy on `loop.getaddrinfo` that records calls and passes them on.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -935,6 +936,21 @@ def test_stale_unix_socket_file_is_replaced(
         await within(proto.lost)
 
     run(loop, main())
+
+
+def test_a_live_unix_datagram_socket_is_never_taken_over(
+    loop: asyncio.AbstractEventLoop, short_tmp: Path
+) -> None:
+    path = str(short_tmp / "live")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as live:
+        live.bind(path)
+        with pytest.raises(OSError) as info:
+            run(loop, endpoint(loop, Recorder, local_addr=path, family=socket.AF_UNIX))
+        assert info.value.errno == errno.EADDRINUSE
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(b"still here", path)  # the live socket still owns its path
+        live.settimeout(WAIT)
+        assert live.recv(100) == b"still here"
 
 
 def test_unix_path_taken_by_a_regular_file_is_not_removed(

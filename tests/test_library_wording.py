@@ -18,8 +18,9 @@ from muxio.errors import RuntimeFailure, UsageError
 
 SRC = Path(muxio.__file__).parent
 FLAG = re.compile(r"(?<![\w-])--[a-z]")
-CLI_SIDE = {"cli.py", "supervisor.py"}
-"""The command and the `--workers` supervisor it runs (which takes the parsed arguments)."""
+CLI_SIDE = {"cli.py", "supervisor.py", "launch.py", "pytest_plugin.py"}
+"""The command, the `--workers` supervisor it runs (which takes the parsed arguments), `muxio
+run`'s body, and the pytest plugin, whose flags are pytest's command line."""
 
 
 def _library_modules() -> list[Path]:

@@ -1,7 +1,8 @@
-"""muxio.net on real loopback and Unix sockets.
+"""muxio's socket layer (sockops, resolve, connect, sendfile, listeners) on real sockets.
 
-Every test runs on asyncio's stock loop (calling the module functions with
-the loop) and on muxio's loop once it exists (calling the loop's methods).
+Every test runs on asyncio's stock loop (calling `SocketOps`' methods unbound
+and the module functions with the loop) and on muxio's loop (calling the
+loop's methods).
 The only fakes are a resolver returning chosen loopback addresses (DNS
 cannot be made to answer that on demand), a missing SO_REUSEPORT and an
 executor that must not be used; each is marked where it is installed.
@@ -28,7 +29,8 @@ from conftest import SocketPair
 from helpers import has_ipv6_loopback
 
 import muxio
-from muxio import net
+from muxio import connect, listeners, resolve
+from muxio.sockops import SocketOps
 
 T = TypeVar("T")
 TIMEOUT = 20.0
@@ -47,17 +49,40 @@ needs_proc_fd = pytest.mark.skipif(
 )
 
 
+async def bind_server_sockets(
+    loop: asyncio.AbstractEventLoop,
+    host: Any,
+    port: Any,
+    *,
+    family: int = socket.AF_UNSPEC,
+    flags: int = socket.AI_PASSIVE,
+    **options: Any,
+) -> list[socket.socket]:
+    """What `create_server` listens on: its resolve step, then its bind step."""
+    infos = await resolve.resolve_server_hosts(loop, host, port, family=family, flags=flags)
+    return listeners.open_tcp_listeners(infos, **options)
+
+
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "bind_server_sockets": bind_server_sockets,
+    "connect_socket": connect.connect_socket,
+    "unix_connect_socket": connect.unix_connect_socket,
+}
+
+
 class Api:
-    """The functions under test: the loop's methods on muxio, net's on asyncio."""
+    """The functions under test: the loop's methods on muxio, `SocketOps`' on asyncio."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, kind: str) -> None:
         self.loop = loop
         self.kind = kind
 
     def __getattr__(self, name: str) -> Any:
-        if self.kind == "muxio" and hasattr(type(self.loop), name):
+        if name in _FUNCTIONS:
+            return functools.partial(_FUNCTIONS[name], self.loop)
+        if self.kind == "muxio":
             return getattr(self.loop, name)
-        return functools.partial(getattr(net, name), self.loop)
+        return functools.partial(getattr(SocketOps, name), self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = TIMEOUT) -> T:
         return self.loop.run_until_complete(asyncio.wait_for(coro, timeout))
@@ -225,6 +250,23 @@ def test_two_receivers_on_one_socket_both_complete(api: Api, tcp_pair: SocketPai
     assert api.run(scenario()) == [b"x", b"y"]
 
 
+def test_waiters_share_one_registration_kept_on_the_loop(api: Api, tcp_pair: SocketPair) -> None:
+    a, b = tcp_pair
+
+    async def scenario() -> None:
+        first = api.loop.create_task(api.sock_recv(b, 1))
+        second = api.loop.create_task(api.sock_recv(b, 1))
+        await asyncio.sleep(0)
+        registry = api.loop._readiness  # type: ignore[attr-defined]
+        assert list(registry) == [(b.fileno(), False)]
+        assert registry[(b.fileno(), False)].users == 2
+        a.send(b"xy")
+        await asyncio.gather(first, second)
+        assert registry == {}
+
+    api.run(scenario())
+
+
 def test_datagrams_round_trip_with_addresses(api: Api) -> None:
     with (
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
@@ -350,7 +392,7 @@ def test_unix_connect_and_stale_socket_file_replaced(api: Api, tmp_path: Path) -
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()
-    server = net.bind_unix_server_socket(path)
+    server = listeners.bind_unix_listener(path)
     try:
         assert server.gettimeout() == 0
 
@@ -364,7 +406,7 @@ def test_unix_connect_and_stale_socket_file_replaced(api: Api, tmp_path: Path) -
 
         assert api.run(scenario()) == b"unix"
     finally:
-        net.close_unix_server_socket(server)
+        listeners.close_listener(server)
     assert not path.exists()
 
 
@@ -625,7 +667,7 @@ def test_getaddrinfo_answers_exactly_what_socket_getaddrinfo_answers() -> None:
             expected = type(exc)
         try:
             got: Any = loop.run_until_complete(
-                net.getaddrinfo(
+                SocketOps.getaddrinfo(
                     loop, host, port, family=family, type=type_, proto=proto, flags=flags
                 )
             )
@@ -896,27 +938,103 @@ def test_unix_server_refuses_to_replace_a_regular_file(tmp_path: Path) -> None:
     path = tmp_path / "precious.txt"
     path.write_text("keep me")
     with pytest.raises(OSError) as info:
-        net.bind_unix_server_socket(path)
+        listeners.bind_unix_listener(path)
     assert info.value.errno == errno.EADDRINUSE
     assert str(info.value) == f"[Errno {errno.EADDRINUSE}] Address {str(path)!r} is already in use"
     assert path.read_text() == "keep me"
 
 
+def test_unix_server_refuses_a_symlink(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.write_text("keep me")
+    path = tmp_path / "s.sock"
+    path.symlink_to(target)
+    with pytest.raises(listeners.UnixPathTaken) as info:
+        listeners.bind_unix_listener(path)
+    assert info.value.reason == "symlink"
+    assert path.is_symlink() and target.read_text() == "keep me"
+
+
+def test_unix_server_never_takes_over_a_live_servers_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    first = listeners.bind_unix_listener(path)
+    try:
+        with pytest.raises(listeners.UnixPathTaken) as info:
+            listeners.bind_unix_listener(path)
+        assert info.value.reason == "live"
+        in_use = f"[Errno {errno.EADDRINUSE}] Address {str(path)!r} is already in use"
+        assert str(info.value) == in_use
+        with socket.socket(socket.AF_UNIX) as client:  # the live one still answers at its path
+            client.connect(str(path))
+            conn, _ = first.accept()
+            conn.close()
+    finally:
+        listeners.close_listener(first)
+    assert not path.exists()
+
+
 def test_unix_cleanup_leaves_a_successors_socket_alone(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
-    first = net.bind_unix_server_socket(path)
-    second = net.bind_unix_server_socket(path)  # replaces the file while `first` is open
+    first = listeners.bind_unix_listener(path)
+    path.unlink()  # someone removed it: a successor may bind the path while `first` is open
+    second = listeners.bind_unix_listener(path)
     try:
-        net.close_unix_server_socket(first)
+        listeners.close_listener(first)
         assert path.exists()
     finally:
-        net.close_unix_server_socket(second)
+        listeners.close_listener(second)
     assert not path.exists()
 
 
 def test_unix_without_cleanup_leaves_the_file(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
-    sock = net.bind_unix_server_socket(path, cleanup_socket=False)
-    net.close_unix_server_socket(sock)
+    sock = listeners.bind_unix_listener(path, remember=False)
+    listeners.close_listener(sock)
     assert sock.fileno() == -1
     assert path.exists()
+
+
+def test_create_unix_server_refuses_a_live_servers_path_and_replaces_a_stale_one(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "s.sock")
+    loop = muxio.new_event_loop()
+
+    class Hello(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(b"live")  # type: ignore[attr-defined]
+            transport.close()
+
+    async def hello_from(where: str) -> bytes:
+        reader, writer = await asyncio.open_unix_connection(where)
+        data = await reader.read()
+        writer.close()
+        return data
+
+    async def scenario() -> None:
+        live = await loop.create_unix_server(Hello, path)
+        try:
+            with pytest.raises(OSError) as info:
+                await loop.create_unix_server(Hello, path)
+            assert info.value.errno == errno.EADDRINUSE
+            in_use = f"[Errno {errno.EADDRINUSE}] Address {path!r} is already in use"
+            assert str(info.value) == in_use
+            assert await hello_from(path) == b"live"
+        finally:
+            live.close()
+            await live.wait_closed()
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(path)
+        stale.close()
+        replacement = await loop.create_unix_server(Hello, path)
+        try:
+            assert await hello_from(path) == b"live"
+        finally:
+            replacement.close()
+            await replacement.wait_closed()
+        assert not os.path.exists(path)
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(scenario(), TIMEOUT))
+    finally:
+        loop.close()

@@ -624,6 +624,63 @@ def test_abort_drops_the_buffer_and_closes_at_once(
     assert rp.calls[-2:] == ["eof", "lost"]
 
 
+class Boom(BaseException):
+    """Not an Exception: what `except Exception` would let through to the loop."""
+
+
+def test_base_exception_in_data_received_is_fatal_and_the_loop_goes_on(
+    loop: asyncio.AbstractEventLoop, files: Files, handler_calls: list[dict[str, Any]]
+) -> None:
+    r, w = files.pipe()
+
+    class Raiser(Reader):
+        def data_received(self, data: bytes) -> None:
+            raise Boom("protocol bug")
+
+    async def main() -> tuple[Any, BaseException | None]:
+        rt, rp = await loop.connect_read_pipe(Raiser, r)
+        w.write(b"x")
+        exc = await rp.lost
+        await asyncio.sleep(0)  # the loop keeps turning
+        return rt, exc
+
+    rt, exc = run(loop, main())
+    assert isinstance(exc, Boom)
+    assert [c["message"] for c in handler_calls] == [
+        "Fatal error: protocol.data_received() call failed."
+    ]
+    assert handler_calls[0]["exception"] is exc
+    assert rt.get_protocol() is None and rt.is_closing()
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["empty-buffer", "full-buffer"])
+def test_write_refuses_what_is_not_bytes_like_with_asyncios_message(
+    loop: asyncio.AbstractEventLoop, files: Files, buffered: bool
+) -> None:
+    _r, w = files.pipe()
+
+    async def main() -> list[str]:
+        wt, wp = await loop.connect_write_pipe(Writer, w)
+        if buffered:
+            fill(wt, wp)
+        before = wt.get_write_buffer_size()
+        assert (before > 0) is buffered
+        messages = []
+        for data in ("text", array.array("b", b"ab"), 42):
+            with pytest.raises(TypeError) as info:
+                wt.write(data)
+            messages.append(str(info.value))
+        assert wt.get_write_buffer_size() == before
+        wt.abort()
+        await wp.lost
+        return messages
+
+    assert run(loop, main()) == [
+        f"data argument must be a bytes-like object, not {name!r}"
+        for name in ("str", "array", "int")
+    ]
+
+
 def test_write_copies_mutable_buffers_and_rejects_text(
     loop: asyncio.AbstractEventLoop, files: Files
 ) -> None:

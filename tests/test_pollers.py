@@ -11,6 +11,7 @@ for the same descriptor (kqueue reports one per filter) are ORed together.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import resource
 import signal
@@ -447,6 +448,39 @@ def test_fd_number_reused_via_dup2_is_watched_after_reregistration(poller: Polle
             os.close(fd)
         for s in (a, a_peer, b, b_peer):
             s.close()
+
+
+def test_unregister_of_a_number_reused_by_a_regular_file_is_quiet(
+    poller: Poller, tmp_path
+) -> None:
+    """Closed while registered, then the number names a file (epoll: EPERM, not ENOENT)."""
+    a, a_peer = socket.socketpair()
+    fd = a.detach()
+    file_fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        poller.register(fd, READ)
+        os.dup2(file_fd, fd)  # closes the socket: the number now names the file
+        poller.unregister(fd)
+        assert ready(poller, 0) == {}
+    finally:
+        os.close(fd)
+        os.close(file_fd)
+        a_peer.close()
+
+
+@pytest.mark.skipif("epoll" not in available(), reason="epoll is Linux's")
+def test_epoll_unregister_lets_unexpected_errors_through() -> None:
+    """Only a descriptor the kernel already forgot is forgiven, not a caller's bug."""
+    p = new_poller("epoll")
+    try:
+        with pytest.raises(OSError) as info:
+            p.unregister(p.fileno())  # an epoll cannot watch itself: EINVAL
+        assert info.value.errno == errno.EINVAL
+        with pytest.raises(ValueError):
+            p.unregister(-1)  # a closed socket's fileno()
+    finally:
+        p.close()
+    p.unregister(0)  # closed: quiet, as every other closed poller is
 
 
 # -- hang-ups and resets ---------------------------------------------------

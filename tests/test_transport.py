@@ -190,7 +190,7 @@ def conns(loop: EventLoop) -> Iterator[Callable[..., Conn]]:
 
     yield make
     for c in made:
-        if not c.transport._conn_lost:
+        if not c.transport._lost:
             c.transport.abort()
     for c in made:
         c.close()

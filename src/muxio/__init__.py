@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from .errors import MuxioError, RuntimeFailure, UsageError
+from .listeners import bind_tcp, bind_unix
 from .loop import EventLoop, Handle, TimerHandle
 from .offload import Offloader, OrderedReplies
 from .policy import EventLoopPolicy, new_event_loop, run
 from .pollers import Poller, available, get_poller_class, new_poller
 from .protocol import BaseProtocol, Protocol
-from .server import Server, bind_tcp, bind_unix
+from .server import Server
 from .services import Service
 from .serving import serve
 from .transports.stream import Transport

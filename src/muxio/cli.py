@@ -13,18 +13,16 @@ import logging
 import math
 import os
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .pollers import BACKENDS
 
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
-
 if TYPE_CHECKING:
     import socket
     import ssl
     from collections.abc import Callable
-    from typing import NoReturn
 
     from .tls import TLSSetupError
 
@@ -323,9 +321,10 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     add_address_arguments(serve)
     serve.add_argument(
         "--poller",
-        default="auto",
+        default=None,
         metavar="NAME",
-        help=f"auto or one of {', '.join(BACKENDS)} (default auto: the best this OS has)",
+        help=f"auto or one of {', '.join(BACKENDS)} (default: $MUXIO_POLLER, else auto: "
+        "the best this OS has)",
     )
     serve.add_argument(
         "--unix-mode",
@@ -360,9 +359,10 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     serve.add_argument(
         "--slow-callback-ms",
         type=bounded_float(3_600_000),
-        default=100.0,
+        default=None,
         metavar="MS",
-        help="warn when a callback holds the loop longer (0 turns the watchdog off)",
+        help="warn when a callback holds the loop longer (0 turns the watchdog off; "
+        "default: $MUXIO_SLOW_CALLBACK_MS, else 100)",
     )
     serve.add_argument(
         "--shutdown-timeout",
@@ -422,6 +422,12 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     )
     add_tls_client_arguments(connect)
 
+    sub.add_parser(
+        "run",
+        help="run a program (-m module or script.py) with muxio as its event loop",
+        add_help=False,
+    )
+
     for name, summary in (
         ("bench", "load-test a server (echo or line protocol, closed or open loop)"),
         ("compare", "measure muxio against asyncio, uvloop, threads and a naive select loop"),
@@ -444,7 +450,7 @@ def setup_logging(level: str, worker: int | None = None) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .activation import socket_from_fd, systemd_sockets
     from .pollers import get_poller_class
-    from .runner import ServeConfig, serve
+    from .runner import ServeConfig, run_service
     from .services import Service, build_service
     from .supervisor import WorkerSpec
 
@@ -509,7 +515,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         on_start = worker.wrap_on_start(on_start)
     service = Service(factory, on_start=on_start, on_close=service.on_close)
     try:
-        totals = serve(service, config, sockets=sockets)
+        totals = run_service(service, config, sockets=sockets)
         if worker is not None:
             worker.report(totals)
         code = 0 if totals.get("drain") == "complete" else 1
@@ -553,11 +559,11 @@ def exit_despite_threads(code: int) -> None:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    from .tools.client import run
+    from .tools.client import run_client
 
     check_address(args)
     tls, server_name = client_tls(args)
-    return run(
+    return run_client(
         args.host, args.port, args.unix, timeout=args.timeout, tls=tls, server_name=server_name
     )
 
@@ -584,14 +590,34 @@ def run_reporting(main: Callable[[], int]) -> int:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    if argv[:1] == ["run"]:
+        return cmd_run(argv[1:])
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.argv = argv
     return run_reporting(lambda: _dispatch(args))
 
 
+def serve_loop_defaults(args: argparse.Namespace) -> None:
+    """`muxio serve`'s flags win; left out, the loop variables every muxio loop reads apply."""
+    from .loopenv import env_poller, env_slow_callback_ms
+
+    if args.poller is None:
+        args.poller = env_poller()
+    if args.slow_callback_ms is None:
+        args.slow_callback_ms = env_slow_callback_ms()
+
+
+def cmd_run(argv: list[str]) -> int:
+    """`muxio run`: everything after it is the program's, so argparse never sees it."""
+    from .launch import main as launch
+
+    return run_reporting(lambda: launch(argv))
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
+        serve_loop_defaults(args)
         return cmd_serve(args)
     if args.command == "connect":
         return cmd_connect(args)

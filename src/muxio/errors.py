@@ -8,10 +8,6 @@ stderr and an exit code.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    pass
-
 
 class MuxioError(Exception):
     """Base of muxio's own errors: a message for a person, never a traceback."""

@@ -50,9 +50,11 @@ from contextvars import Context, copy_context
 from time import get_clock_info, monotonic
 from typing import TYPE_CHECKING
 
-from . import net
+from . import connect, listeners, resolve
+from . import sendfile as _sendfile
 from .pollers import READ, WRITE, Poller, new_poller
 from .server import Server
+from .sockops import SocketOps
 from .transports.stream import UncountedTransport
 from .watchdog import Watchdog, describe_callback
 
@@ -182,7 +184,7 @@ def _stop_on_done(fut: asyncio.Future[Any]) -> None:
         fut.get_loop().stop()
 
 
-class EventLoop(asyncio.AbstractEventLoop):
+class EventLoop(SocketOps, asyncio.AbstractEventLoop):
     """A single-threaded loop over one `Poller`, and a drop-in asyncio event loop.
 
     Only `call_soon_threadsafe` may be called from another thread; everything
@@ -1074,20 +1076,6 @@ class EventLoop(asyncio.AbstractEventLoop):
             )
             executor.shutdown(wait=False)
 
-    # -- names and sockets (muxio.net) ---------------------------------------
-
-    getaddrinfo = net.getaddrinfo  # type: ignore[assignment]
-    getnameinfo = net.getnameinfo
-    sock_recv = net.sock_recv
-    sock_recv_into = net.sock_recv_into
-    sock_recvfrom = net.sock_recvfrom
-    sock_recvfrom_into = net.sock_recvfrom_into
-    sock_sendall = net.sock_sendall
-    sock_sendto = net.sock_sendto
-    sock_connect = net.sock_connect
-    sock_accept = net.sock_accept
-    sock_sendfile = net.sock_sendfile  # type: ignore[assignment]
-
     # -- stream connections and servers --------------------------------------
 
     def _make_stream(
@@ -1229,7 +1217,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         if host is not None or port is not None:
             if sock is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
-            sock = await net.connect_socket(
+            sock = await connect.connect_socket(
                 self,
                 host,
                 port,
@@ -1279,7 +1267,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
-            sock = await net.unix_connect_socket(self, os.fspath(path))
+            sock = await connect.unix_connect_socket(self, os.fspath(path))
         else:
             if sock is None:
                 raise ValueError("no path and sock were specified")
@@ -1349,12 +1337,11 @@ class EventLoop(asyncio.AbstractEventLoop):
         if host is not None or port is not None:
             if sock is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
-            sockets = await net.bind_server_sockets(
-                self,
-                host,
-                port,
-                family=family,
-                flags=flags,
+            infos = await resolve.resolve_server_hosts(
+                self, host, port, family=family, flags=flags
+            )
+            sockets = listeners.open_tcp_listeners(
+                infos,
                 backlog=backlog,
                 reuse_address=reuse_address,
                 reuse_port=reuse_port,
@@ -1403,17 +1390,18 @@ class EventLoop(asyncio.AbstractEventLoop):
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        handed_in = None
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
-            sock = net.bind_unix_server_socket(path, backlog=backlog)
+            sock = listeners.bind_unix_listener(path, backlog=backlog, remember=cleanup_socket)
         else:
             if sock is None:
                 raise ValueError("path was not specified, and no sock specified")
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
             if cleanup_socket and sys.version_info >= (3, 13):
-                net.remember_unix_socket(sock)
+                handed_in = listeners.UnixFile.of(sock)
         sock.setblocking(False)
         sock.listen(max(0, backlog))
         server = Server(
@@ -1426,6 +1414,7 @@ class EventLoop(asyncio.AbstractEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
             # 3.13 removes the file of a handed-in socket too; earlier versions never did
             unlink_on_close=cleanup_socket and (path is not None or sys.version_info >= (3, 13)),
+            unix_files=[handed_in] if handed_in is not None else [],
             count_bytes=False,
         )
         if start_serving:
@@ -1493,7 +1482,7 @@ class EventLoop(asyncio.AbstractEventLoop):
         *,
         fallback: bool = True,
     ) -> int:
-        sent: int = await net.transport_sendfile(
+        sent: int = await _sendfile.transport_sendfile(
             self, transport, file, offset, count, fallback=fallback
         )
         return sent

@@ -11,14 +11,12 @@ import asyncio
 import sys
 from asyncio import events
 from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from .loop import EventLoop
+from .loopenv import UNSET, Unset, loop_settings
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, TypeVar
-
-    T = TypeVar("T")
+T = TypeVar("T")
 
 _BasePolicy: Any = getattr(events, "BaseDefaultEventLoopPolicy", None) or getattr(  # noqa: B009
     events, "_BaseDefaultEventLoopPolicy"
@@ -36,15 +34,25 @@ def _deprecated_watchers(name: str) -> None:
         )
 
 
-def new_event_loop(poller: str = "auto", *, slow_callback_ms: float | None = 100.0) -> EventLoop:
-    """A muxio loop on `poller`; the watchdog names callbacks slower than `slow_callback_ms`."""
+def new_event_loop(
+    poller: str | None = None, *, slow_callback_ms: float | Unset | None = UNSET
+) -> EventLoop:
+    """A muxio loop on `poller`; the watchdog names callbacks slower than `slow_callback_ms`.
+
+    Left out, each comes from `MUXIO_POLLER` / `MUXIO_SLOW_CALLBACK_MS` (else auto
+    and 100 ms): `--loop muxio:new_event_loop` on another server's command line
+    calls this with no arguments, so the environment is the only way to tune it.
+    """
+    poller, slow_callback_ms = loop_settings(poller, slow_callback_ms)
     return EventLoop(poller, slow_callback_ms=slow_callback_ms)
 
 
 class EventLoopPolicy(_BasePolicy):  # type: ignore[misc]
     """`asyncio.set_event_loop_policy(muxio.EventLoopPolicy())`: every new loop is muxio's."""
 
-    def __init__(self, poller: str = "auto", *, slow_callback_ms: float | None = 100.0) -> None:
+    def __init__(
+        self, poller: str | None = None, *, slow_callback_ms: float | Unset | None = UNSET
+    ) -> None:
         super().__init__()
         self._poller = poller
         self._slow_callback_ms = slow_callback_ms
@@ -68,14 +76,16 @@ class EventLoopPolicy(_BasePolicy):  # type: ignore[misc]
 def run(
     main: Coroutine[Any, Any, T],
     *,
-    poller: str = "auto",
+    poller: str | None = None,
     debug: bool | None = None,
-    slow_callback_ms: float | None = 100.0,
+    slow_callback_ms: float | Unset | None = UNSET,
 ) -> T:
     """`asyncio.run(main)` on a muxio loop: same cancellation, asyncgen and executor shutdown."""
 
+    settings = loop_settings(poller, slow_callback_ms)  # a bad variable fails before main starts
+
     def factory() -> EventLoop:
-        return new_event_loop(poller, slow_callback_ms=slow_callback_ms)
+        return new_event_loop(settings[0], slow_callback_ms=settings[1])
 
     if sys.version_info >= (3, 11):
         with asyncio.Runner(debug=debug, loop_factory=factory) as runner:

@@ -9,11 +9,11 @@ number of `data_received`, maybe `eof_received`, then exactly one
 from __future__ import annotations
 
 import asyncio
-
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .transports.stream import Transport
+
 
 class BaseProtocol(asyncio.BaseProtocol):
     """No-op defaults, so a service overrides only what it uses.

@@ -26,11 +26,10 @@ import ipaddress
 import logging
 import socket
 import struct
+from typing import TYPE_CHECKING, Any
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
 
 log = logging.getLogger("muxio")
 

@@ -25,15 +25,13 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from typing import Any
 
+from .listeners import bind_tcp, bind_unix
 from .loop import EventLoop
 from .pollers import Poller
-from .server import Server, bind_tcp, bind_unix
+from .server import Server
 from .services import Service
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
 
 log = logging.getLogger("muxio")
 
@@ -89,7 +87,7 @@ class _Stopping:
         self.deadline = float("inf")
 
 
-def serve(
+def run_service(
     service: Service,
     config: ServeConfig,
     *,
@@ -108,11 +106,9 @@ def serve(
     systemd, a parent process or a supervisor).
     """
     on_start, on_close = service.on_start, service.on_close
-    if sockets is not None:
-        pass
-    elif config.unix is not None:
+    if sockets is None and config.unix is not None:
         sockets = bind_unix(config.unix, backlog=config.backlog, mode=config.unix_mode)
-    else:
+    elif sockets is None:
         sockets = bind_tcp(config.host, config.port, backlog=config.backlog)
         if any(_is_wildcard(s) for s in sockets):
             log.warning(

@@ -1,26 +1,23 @@
 """Listening sockets, the accept path, connection limits and graceful shutdown.
 
 `Server` takes sockets that are already bound and listening, so where they
-come from — `bind_tcp`, `bind_unix`, systemd's socket activation, a parent
-process sharing one port between workers — is not its concern.
+come from — `muxio.listeners` (`bind_tcp`, `bind_unix`), systemd's socket
+activation, a parent process sharing one port between workers — is not its
+concern.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
-import os
 import socket
-import stat
 import sys
 import time
 from asyncio import trsock
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from .errors import RuntimeFailure, UsageError
-from .net import remember_unix_socket, remove_unix_socket_file
+from .listeners import UnixFile
 from .pollers import FdTooLargeError
 from .transports.stream import Transport, UncountedTransport
 
@@ -136,163 +133,6 @@ def _tls_goodbye(transport: Transport) -> bool:
     return not app.get_write_buffer_size()
 
 
-def _explain(exc: OSError) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        return "address already in use (stop the other server or choose another port)"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied (choose a port above 1023 or run with the needed privilege)"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return "address not available on this machine (check the host)"
-    return exc.strerror or str(exc)
-
-
-def bind_tcp(
-    host: str, port: int, *, backlog: int | None = 1024, reuse_port: bool = False
-) -> list[socket.socket]:
-    """Bind and listen on every address `host` resolves to (IPv4 and IPv6).
-
-    `backlog=None` binds without listening: sockets that hold a port (with
-    `reuse_port`, for workers that bind their own) but take no connection.
-    """
-    try:
-        infos = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise RuntimeFailure(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    except UnicodeError:
-        shown = host if len(host) <= 40 else host[:40] + "..."
-        raise UsageError(
-            f"invalid host {shown!r}: each dot-separated part of a name is 1 to 63 characters"
-        ) from None
-    sockets: list[socket.socket] = []
-    seen = set()
-    try:
-        for family, type_, proto, _, sockaddr in infos:
-            ip = str(sockaddr[0])
-            if (family, ip) in seen:
-                continue
-            seen.add((family, ip))
-            sock = socket.socket(family, type_, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                # port 0 on a name with several addresses: all share the first one's port
-                sock.bind((ip, port, *sockaddr[2:]))
-            except OSError as exc:
-                where = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
-                raise RuntimeFailure(f"cannot listen on {where}: {_explain(exc)}") from None
-            if backlog is not None:
-                sock.listen(backlog)
-            sock.setblocking(False)
-            if port == 0:
-                port = sock.getsockname()[1]
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-_UNIX_PATH_MAX = 107
-"""Bytes a Unix socket path may hold (sun_path is 108 on Linux, 104 on BSDs and macOS)."""
-
-def bind_unix(
-    path: str, *, backlog: int = 1024, mode: int | None = None
-) -> list[socket.socket]:
-    """Listen on a Unix socket, replacing a stale socket file but nothing else.
-
-    A list of one, like `bind_tcp`, so either result can be handed to `Server`.
-
-    A socket file is stale only if nothing answers on it: a live server's
-    socket is never taken over (that would leave it running, unreachable).
-    `mode` sets the file's permissions before the socket listens, so nobody
-    can connect under the umask's looser ones; by default the umask decides.
-    The file is removed at `Server.close()` only while it is still this one.
-    """
-    if not path:
-        raise UsageError("bind_unix needs a path: an empty one names no file")
-    size = len(os.fsencode(path))
-    if size > _UNIX_PATH_MAX:
-        raise UsageError(
-            f"Unix socket path {path!r} is {size} bytes long; a Unix socket path holds at most "
-            f"{_UNIX_PATH_MAX} (use a shorter or a relative path)"
-        )
-    try:
-        st: os.stat_result | None = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot listen on {path}: {_explain_path(exc, path)}") from None
-    if st is not None:
-        if stat.S_ISLNK(st.st_mode):
-            raise RuntimeFailure(
-                f"cannot listen on {path}: a symbolic link is there (remove it or choose "
-                "another path)"
-            )
-        if not stat.S_ISSOCK(st.st_mode):
-            raise RuntimeFailure(f"cannot listen on {path}: a file that is not a socket is there")
-        if _answers(path):
-            raise RuntimeFailure(
-                f"another server is listening on {path} (stop it or choose another path)"
-            )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        if mode is not None:
-            os.chmod(path, mode)
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise RuntimeFailure(
-                f"cannot listen on {path}: something took the path meanwhile "
-                "(choose another path)"
-            ) from None
-        raise RuntimeFailure(f"cannot listen on {path}: {_explain_path(exc, path)}") from None
-    sock.setblocking(False)
-    remember_unix_socket(sock)
-    return [sock]
-
-
-def _answers(path: str) -> bool:
-    """True if a server accepts connections on the socket file at `path`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError as exc:
-        if exc.errno == errno.EAGAIN:
-            return True  # its backlog is full: very much alive
-        raise RuntimeFailure(
-            f"cannot listen on {path}: cannot tell whether a server is using it "
-            f"({exc.strerror or exc})"
-        ) from None
-    finally:
-        probe.close()
-    return True
-
-
-def _explain_path(exc: OSError, path: str) -> str:
-    if exc.errno == errno.ENOTDIR:
-        return "a component of the path is a file, not a directory"
-    if exc.errno == errno.ENOENT:
-        return f"the directory {os.path.dirname(path) or '.'} does not exist"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied (choose a directory you may write to)"
-    if exc.errno == errno.ENAMETOOLONG:
-        return "the path is too long"
-    return exc.strerror or str(exc)
-
-
 def format_address(sock: socket.socket) -> str:
     addr = sock.getsockname()
     if sock.family == socket.AF_UNIX:
@@ -338,6 +178,7 @@ class Server(asyncio.AbstractServer):
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
         unlink_on_close: bool = True,
+        unix_files: Iterable[UnixFile] = (),
         count_bytes: bool = True,
     ) -> None:
         self.loop = loop
@@ -349,7 +190,14 @@ class Server(asyncio.AbstractServer):
         self._tls_warning = RateLimitedWarning()
         self._ssl_handshake_timeout = ssl_handshake_timeout
         self._ssl_shutdown_timeout = ssl_shutdown_timeout
-        self._unlink_on_close = unlink_on_close
+        self._unix_files: list[UnixFile] = []
+        """Socket files to remove at close (if still ours): each listener's `bound_file`."""
+        if unlink_on_close:
+            self._unix_files += unix_files
+            for sock in sockets:
+                bound = getattr(sock, "bound_file", None)
+                if bound is not None:
+                    self._unix_files.append(bound)
         self._transport_class = (
             Transport if count_bytes or idle_timeout else UncountedTransport
         )
@@ -636,9 +484,10 @@ class Server(asyncio.AbstractServer):
         self._listening = False
         self._sockets = None
         for sock in sockets:
-            if sock.family == socket.AF_UNIX and self._unlink_on_close:
-                remove_unix_socket_file(sock)
             sock.close()
+        for unix_file in self._unix_files:
+            unix_file.remove()
+        self._unix_files = []
         if self._serving_forever is not None and not self._serving_forever.done():
             self._serving_forever.cancel()
         if not self.connections:
@@ -659,7 +508,7 @@ class Server(asyncio.AbstractServer):
         self._on_closed = on_closed
         self._shutdown_deadline = self.loop.time() + timeout
         for transport in list(self.connections):
-            transport.drain()
+            transport.begin_shutdown()
         self._shutdown_tick()
 
     def _shutdown_tick(self) -> None:
@@ -678,8 +527,8 @@ class Server(asyncio.AbstractServer):
             for transport in list(self.connections):
                 if self._ssl is not None and not _tls_goodbye(transport):
                     continue
-                if transport.finish_drain():
-                    transport.close_drained()
+                if transport.half_close_if_idle():
+                    transport.close_when_acknowledged()
         if not self.connections:
             self._finish_shutdown()
         else:

@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import socket
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 from .loop import EventLoop
-from .protocol import Protocol
-from .runner import ServeConfig
-from .runner import serve as _run_service
-from .services import Service
-
-StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-Servable = Callable[..., Any]
-
-
-def stream_protocol_factory(handler: StreamHandler) -> Callable[[], Protocol]:
-    """Adapt `async def handler(reader, writer)` to a protocol factory.
-
-    The loop is a full asyncio loop, so asyncio's own stream protocol does
-    the buffering and flow control: the handler sees exactly what
-    `asyncio.start_server` would give it.
-    """
-
-    def factory() -> Protocol:
-        reader = asyncio.StreamReader()
-        return cast(Protocol, asyncio.StreamReaderProtocol(reader, handler))
-
-    return factory
-
-
-def as_protocol_factory(service: Servable) -> Callable[[], Protocol]:
-    """A coroutine function is a stream handler; anything else builds protocols."""
-    if inspect.iscoroutinefunction(service):
-        return stream_protocol_factory(cast(StreamHandler, service))
-    return cast(Callable[[], Protocol], service)
+from .runner import ServeConfig, run_service
+from .services import Servable, Service, StreamHandler, as_protocol_factory, stream_protocol_factory
 
 
 def serve(
@@ -96,6 +67,9 @@ def serve(
         service_name=name or default_name,
         tls=ssl,
     )
-    return _run_service(
+    return run_service(
         Service(factory, on_start=on_start, on_close=on_close), config, sockets=sockets
     )
+
+
+__all__ = ["Servable", "StreamHandler", "as_protocol_factory", "serve", "stream_protocol_factory"]

@@ -45,12 +45,13 @@ import socket
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING, Any
 
-TYPE_CHECKING = False
+from .listeners import close_listener
+
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable
-    from typing import Any
 
     from .loop import EventLoop
 
@@ -88,7 +89,7 @@ class WorkerSpec:
 
     def sockets(self) -> list[socket.socket]:
         from .activation import socket_from_fd
-        from .server import bind_tcp
+        from .listeners import bind_tcp
 
         if self.fds:
             return [socket_from_fd(fd, f"worker socket {fd}") for fd in self.fds]
@@ -179,7 +180,7 @@ class Worker:
 
 def _reserve_port(host: str, port: int) -> list[socket.socket]:
     """Bound, non-listening ``SO_REUSEPORT`` sockets: they hold the port, take no connection."""
-    from .server import bind_tcp
+    from .listeners import bind_tcp
 
     return bind_tcp(host, port, backlog=None, reuse_port=True)
 
@@ -410,7 +411,7 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             for sock in self.shared + self.reserved:
-                _close_listener(sock)
+                close_listener(sock)
             for fd in (self._wake_r, self._wake_w, self._life_r, self._life_w):
                 os.close(fd)
         return self.summary()
@@ -451,14 +452,6 @@ class Supervisor:
         return totals
 
 
-def _close_listener(sock: socket.socket) -> None:
-    from .net import remove_unix_socket_file
-
-    if sock.family == socket.AF_UNIX:
-        remove_unix_socket_file(sock)
-    sock.close()
-
-
 def _how(code: int) -> str:
     if code < 0:
         with contextlib.suppress(ValueError):
@@ -469,7 +462,8 @@ def _how(code: int) -> str:
 
 def supervise(args: argparse.Namespace, sockets: list[socket.socket] | None) -> int:
     """Run `muxio serve` as a supervisor of `args.workers` workers; the exit code."""
-    from .server import bind_tcp, bind_unix, format_address
+    from .listeners import bind_tcp, bind_unix
+    from .server import format_address
 
     mode = args.worker_sockets
     if mode is None:

@@ -23,7 +23,7 @@ class TLSSetupError(Exception):
 
 
 class _NoPassword(Exception):
-    pass
+    """Aborts `load_cert_chain` from the password callback: the key wants a password."""
 
 
 def _check_readable(path: str) -> None:

@@ -13,8 +13,8 @@ per-event translation on the hot path.
 from __future__ import annotations
 
 import abc
-
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
+import errno
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import ClassVar
@@ -24,6 +24,15 @@ READ = 1
 """Interest in readability, given to `register` / `modify`."""
 WRITE = 2
 """Interest in writability, given to `register` / `modify`."""
+
+GONE = frozenset({errno.EBADF, errno.ENOENT})
+"""What a kernel says when asked to forget a descriptor it has already forgotten.
+
+EBADF: the descriptor was closed (epoll and kqueue drop it from their set
+when its last reference closes).  ENOENT: it is open but not in the set
+(never registered, or closed and its number reused).  Either way the
+unregister has already happened; any other error is a bug and propagates.
+"""
 
 
 class FdTooLargeError(ValueError):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import select
+from typing import TYPE_CHECKING
 
 from .base import READ, WRITE, Poller
 from .poll import MASKS, PollPoller, timeout_ms
-
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
 
 if TYPE_CHECKING:
     from typing import Any

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import select
+from typing import TYPE_CHECKING
 
-from .base import READ, WRITE, Poller
-
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
+from .base import GONE, READ, WRITE, Poller
 
 if TYPE_CHECKING:
     from typing import Any
@@ -66,12 +64,21 @@ class KqueuePoller(Poller):
         self._filters += bin(events).count("1") - bin(old).count("1")
 
     def unregister(self, fd: int) -> None:
+        """Quiet when the kernel has already dropped `fd`'s filters (see `base.GONE`).
+
+        Closing a descriptor deletes its filters, so EV_DELETE on it fails
+        with EBADF, or ENOENT once its number is reused; anything else
+        propagates.
+        """
         old = self._fds.pop(fd, None)
         if old is None:
             return
         self._filters -= bin(old).count("1")
-        with contextlib.suppress(OSError):  # closed descriptors leave by themselves
+        try:
             self._control(fd, old, self._s.KQ_EV_DELETE)
+        except OSError as exc:
+            if exc.errno not in GONE:
+                raise
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         s = self._s

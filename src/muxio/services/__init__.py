@@ -6,55 +6,23 @@ take options of its own without the CLI knowing them.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import UsageError
-from ..protocol import Protocol
+from .base import (
+    CloseHook,
+    ProtocolFactory,
+    Servable,
+    Service,
+    StartHook,
+    StreamHandler,
+    as_protocol_factory,
+    stream_protocol_factory,
+)
 
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
-
-if TYPE_CHECKING:
-    from typing import Any
-
-    from ..loop import EventLoop
-
-ProtocolFactory = Callable[[], Protocol]
-StartHook = Callable[["EventLoop"], object]
-CloseHook = Callable[[float], object]
-
-
-class Service:
-    """A protocol factory, and the hooks that start and release what its protocols share.
-
-    The hooks are given, never looked up on the factory: a factory that
-    happens to have an `on_close` attribute must not have it called at
-    shutdown.  `on_start(loop)` runs before the server listens (start a
-    worker pool there); `on_close(seconds_left)` runs once the loop has
-    stopped, with what is left of the shutdown timeout to release it in.
-    """
-
-    __slots__ = ("factory", "on_close", "on_start")
-
-    def __init__(
-        self,
-        factory: ProtocolFactory,
-        *,
-        on_start: StartHook | None = None,
-        on_close: CloseHook | None = None,
-    ) -> None:
-        if not callable(factory):
-            raise TypeError(f"factory must build protocols, not be a {type(factory).__name__}")
-        self.factory = factory
-        self.on_start = on_start
-        self.on_close = on_close
-
-    def __repr__(self) -> str:
-        hooks = [name for name in ("on_start", "on_close") if getattr(self, name) is not None]
-        shown = f", hooks: {', '.join(hooks)}" if hooks else ""
-        return f"<Service {getattr(self.factory, '__qualname__', self.factory)!r}{shown}>"
-
-
-ServiceBuilder = Callable[["Any"], Service]
+ServiceBuilder = Callable[[Any], Service]
 
 
 def _upper(options: Any) -> Service:
@@ -102,10 +70,6 @@ def load_service(spec: str) -> Service:
     `async def handler(reader, writer)`; every way the spec can be wrong
     is a usage error naming it, never a traceback.
     """
-    import importlib
-
-    from ..serving import as_protocol_factory
-
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise UsageError(f"service {spec!r}: write module:factory, e.g. myapp.server:MyProtocol")
@@ -137,4 +101,15 @@ def load_service(spec: str) -> Service:
     return Service(as_protocol_factory(target))
 
 
-__all__ = ["Service", "build_service", "load_service"]
+__all__ = [
+    "CloseHook",
+    "ProtocolFactory",
+    "Servable",
+    "Service",
+    "StartHook",
+    "StreamHandler",
+    "as_protocol_factory",
+    "build_service",
+    "load_service",
+    "stream_protocol_factory",
+]

@@ -44,7 +44,7 @@ from typing import Any
 from ..offload import MODES, Job, Mode, Offloader, OrderedReplies, Outcome, ReplySlot
 from ..protocol import Protocol
 from ..transports.stream import Transport
-from . import Service
+from .base import Service
 
 MAX_LINE = 64 * 1024
 MAX_WORK_MS = 10_000

@@ -470,7 +470,7 @@ def pipe_tls(
                     return 0
 
 
-def run(
+def run_client(
     host: str,
     port: int,
     unix: str | None,

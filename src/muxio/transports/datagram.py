@@ -24,11 +24,11 @@ import sys
 import threading
 import warnings
 from asyncio import trsock
+from typing import TYPE_CHECKING
 
-from ..net import remove_stale_unix_socket, set_reuse_port
-from . import water_marks
-
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
+from ..listeners import clear_unix_path, set_reuse_port
+from ..resolve import numeric_info
+from .base import FlowControlTransport
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -48,7 +48,6 @@ _SEND_EMPTY = _PY313
 """3.13 sends a zero-length datagram; earlier versions silently drop it."""
 _DATAGRAM_OVERHEAD = 8 if _PY313 else 0
 """3.13 counts a UDP header per buffered datagram against the water marks."""
-_WARN_AFTER_DROPPED = 5
 _HAS_IPV6 = hasattr(socket, "AF_INET6")
 
 
@@ -87,27 +86,15 @@ def _drop_error(exc: Exception) -> None:
     """Stands in for the protocol's method once the connection is lost."""
 
 
-class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
+class DatagramTransport(FlowControlTransport, asyncio.Transport, asyncio.DatagramTransport):
     """A datagram socket driven by a loop's reader and writer callbacks."""
 
     __slots__ = (
-        "__weakref__",
         "_address",
-        "_buffer",
-        "_buffered",
-        "_closing",
         "_connected",
         "_datagram_received",
-        "_dropped",
         "_error_received",
-        "_fd",
-        "_high_water",
-        "_loop",
-        "_lost",
-        "_low_water",
         "_paused",
-        "_protocol",
-        "_protocol_paused",
         "_reader_on",
         "_reading_started",
         "_recvfrom_into",
@@ -120,8 +107,6 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
 
     max_size = 256 * 1024
     """Largest datagram received whole; longer ones are truncated, as in asyncio."""
-    high_water = 64 * 1024
-    low_water = 16 * 1024
 
     def __init__(
         self,
@@ -149,9 +134,9 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
             except OSError:
                 info["peername"] = None
         super().__init__(info)
-        self._loop = loop
+        self._init_base(loop, sock.fileno(), protocol)
+        self._init_flow_control()
         self._sock = sock
-        self._fd = sock.fileno()
         self._address = address
         # '' is the name of a connected socketpair() peer: still connected.
         self._connected = info["peername"] is not None
@@ -161,13 +146,6 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
         self._rview = _read_buffer(self.max_size)
         self._bind_protocol(protocol)
         self._buffer: collections.deque[tuple[bytes, Any]] = collections.deque()
-        self._buffered = 0
-        self._high_water = self.high_water
-        self._low_water = self.low_water
-        self._protocol_paused = False
-        self._closing = False
-        self._lost = False
-        self._dropped = 0
         self._paused = False
         self._reader_on = False
         self._reading_started = False
@@ -184,10 +162,6 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._bind_protocol(protocol)
-
-    def get_protocol(self) -> Any:
-        """The protocol, or None once `connection_lost` has run, as in asyncio."""
-        return self._protocol
 
     # -- reading -------------------------------------------------------------
 
@@ -209,7 +183,9 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
         except OSError as exc:
             self._error_received(exc)  # ICMP errors on a connected socket: not fatal
             return
-        except Exception as exc:
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
             self._fatal_error(exc, "Fatal read error on datagram transport")
             return
         self._datagram_received(self._rview[:n].tobytes(), addr)
@@ -254,9 +230,7 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
                 raise ValueError(f"Invalid address: must be None or {self._address}")
             addr = self._address
         if self._closing:
-            self._dropped += 1
-            if self._dropped >= _WARN_AFTER_DROPPED:
-                log.warning("socket.send() raised exception.")
+            self._drop_write("socket.send() raised exception.")
             return
         buf = self._buffer
         if not buf:
@@ -273,14 +247,14 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
             except OSError as exc:
                 self._error_received(exc)
                 return
-            except Exception as exc:
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
                 self._fatal_error(exc, "Fatal write error on datagram transport")
                 return
         buf.append((bytes(data), addr))
         self._buffered += len(data) + _DATAGRAM_OVERHEAD
-        if self._buffered > self._high_water and not self._protocol_paused:
-            self._protocol_paused = True
-            self._call_flow_control("pause_writing")
+        self._maybe_pause_protocol()
 
     def _on_write(self) -> None:
         buf = self._buffer
@@ -300,14 +274,15 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
                 if self._lost:
                     return
                 continue
-            except Exception as exc:
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
                 self._fatal_error(exc, "Fatal write error on datagram transport")
                 return
             buf.popleft()
             self._buffered -= len(data) + _DATAGRAM_OVERHEAD
-        if self._protocol_paused and self._buffered <= self._low_water:
-            self._protocol_paused = False
-            self._call_flow_control("resume_writing")  # which may send again
+        if self._protocol_paused:
+            self._maybe_resume_protocol()  # which may send again
             if self._lost:
                 return
         if not buf:
@@ -315,33 +290,7 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
             if self._closing:
                 self._lose(None)
 
-    def _call_flow_control(self, method: str) -> None:
-        try:
-            getattr(self._protocol, method)()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._report(exc, f"protocol.{method}() failed")
-
-    def get_write_buffer_size(self) -> int:
-        return self._buffered
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high_water, self._low_water = water_marks(high, low, self.high_water)
-        if self._buffered > self._high_water and not self._protocol_paused:
-            self._protocol_paused = True
-            self._call_flow_control("pause_writing")
-
     # -- closing -------------------------------------------------------------
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def close(self) -> None:
         """Stop reading, send what is buffered, then `connection_lost(None)`.
@@ -370,45 +319,14 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
             self._writer_on = False
             self._loop.remove_writer(self._fd)
 
-    def _fatal_error(self, exc: Exception, message: str) -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                log.debug("%r: %s", self, message, exc_info=exc)
-        else:
-            self._report(exc, message)
-        self._force_close(exc)
-
-    def _report(self, exc: BaseException, message: str) -> None:
-        self._loop.call_exception_handler(
-            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
-        )
-
-    def _force_close(self, exc: Exception | None) -> None:
-        if self._lost:
-            return
-        self._buffer.clear()
-        self._buffered = 0
-        self._closing = True
+    def _unwatch(self, exc: BaseException | None) -> None:
         self._stop_reading()
-        self._lose(exc)
-
-    def _lose(self, exc: Exception | None) -> None:
-        """Tell the protocol on the next loop turn, never from inside its own call."""
-        self._lost = True
         self._stop_writing()  # registered still if a callback closed us mid-flush
-        self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc: Exception | None) -> None:
-        protocol = self._protocol
-        try:
-            if protocol is not None:
-                protocol.connection_lost(exc)
-        finally:
-            self._sock.close()
-            # The protocol usually holds the transport: break the cycle.
-            self._protocol = None
-            self._datagram_received = _drop_datagram
-            self._error_received = _drop_error
+    def _release(self) -> None:
+        self._sock.close()
+        self._datagram_received = _drop_datagram
+        self._error_received = _drop_error
 
     def __del__(self, _warn: Callable[..., object] = warnings.warn) -> None:
         sock: socket.socket | None = getattr(self, "_sock", None)
@@ -434,45 +352,12 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 # -- creating endpoints ------------------------------------------------------
 
 
-def _numeric_addrinfo(host: Any, port: Any, family: int, proto: int) -> _AddrInfo | None:
-    """The addrinfo of a literal IP address, or None if it needs `getaddrinfo`.
-
-    asyncio skips the resolver for literals too: on most loops it runs in
-    a thread, and a literal would come back unchanged anyway.
-    """
-    if host is None or proto not in (0, socket.IPPROTO_TCP, socket.IPPROTO_UDP):
-        return None
-    if port is None or port in ("", b""):
-        port = 0
-    else:
-        try:
-            port = int(port)
-        except (TypeError, ValueError):
-            return None  # a service name such as "domain"
-    if isinstance(host, bytes):
-        host = host.decode("idna")
-    if not isinstance(host, str) or "%" in host:
-        return None  # Linux's inet_pton refuses a scope such as '::1%lo'
-    if family == socket.AF_UNSPEC:
-        families: list[int] = [socket.AF_INET, socket.AF_INET6] if _HAS_IPV6 else [socket.AF_INET]
-    else:
-        families = [family]
-    for af in families:
-        try:
-            socket.inet_pton(af, host)
-        except (OSError, ValueError):
-            continue
-        if _HAS_IPV6 and af == socket.AF_INET6:
-            return af, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", (host, port, 0, 0)
-        return af, socket.SOCK_DGRAM, socket.IPPROTO_UDP, "", (host, port)
-    return None
-
-
 async def _resolve(
     loop: asyncio.AbstractEventLoop, addr: tuple[Any, Any], family: int, proto: int, flags: int
 ) -> Sequence[_AddrInfo]:
     host, port = addr
-    info = _numeric_addrinfo(host, port, family, proto)
+    # asyncio's shortcut keeps the caller's text: `sendto` compares addresses by value
+    info = numeric_info(host, port, family, socket.SOCK_DGRAM, proto, as_given=True)
     if info is not None:
         return [info]
     return await loop.getaddrinfo(
@@ -642,7 +527,7 @@ async def _address_pairs(
             if addr is not None and not isinstance(addr, str):
                 raise TypeError("string is expected")
         if local_addr:
-            remove_stale_unix_socket(local_addr)
+            clear_unix_path(local_addr, socket.SOCK_DGRAM)
         return [((family, proto), (local_addr, remote_addr))]
     found: dict[tuple[int, int], list[Any]] = {}  # ordered: the resolver's preference
     for idx, addr in ((0, local_addr), (1, remote_addr)):

@@ -21,11 +21,10 @@ import os
 import stat
 import sys
 import warnings
-from asyncio import BaseProtocol, BaseTransport, ReadTransport, WriteTransport
+from asyncio import BaseProtocol, ReadTransport, WriteTransport
+from typing import TYPE_CHECKING
 
-from . import water_marks
-
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
+from .base import FlowControlTransport, TransportBase
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Future
@@ -33,13 +32,13 @@ if TYPE_CHECKING:
     from typing import Any, TypeVar
 
     _P = TypeVar("_P", bound=BaseProtocol)
+    _T = TypeVar("_T", "ReadPipeTransport", "WritePipeTransport")
 
 
 log = logging.getLogger("muxio")
 
 _HAS_WRITEV = hasattr(os, "writev")
 _IOV_MAX = 64
-_WARN_AFTER_LOST_WRITES = 5  # asyncio.constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 _PEER_CLOSE_SIGNALLED = not sys.platform.startswith("aix")  # AIX: only for sockets
 
 
@@ -59,88 +58,63 @@ def _with_pipe(extra: Mapping[str, Any] | None, pipe: Any) -> dict[str, Any]:
     return info
 
 
-class _PipeEnd(BaseTransport):
-    """What both ends share: the descriptor check, the protocol, and the way out."""
+class _PipeEnd(TransportBase):
+    """What both ends add to the common base: the descriptor check and the pipe itself."""
+
+    __slots__ = ()  # the ends have a __dict__; slots here would clash with the write end's
 
     _pipe: Any
-    _protocol: Any  # None once connection_lost has run
-    _closing: bool  # close() or write_eof() called, or the pipe lost
-    _lost: bool  # connection_lost scheduled or done
+    _not_a_pipe: str
+    """The ValueError's message for a descriptor that is no pipe, socket or tty (asyncio's)."""
 
-    def _open(
+    def __init__(
         self,
         loop: AbstractEventLoop,
         pipe: Any,
         protocol: BaseProtocol,
-        extra: Mapping[str, Any] | None,
-        not_a_pipe: str,
-    ) -> int:
-        """Take `pipe` over, non-blocking; its `st_mode`, or ValueError(`not_a_pipe`)."""
-        self._pipe = None  # set first: __del__ runs even if we raise below
-        BaseTransport.__init__(self, _with_pipe(extra, pipe))
-        fileno = pipe.fileno()
-        mode = os.fstat(fileno).st_mode
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
-            raise ValueError(not_a_pipe)
-        os.set_blocking(fileno, False)
-        self._loop = loop
-        self._pipe = pipe
-        self._fileno = fileno
-        self._protocol = protocol
-        self._closing = False
-        self._lost = False
-        return mode
+        waiter: Future[None] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Take `pipe` over, non-blocking; the protocol hears of it on the next loop turn.
 
-    def set_protocol(self, protocol: BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self._protocol
-
-    def get_loop(self) -> AbstractEventLoop:
-        return self._loop
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def _schedule_connection_lost(self, exc: BaseException | None) -> None:
-        if not self._lost:
-            self._lost = True
-            self._loop.call_soon(self._call_connection_lost, exc)
-
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        """Tell the protocol, close the pipe, then drop the protocol.
-
-        Dropping it breaks the transport <-> protocol cycle, so both are
-        freed by reference counting rather than waiting for the cyclic GC.
+        `connection_made` is scheduled, not run, so that the caller of the
+        constructor finishes first; `waiter` is woken after it.
         """
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            self._pipe.close()
-            self._pipe = None
-            self._protocol = None
+        self._pipe = None  # set first: __del__ runs even if we raise below
+        self._extra = _with_pipe(extra, pipe)
+        fd = pipe.fileno()
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+            raise ValueError(self._not_a_pipe)
+        os.set_blocking(fd, False)
+        self._init_base(loop, fd, protocol)
+        self._pipe = pipe
+        then = self._setup(mode)
+        loop.call_soon(protocol.connection_made, self)
+        if then is not None:
+            loop.call_soon(then)
+        if waiter is not None:
+            loop.call_soon(_wake, waiter)
 
-    def _peer_went_away(self, exc: BaseException) -> bool:
+    def _setup(self, mode: int) -> Callable[[], object] | None:
+        """This end's own state; what to run once `connection_made` has."""
         raise NotImplementedError
 
-    def _close(self, exc: BaseException | None) -> None:
-        raise NotImplementedError
+    def _release(self) -> None:
+        self._pipe.close()
+        self._pipe = None
 
-    def _fatal_error(self, exc: BaseException, message: str) -> None:
-        """Close; what the peer caused reaches the protocol through connection_lost only,
-        anything else is a bug worth the exception handler's attention."""
-        if self._peer_went_away(exc):
-            if self._loop.get_debug():
-                log.debug("%r: %s", self, message, exc_info=True)
+    def _state_when_open(self) -> str:
+        return "open"
+
+    def __repr__(self) -> str:
+        if self._pipe is None:
+            state = "closed"
+        elif self._closing:
+            state = "closing"
         else:
-            self._report_callback_failure(exc, message)
-        self._close(exc)
-
-    def _report_callback_failure(self, exc: BaseException, message: str) -> None:
-        self._loop.call_exception_handler(
-            {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
-        )
+            state = self._state_when_open()
+        return f"<{type(self).__name__} fd={getattr(self, '_fd', None)} {state}>"
 
     def __del__(self) -> None:
         if self._pipe is not None:
@@ -158,51 +132,35 @@ class ReadPipeTransport(_PipeEnd, ReadTransport):
     ignored, as a pipe has no write half to keep open.
     """
 
-
     max_size = 256 * 1024
     """Largest single read: four default Linux pipe buffers."""
+    _not_a_pipe = "Pipe transport is for pipes/sockets only."
 
-    def __init__(
-        self,
-        loop: AbstractEventLoop,
-        pipe: Any,
-        protocol: BaseProtocol,
-        waiter: Future[None] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        self._open(loop, pipe, protocol, extra, "Pipe transport is for pipes/sockets only.")
+    def _setup(self, mode: int) -> Callable[[], object] | None:
         self._paused = False
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
-            loop.call_soon(_wake, waiter)
+        return self._start_reading
 
     def _start_reading(self) -> None:
         if self.is_reading():
-            self._loop.add_reader(self._fileno, self._read_ready)
+            self._loop.add_reader(self._fd, self._read_ready)
 
     def _read_ready(self) -> None:
         try:
-            data = os.read(self._fileno, self.max_size)
-        except (BlockingIOError, InterruptedError):
-            return
+            data = os.read(self._fd, self.max_size)
         except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on pipe transport")
+            if not isinstance(exc, (BlockingIOError, InterruptedError)):
+                self._fatal_error(exc, "Fatal read error on pipe transport")
             return
         if not data:
             if self._loop.get_debug():
                 log.info("%r was closed by peer", self)
             self._closing = True
-            self._loop.remove_reader(self._fileno)
             self._loop.call_soon(self._protocol.eof_received)
-            self._schedule_connection_lost(None)
+            self._lose(None)
             return
-        try:
-            self._protocol.data_received(data)
-        except Exception as exc:
-            # As asyncio's socket transports do: a protocol that cannot take
-            # the data would lose the rest of the stream too.
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+        # Fatal if it raises, as in asyncio's socket transports: a protocol
+        # that cannot take the data would lose the rest of the stream too.
+        self._call_protocol("data_received", data)
 
     def is_reading(self) -> bool:
         return not (self._paused or self._closing)
@@ -212,7 +170,7 @@ class ReadPipeTransport(_PipeEnd, ReadTransport):
         if not self.is_reading():
             return
         self._paused = True
-        self._loop.remove_reader(self._fileno)
+        self._loop.remove_reader(self._fd)
         if self._loop.get_debug():
             log.debug("%r pauses reading", self)
 
@@ -220,36 +178,26 @@ class ReadPipeTransport(_PipeEnd, ReadTransport):
         if self._closing or not self._paused:
             return
         self._paused = False
-        self._loop.add_reader(self._fileno, self._read_ready)
+        self._loop.add_reader(self._fd, self._read_ready)
         if self._loop.get_debug():
             log.debug("%r resumes reading", self)
 
     def close(self) -> None:
         if not self._closing:
-            self._close(None)
+            self._force_close(None)
 
-    @staticmethod
-    def _peer_went_away(exc: BaseException) -> bool:
-        """EIO is how a pty master reports that the slave side was closed."""
+    def _is_quiet(self, exc: BaseException) -> bool:
+        """Only EIO, as in asyncio's read pipe: how a pty master learns its slave closed."""
         return isinstance(exc, OSError) and exc.errno == errno.EIO
 
-    def _close(self, exc: BaseException | None) -> None:
-        self._closing = True
-        self._loop.remove_reader(self._fileno)
-        self._schedule_connection_lost(exc)
+    def _unwatch(self, exc: BaseException | None) -> None:
+        self._loop.remove_reader(self._fd)
 
-    def __repr__(self) -> str:
-        if self._pipe is None:
-            state = "closed"
-        elif self._closing:
-            state = "closing"
-        else:
-            state = "open reading" if self.is_reading() else "open paused"
-        fd = getattr(self, "_fileno", None)
-        return f"<{type(self).__name__} fd={fd} {state}>"
+    def _state_when_open(self) -> str:
+        return "open reading" if self.is_reading() else "open paused"
 
 
-class WritePipeTransport(_PipeEnd, WriteTransport):
+class WritePipeTransport(_PipeEnd, FlowControlTransport, WriteTransport):
     """The writing end of a pipe, FIFO, socket or tty, with flow control.
 
     The protocol is paused once more than the high-water mark is buffered and
@@ -259,34 +207,18 @@ class WritePipeTransport(_PipeEnd, WriteTransport):
     buffer is flushed.
     """
 
+    _not_a_pipe = "Pipe transport is only for pipes, sockets and character devices"
 
-    def __init__(
-        self,
-        loop: AbstractEventLoop,
-        pipe: Any,
-        protocol: BaseProtocol,
-        waiter: Future[None] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        mode = self._open(
-            loop, pipe, protocol, extra,
-            "Pipe transport is only for pipes, sockets and character devices",
-        )  # fmt: skip
+    def _setup(self, mode: int) -> Callable[[], object] | None:
         self._buffer: list[bytes | memoryview] = []
-        self._buffered = 0
-        self._writes_after_loss = 0
-        self._protocol_paused = False
-        self._high_water = 64 * 1024
-        self._low_water = 16 * 1024
-        loop.call_soon(protocol.connection_made, self)
+        self._init_flow_control()
         if stat.S_ISSOCK(mode) or (stat.S_ISFIFO(mode) and _PEER_CLOSE_SIGNALLED):
-            loop.call_soon(self._watch_reader)
-        if waiter is not None:
-            loop.call_soon(_wake, waiter)
+            return self._watch_reader
+        return None
 
     def _watch_reader(self) -> None:
         if not self._lost:
-            self._loop.add_reader(self._fileno, self._reader_gone)
+            self._loop.add_reader(self._fd, self._reader_gone)
 
     def _reader_gone(self) -> None:
         """The write end polled readable: the other end was closed.
@@ -296,7 +228,7 @@ class WritePipeTransport(_PipeEnd, WriteTransport):
         """
         if self._loop.get_debug():
             log.info("%r was closed by peer", self)
-        self._close(BrokenPipeError() if self._buffer else None)
+        self._force_close(BrokenPipeError() if self._buffer else None)
 
     # -- writing -------------------------------------------------------------
 
@@ -317,22 +249,21 @@ class WritePipeTransport(_PipeEnd, WriteTransport):
         if not data:
             return
         if self._closing or self._lost:
-            if self._writes_after_loss >= _WARN_AFTER_LOST_WRITES:
-                log.warning("pipe closed by peer or os.write(pipe, data) raised exception.")
-            self._writes_after_loss += 1
+            self._drop_write("pipe closed by peer or os.write(pipe, data) raised exception.")
             return
         if not self._buffer:
             try:
-                n = os.write(self._fileno, data)
+                n = os.write(self._fd, data)
             except (BlockingIOError, InterruptedError):
                 n = 0
-            except OSError as exc:
-                self._writes_after_loss += 1
-                self._fatal_error(exc, "Fatal write error on pipe transport")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._write_failed(exc)
                 return
             if n == len(data):
                 return
-            self._loop.add_writer(self._fileno, self._write_ready)
+            self._loop.add_writer(self._fd, self._write_ready)
             if n:
                 data = memoryview(data)[n:]
         # A caller may reuse its bytearray once write() returns: keep a copy.
@@ -343,19 +274,20 @@ class WritePipeTransport(_PipeEnd, WriteTransport):
 
     def _write_ready(self) -> None:
         buf = self._buffer
-        if not buf:
-            self._loop.remove_writer(self._fileno)
-            return
         try:
-            if len(buf) == 1 or not _HAS_WRITEV:
-                n = os.write(self._fileno, buf[0])
-            else:
-                n = os.writev(self._fileno, buf[:_IOV_MAX])
+            if len(buf) > 1 and _HAS_WRITEV:
+                n = os.writev(self._fd, buf[:_IOV_MAX])
+            elif buf:
+                n = os.write(self._fd, buf[0])
+            else:  # an event polled before the buffer was dropped
+                self._loop.remove_writer(self._fd)
+                return
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:
-            self._writes_after_loss += 1
-            self._fatal_error(exc, "Fatal write error on pipe transport")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._write_failed(exc)
             return
         self._buffered -= n
         done = 0
@@ -370,12 +302,15 @@ class WritePipeTransport(_PipeEnd, WriteTransport):
         if buf:
             self._maybe_resume_protocol()
             return
-        self._loop.remove_writer(self._fileno)
+        self._loop.remove_writer(self._fd)
         self._maybe_resume_protocol()  # may write again, never when closing
-        if self._closing and not self._lost:
-            self._lost = True
-            self._loop.remove_reader(self._fileno)
-            self._call_connection_lost(None)
+        if self._closing:
+            self._lose(None)
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """Fatal, and it counts as a write after the loss (asyncio's count)."""
+        self._writes_after_loss += 1
+        self._fatal_error(exc, "Fatal write error on pipe transport")
 
     def can_write_eof(self) -> bool:
         return True
@@ -386,38 +321,7 @@ class WritePipeTransport(_PipeEnd, WriteTransport):
             return
         self._closing = True
         if not self._buffer:
-            self._loop.remove_reader(self._fileno)
-            self._schedule_connection_lost(None)
-
-    # -- flow control --------------------------------------------------------
-
-    def get_write_buffer_size(self) -> int:
-        return self._buffered
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high_water, self._low_water = water_marks(high, low, 64 * 1024)
-        self._maybe_pause_protocol()
-
-    def _maybe_pause_protocol(self) -> None:
-        if self._buffered <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        try:
-            self._protocol.pause_writing()
-        except Exception as exc:
-            self._report_callback_failure(exc, "protocol.pause_writing() failed")
-
-    def _maybe_resume_protocol(self) -> None:
-        if not self._protocol_paused or self._buffered > self._low_water:
-            return
-        self._protocol_paused = False
-        try:
-            self._protocol.resume_writing()
-        except Exception as exc:
-            self._report_callback_failure(exc, "protocol.resume_writing() failed")
+            self._lose(None)
 
     # -- closing -------------------------------------------------------------
 
@@ -428,64 +332,45 @@ class WritePipeTransport(_PipeEnd, WriteTransport):
 
     def abort(self) -> None:
         """Close now, dropping whatever is still buffered."""
-        self._close(None)
+        self._force_close(None)
 
-    @staticmethod
-    def _peer_went_away(exc: BaseException) -> bool:
-        """OS errors (EPIPE above all) are the peer's doing."""
-        return isinstance(exc, OSError)
-
-    def _close(self, exc: BaseException | None) -> None:
-        self._closing = True
-        if self._lost:
-            return
-        if self._buffer:
-            self._loop.remove_writer(self._fileno)
-            self._buffer.clear()
-            self._buffered = 0
-        self._loop.remove_reader(self._fileno)
-        self._schedule_connection_lost(exc)
+    def _unwatch(self, exc: BaseException | None) -> None:
+        self._loop.remove_writer(self._fd)
+        self._loop.remove_reader(self._fd)
 
     def __repr__(self) -> str:
-        if self._pipe is None:
-            state = "closed"
-        elif self._closing:
-            state = "closing"
-        else:
-            state = "open"
-        fd = getattr(self, "_fileno", None)
-        return f"<{type(self).__name__} fd={fd} {state} bufsize={getattr(self, '_buffered', 0)}>"
+        return f"{super().__repr__()[:-1]} bufsize={getattr(self, '_buffered', 0)}>"
 
 
 async def connect_read_pipe(
     loop: AbstractEventLoop, protocol_factory: Callable[[], _P], pipe: Any
 ) -> tuple[ReadPipeTransport, _P]:
     """`loop.connect_read_pipe` for any loop: returns once `connection_made` has run."""
-    protocol = protocol_factory()
-    waiter: Future[None] = loop.create_future()
-    transport = ReadPipeTransport(loop, pipe, protocol, waiter)
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
-        raise
-    if loop.get_debug():
-        log.debug("read pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
-    return transport, protocol
+    return await _connect(loop, ReadPipeTransport, protocol_factory, pipe, "read")
 
 
 async def connect_write_pipe(
     loop: AbstractEventLoop, protocol_factory: Callable[[], _P], pipe: Any
 ) -> tuple[WritePipeTransport, _P]:
     """`loop.connect_write_pipe` for any loop: returns once `connection_made` has run."""
+    return await _connect(loop, WritePipeTransport, protocol_factory, pipe, "write")
+
+
+async def _connect(
+    loop: AbstractEventLoop,
+    transport_class: type[_T],
+    protocol_factory: Callable[[], _P],
+    pipe: Any,
+    direction: str,
+) -> tuple[_T, _P]:
     protocol = protocol_factory()
     waiter: Future[None] = loop.create_future()
-    transport = WritePipeTransport(loop, pipe, protocol, waiter)
+    transport = transport_class(loop, pipe, protocol, waiter)
     try:
         await waiter
     except BaseException:
         transport.close()
         raise
     if loop.get_debug():
-        log.debug("write pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
+        log.debug("%s pipe %r connected: (%r, %r)", direction, pipe.fileno(), transport, protocol)
     return transport, protocol

@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
+import enum
 import fcntl
-import logging
 import socket
 import struct
 import sys
 import termios
-import weakref
 from asyncio import constants as _aio_constants
 from asyncio import trsock
+from typing import TYPE_CHECKING
 
-from . import water_marks
-
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
+from .base import FlowControlTransport
 
 if TYPE_CHECKING:
     from typing import Any
@@ -42,51 +39,41 @@ if TYPE_CHECKING:
     from ..protocol import Protocol
 
 
-log = logging.getLogger("muxio")
-
 _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
 _IOV_MAX = 64
-_CONNLOST_WRITES = 5
-_QUIET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-_QUIET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 Buffer = bytes | memoryview
 
-_flush_waiters: weakref.WeakKeyDictionary[Transport, asyncio.Future[None]] = (
-    weakref.WeakKeyDictionary()
-)
-"""Who waits for a transport's buffer to empty (sendfile); kept off the transport itself."""
-_SENDFILE = 2
-"""`_eof_requested` while the kernel sends a file: writes are refused, as in asyncio."""
+
+class _Output(enum.IntEnum):
+    """What becomes of a write: falsy while writes are accepted, so `write()` tests one slot."""
+
+    OPEN = 0
+    EOF = 1
+    """`write_eof()` or a graceful shutdown: FIN once the buffer is flushed; writes raise."""
+    SENDFILE = 2
+    """The kernel sends a file: writes raise, as in asyncio."""
+    LOST = 3
+    """The connection is lost (and was open for writing): writes are dropped."""
 
 
-class Transport(asyncio.Transport):
+class Transport(FlowControlTransport, asyncio.Transport):
     """One connection's socket, buffers and flow control.
 
     The class attributes are the defaults a subclass or a server may tune.
     """
 
     __slots__ = (
-        "__weakref__",
-        "_buffer",
-        "_buffered",
         "_buffered_proto",
-        "_closing",
-        "_conn_lost",
         "_counting",
-        "_draining",
         "_eof",
-        "_eof_requested",
-        "_fd",
-        "_high_water",
-        "_loop",
-        "_low_water",
+        "_flush_waiter",
         "_on_lost",
-        "_protocol",
-        "_protocol_paused",
+        "_output",
         "_read_size",
         "_reading_paused",
+        "_shutting_down",
         "_sock",
         "bytes_in",
         "bytes_out",
@@ -102,8 +89,6 @@ class Transport(asyncio.Transport):
     instructions the loop spends on one, so transports made through asyncio's
     API, which has no use for the counts, are `UncountedTransport`s.
     """
-    high_water = 64 * 1024
-    low_water = 16 * 1024
     _start_tls_compatible = True
     _sendfile_compatible = _aio_constants._SendfileMode.TRY_NATIVE
 
@@ -115,24 +100,18 @@ class Transport(asyncio.Transport):
         *,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        self._loop = loop
+        self._init_base(loop, sock.fileno(), protocol)
+        self._init_flow_control()
         self._sock = sock
-        self._fd = sock.fileno()
-        self._protocol = protocol
         self._buffered_proto = isinstance(protocol, asyncio.BufferedProtocol)
         self._read_size = self.read_size
         self._extra: dict[str, Any] | None = extra
         self._buffer: list[Buffer] | None = None
-        self._buffered = 0
-        self._high_water = self.high_water
-        self._low_water = self.low_water
-        self._closing = False
-        self._conn_lost = 0
-        self._draining = False
+        self._shutting_down = False
         self._eof = False
-        self._eof_requested = 0
+        self._output = _Output.OPEN
         self._reading_paused = False
-        self._protocol_paused = False
+        self._flush_waiter: asyncio.Future[None] | None = None
         self._on_lost: Any = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -150,10 +129,7 @@ class Transport(asyncio.Transport):
             self._fd, self._on_read_into if self._buffered_proto else self._on_read
         )
         self._on_lost = on_lost
-        try:
-            self._protocol.connection_made(self)
-        except Exception as exc:
-            self._protocol_failed(exc, "connection_made")
+        self._call_protocol("connection_made", self)
 
     # -- reading -------------------------------------------------------------
 
@@ -168,8 +144,10 @@ class Transport(asyncio.Transport):
             data = self._sock.recv(self._read_size)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:
-            self._fatal_error(exc, "recv")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
             return
         if not data:
             self._on_eof()
@@ -178,8 +156,10 @@ class Transport(asyncio.Transport):
             self.bytes_in += len(data)
         try:
             self._protocol.data_received(data)
-        except Exception as exc:
-            self._protocol_failed(exc, "data_received")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
     def _on_read_into(self) -> None:
         """`BufferedProtocol`: the kernel copies straight into the protocol's buffer."""
@@ -188,15 +168,19 @@ class Transport(asyncio.Transport):
             buf = protocol.get_buffer(-1)
             if not len(buf):
                 raise RuntimeError("get_buffer() returned an empty buffer")
-        except Exception as exc:
-            self._protocol_failed(exc, "get_buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
             return
         try:
             n = self._sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:
-            self._fatal_error(exc, "recv_into")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
             return
         if not n:
             self._on_eof()
@@ -205,17 +189,15 @@ class Transport(asyncio.Transport):
             self.bytes_in += n
         try:
             protocol.buffer_updated(n)
-        except Exception as exc:
-            self._protocol_failed(exc, "buffer_updated")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
 
     def _on_eof(self) -> None:
         self._eof = True
         self._loop._remove_reader(self._fd)
-        try:
-            keep_open = self._protocol.eof_received()
-        except Exception as exc:
-            self._protocol_failed(exc, "eof_received")
-            return
+        keep_open = self._call_protocol("eof_received")
         if not keep_open:
             self.close()
 
@@ -228,7 +210,7 @@ class Transport(asyncio.Transport):
             self._loop._remove_reader(self._fd)
 
     def resume_reading(self) -> None:
-        if not self._reading_paused or self._closing or self._draining:
+        if not self._reading_paused or self._closing or self._shutting_down:
             return
         self._reading_paused = False
         if not self._eof:
@@ -244,25 +226,31 @@ class Transport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send now what the kernel takes; buffer the rest.
 
-        After the connection is lost, writes are dropped (and, past a few,
-        logged) as in asyncio: the caller learns of it from `connection_lost`.
-        Something that is not bytes-like raises `TypeError` from `send()`
-        itself, so the common case pays for no type check.
+        The argument is checked first, whatever the buffer holds, so the
+        error is asyncio's and not the socket module's.  After the connection
+        is lost, writes are dropped (and, past a few, logged) as in asyncio:
+        the caller learns of it from `connection_lost`.
         """
-        if self._eof_requested or self._conn_lost or not data:
+        if type(data) is not bytes and not isinstance(data, _BYTES_LIKE):
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
+        if self._output or not data:
             self._write_refused(data)
             return
         buf = self._buffer
         if buf:
             if type(data) is not bytes:
-                data = bytes(_bytes_like(data))
+                data = bytes(data)
         else:
             try:
                 n = self._sock.send(data)
             except (BlockingIOError, InterruptedError):
                 n = 0
-            except OSError as exc:
-                self._fatal_error(exc, "send")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
                 return
             if self._counting:
                 self.bytes_out += n
@@ -278,29 +266,20 @@ class Transport(asyncio.Transport):
         buf.append(data)
         self._buffered += len(data)
         if self._buffered > self._high_water and not self._protocol_paused:
-            self._pause_protocol()
+            self._maybe_pause_protocol()
 
     def _write_refused(self, data: bytes | bytearray | memoryview) -> None:
         """`write()`'s rare cases, in asyncio's order, off the hot path."""
-        _bytes_like(data)
-        if self._eof_requested:
-            if self._eof_requested == _SENDFILE:
-                raise RuntimeError("unable to write; sendfile is in progress")
+        output = self._output
+        if output is _Output.EOF:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if data and self._conn_lost:
-            if self._conn_lost >= _CONNLOST_WRITES:
-                log.warning("socket.send() raised exception.")
-            self._conn_lost += 1
+        if output is _Output.SENDFILE:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        if data and output is _Output.LOST:
+            self._drop_write("socket.send() raised exception.")
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
-
-    def _pause_protocol(self) -> None:
-        self._protocol_paused = True
-        try:
-            self._protocol.pause_writing()
-        except Exception as exc:
-            self._protocol_failed(exc, "pause_writing")
 
     def _on_write(self) -> None:
         buf = self._buffer
@@ -314,8 +293,10 @@ class Transport(asyncio.Transport):
                 n = self._sock.sendmsg(buf[:_IOV_MAX])
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:
-            self._fatal_error(exc, "send")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal write error on socket transport")
             return
         if self._counting:
             self.bytes_out += n
@@ -332,26 +313,23 @@ class Transport(asyncio.Transport):
         if n:
             buf[0] = memoryview(buf[0])[n:]
         if self._protocol_paused and self._buffered <= self._low_water:
-            self._protocol_paused = False
-            try:
-                self._protocol.resume_writing()
-            except Exception as exc:
-                self._protocol_failed(exc, "resume_writing")
+            self._maybe_resume_protocol()  # which may write, close or abort
+            if self._lost:
                 return
         if not buf:
             self._loop._remove_writer(self._fd)
-            if _flush_waiters:
-                _wake_flush_waiter(self, None)
+            if self._flush_waiter is not None:
+                self._wake_flush_waiter(None)
             if self._closing:
                 self._lose(None)
-            elif self._eof_requested:
+            elif self._output is _Output.EOF:
                 self._shutdown_write()
 
     def write_eof(self) -> None:
         """Half-close: send FIN once the buffer is flushed; reading goes on."""
-        if self._closing or self._eof_requested:
+        if self._closing or self._output:
             return
-        self._eof_requested = 1
+        self._output = _Output.EOF
         if not self._buffer:
             self._shutdown_write()
 
@@ -362,23 +340,9 @@ class Transport(asyncio.Transport):
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            self._fatal_error(exc, "shutdown")
-
-    def get_write_buffer_size(self) -> int:
-        return self._buffered
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high_water, self._low_water = water_marks(high, low, self.high_water)
-        if self._buffered > self._high_water and not self._protocol_paused:
-            self._pause_protocol()
+            self._fatal_error(exc, "Fatal error on transport: shutdown(SHUT_WR) failed")
 
     # -- closing -------------------------------------------------------------
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def close(self) -> None:
         """Stop reading, flush every pending reply, then close."""
@@ -393,21 +357,21 @@ class Transport(asyncio.Transport):
         """Close now, dropping whatever is still buffered."""
         self._force_close(None)
 
-    def drain(self) -> None:
+    def begin_shutdown(self) -> None:
         """Begin a graceful goodbye: no new requests, replies still flushed.
 
         Reading stops (unread bytes were never accepted); once the protocol
-        is idle and the buffer empty, `finish_drain()` half-closes.
+        is idle and the buffer empty, `half_close_if_idle()` half-closes.
         """
-        if self._closing or self._draining:
+        if self._closing or self._shutting_down:
             return
-        self._draining = True
+        self._shutting_down = True
         self._reading_paused = True
         if not self._eof:
             self._loop._remove_reader(self._fd)
 
-    def finish_drain(self) -> bool:
-        """Half-close a drained, idle connection; True once that has begun.
+    def half_close_if_idle(self) -> bool:
+        """Half-close a shutting-down, idle connection; True once that has begun.
 
         A protocol is busy while its `is_busy()` (a muxio extension; plain
         asyncio protocols have none and are never busy) says replies are
@@ -420,10 +384,10 @@ class Transport(asyncio.Transport):
         is_busy = getattr(self._protocol, "is_busy", None)
         if self._buffer or (is_busy is not None and is_busy()):
             return False
-        self._eof_requested = 1
+        self._output = _Output.EOF
         self._closing = True
         self._shutdown_write()
-        if self._conn_lost:
+        if self._lost:
             return True
         if self._eof:
             self._lose(None)
@@ -431,7 +395,7 @@ class Transport(asyncio.Transport):
             self._loop._add_reader(self._fd, self._discard)
         return True
 
-    def close_drained(self) -> None:
+    def close_when_acknowledged(self) -> None:
         """Close a half-closed, flushed connection now rather than wait for its peer.
 
         Our FIN is queued and nothing is left to send, so a well-behaved
@@ -439,10 +403,11 @@ class Transport(asyncio.Transport):
         client that neither sends nor closes hold a whole shutdown.  Only once
         the peer has acknowledged every byte, though: data it sends after our
         close is answered with a reset, which would destroy replies still in
-        flight.  Input that arrived since the drain began was never accepted:
-        it is read and dropped first (closing with unread input resets too).
+        flight.  Input that arrived since the shutdown began was never
+        accepted: it is read and dropped first (closing with unread input
+        resets too).
         """
-        if self._buffer or self._conn_lost or _unacknowledged(self._sock):
+        if self._buffer or self._lost or _unacknowledged(self._sock):
             return  # the next shutdown tick looks again
         try:
             for _ in range(16):
@@ -464,55 +429,29 @@ class Transport(asyncio.Transport):
             pass
         self._force_close(None)
 
-    def _protocol_failed(self, exc: Exception, method: str) -> None:
-        self._loop.call_exception_handler(
-            {
-                "message": f"Fatal error: protocol.{method}() call failed.",
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            }
-        )
-        self._force_close(exc)
-
-    def _fatal_error(self, exc: OSError, op: str) -> None:
-        if isinstance(exc, _QUIET_ERRORS) or exc.errno in _QUIET_ERRNOS:
-            log.debug("%s on fd %d failed: %s", op, self._fd, exc)
-        else:
-            log.warning("%s on fd %d failed: %s", op, self._fd, exc)
-        self._force_close(exc)
-
-    def _force_close(self, exc: BaseException | None) -> None:
-        if self._conn_lost:
-            return
-        if self._buffer:
-            self._buffer.clear()
-            self._buffered = 0
-        self._closing = True
-        self._lose(exc)
-
-    def _lose(self, exc: BaseException | None) -> None:
-        """Leave the poller now; tell the protocol on the next loop turn."""
-        if self._conn_lost:
-            return
-        self._conn_lost = 1
-        if _flush_waiters:
-            _wake_flush_waiter(self, exc or ConnectionError("Connection is closed"))
+    def _unwatch(self, exc: BaseException | None) -> None:
+        if self._output is _Output.OPEN:
+            self._output = _Output.LOST
+        if self._flush_waiter is not None:
+            self._wake_flush_waiter(exc or ConnectionError("Connection is closed"))
         self._loop.forget_fd(self._fd)
-        self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        try:
-            self._protocol.connection_lost(exc)
-        finally:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-            self._protocol = None  # type: ignore[assignment]
-            if self._on_lost is not None:
-                self._on_lost(self)
-                self._on_lost = None
+    def _release(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        if self._on_lost is not None:
+            self._on_lost(self)
+            self._on_lost = None
 
     # -- sendfile ----------------------------------------------------------------
+
+    def _wake_flush_waiter(self, exc: BaseException | None) -> None:
+        waiter, self._flush_waiter = self._flush_waiter, None
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
 
     async def _sendfile_native(self, file: Any, offset: int, count: int | None) -> int:
         """`loop.sendfile`'s fast path: flush, hold writes and reads, let the kernel copy."""
@@ -521,19 +460,20 @@ class Transport(asyncio.Transport):
         self.pause_reading()
         try:
             if self._buffer:
-                waiter = loop.create_future()
-                _flush_waiters[self] = waiter
+                waiter = self._flush_waiter = loop.create_future()
                 await waiter
-            if self._eof_requested:
+            if self._output is _Output.LOST:
+                raise ConnectionError("Connection is closed")
+            if self._output:
                 raise RuntimeError("Cannot call sendfile() after write_eof()")
-            self._eof_requested = _SENDFILE
+            self._output = _Output.SENDFILE
             try:
                 sent: int = await loop.sock_sendfile(
                     self._sock, file, offset, count, fallback=False
                 )
             finally:
-                if self._eof_requested == _SENDFILE:
-                    self._eof_requested = 0
+                if self._output is _Output.SENDFILE:
+                    self._output = _Output.LOST if self._lost else _Output.OPEN
             if self._counting:
                 self.bytes_out += sent
             return sent
@@ -563,9 +503,6 @@ class Transport(asyncio.Transport):
                 return default
         return extra.get(name, default)
 
-    def get_protocol(self) -> Any:
-        return self._protocol
-
     def set_protocol(self, protocol: Any) -> None:
         self._protocol = protocol
         buffered = isinstance(protocol, asyncio.BufferedProtocol)
@@ -575,9 +512,6 @@ class Transport(asyncio.Transport):
                 self._loop._add_reader(
                     self._fd, self._on_read_into if buffered else self._on_read
                 )
-
-    def get_loop(self) -> EventLoop:
-        return self._loop
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
@@ -589,21 +523,6 @@ class UncountedTransport(Transport):
 
     __slots__ = ()
     counts_bytes = False
-
-
-def _bytes_like(data: Any) -> Any:
-    if not isinstance(data, _BYTES_LIKE):
-        raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
-    return data
-
-
-def _wake_flush_waiter(transport: Transport, exc: BaseException | None) -> None:
-    waiter = _flush_waiters.pop(transport, None)
-    if waiter is not None and not waiter.done():
-        if exc is None:
-            waiter.set_result(None)
-        else:
-            waiter.set_exception(exc)
 
 
 def _unacknowledged(sock: socket.socket) -> int:

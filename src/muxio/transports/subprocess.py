@@ -29,8 +29,7 @@ import subprocess
 import sys
 import threading
 from asyncio import SubprocessProtocol, base_subprocess
-
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Future

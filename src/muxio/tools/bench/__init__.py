@@ -17,8 +17,6 @@ from .report import format_summary
 from .worker import raise_fd_limit
 from .workload import CHECKS, expect_any, expect_same, expect_upper, make_lines, make_payloads
 
-_standalone = standalone
-
 __all__ = [
     "CHECKS",
     "BadSetting",

@@ -58,9 +58,9 @@ def run_on(loop_name: str, main: Callable[[], Any]) -> int:
             return 2
         runner = uvloop.run
     elif loop_name == "muxio":
-        import muxio
+        from muxio.policy import run
 
-        runner = muxio.run
+        runner = run
     with contextlib.suppress(KeyboardInterrupt):
         runner(main())
     return 0
