@@ -1,10 +1,12 @@
 """The event loop: one thread, one poller, a heap of timers and a ready queue.
 
-Shaped after Redis's `ae.c`: per iteration, wait in the poller until the next
-timer is due, run the I/O callbacks of the ready descriptors, then the due
-timers and `call_soon` callbacks.  Everything that can be decided once — which
-poller bits mean "readable", bound methods, dict lookups — is decided before
-the loop starts, because an iteration may carry thousands of events.
+Shaped after Redis's `ae.c`, in asyncio's order: per iteration, wait in the
+poller until the next timer is due, then run the `call_soon` callbacks that
+were ready before the wait, the I/O callbacks of the ready descriptors, and
+the timers due when the wait returned; what those schedule runs in the next
+iteration.  Everything that can be decided once — which poller bits mean
+"readable", bound methods, dict lookups — is decided before the loop starts,
+because an iteration may carry thousands of events.
 
 It is also a complete `asyncio.AbstractEventLoop`, so the same object runs
 asyncio's C `Future` and `Task`, `asyncio.run`, streams and every library on
@@ -19,7 +21,9 @@ no frame between the poller and `recv`.
 Detection and response share this one thread, so the loop measures itself:
 each iteration's busy time (from the poller's return to the next wait) feeds
 `stats()`, and an iteration longer than `slow_callback_duration` seconds is
-reported with what was running, sampled by the `Watchdog` thread.
+reported with what was running, sampled by the `Watchdog` thread.  The loop
+names what it is running in one attribute, `_running` (a handle or an I/O
+callback), which the watchdog and debug mode's exception handler read.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from collections import deque
 from collections.abc import Callable
 from contextvars import Context, copy_context
 from time import get_clock_info, monotonic
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 from . import connect, listeners, resolve
 from . import sendfile as _sendfile
@@ -52,14 +56,11 @@ from .pollers import READ, WRITE, Poller, new_poller
 from .server import Server
 from .sockops import SocketOps
 from .transports.stream import UncountedTransport
-
-TYPE_CHECKING = False  # annotations only: nothing here needs `typing` at run time
+from .watchdog import Watchdog, describe_callback
 
 if TYPE_CHECKING:
     import ssl as _ssl
     from typing import Any
-
-    from .watchdog import Watchdog
 
 log = logging.getLogger("muxio")
 aio_log = logging.getLogger("asyncio")
@@ -71,7 +72,6 @@ MAX_WAIT = 86400.0
 IOCallback = Callable[[], object]
 _DEBUG_STACK_DEPTH = 10
 _COMPACT_AFTER = 64
-_CONNLOST_WRITES = 5
 
 
 class Handle(asyncio.Handle):
@@ -161,14 +161,6 @@ class LoopCounters:
         """The longest stretch, in seconds, the loop spent away from its poller."""
 
 
-def _describe(callback: object) -> str:
-    owner = getattr(callback, "__self__", None)
-    name = getattr(callback, "__qualname__", None) or repr(callback)
-    if owner is not None and not isinstance(owner, (type, ModuleType)):
-        return f"{type(owner).__name__}.{getattr(callback, '__name__', name)}"
-    return str(name)
-
-
 def _fileno(fileobj: Any) -> int:
     if isinstance(fileobj, int):
         fd = fileobj
@@ -222,8 +214,9 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._closed = False
         self._thread_id: int | None = None
         self._busy_since = 0.0
+        self._running: Any = None
+        """The handle or I/O callback being run; the watchdog thread reads it too."""
         self._counters = LoopCounters()
-        self.slow_sample: tuple[float, str] | None = None
         self._signal_handlers: dict[int, Any] = {}
         self._old_wakeup_fd: int | None = None
         self._debug = False
@@ -234,7 +227,6 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._executor_shutdown_called = False
         self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
-        self._current_handle: Any = None
         self._ssock, self._csock = socket.socketpair()
         self._ssock.setblocking(False)
         self._csock.setblocking(False)
@@ -565,8 +557,6 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             raise RuntimeError("Event loop is closed")
         self._check_running()
         if self._watch and self._watchdog is None:
-            from .watchdog import Watchdog
-
             self._watchdog = Watchdog(self, self.slow_callback_duration)
             self._watchdog.start()
         self._set_coroutine_origin_tracking(self._debug)
@@ -577,7 +567,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook
             )
             _events._set_running_loop(self)
-            run_once = self._run_once_debug if self._debug else self._run_once
+            run_once = self._run_once  # through the instance: asyncio's tests replace it
             while True:
                 run_once()
                 if self._stopping:
@@ -586,6 +576,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             self._stopping = False
             self._thread_id = None
             self._busy_since = 0.0
+            self._running = None
             _events._set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
@@ -651,6 +642,15 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         wait returned; anything those schedule waits for the next iteration.
         This loop keeps that order (so cancellations and wake-ups interleave
         exactly as on asyncio) but calls the I/O callbacks directly.
+
+        Debug mode is a branch in this function, as in asyncio's `_run_once`
+        (per handle, and once for the whole I/O block so the per-event loop
+        carries no check), not a second iteration function: the order, the
+        stats and the slow-iteration report are the same code in both modes,
+        and `set_debug()` takes effect from the next iteration even while the
+        loop runs.  `_running` is one store per callback; it is cleared once
+        per iteration, after the last callback, so a finished handle (and its
+        task) does not outlive the iteration that ran it.
         """
         ready = self._ready
         timers = self._timers
@@ -666,6 +666,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         events = self.poller.poll(timeout)
         now = monotonic()
         self._busy_since = now
+        debug = self._debug
         stats = self._counters
         stats.iterations += 1
         n = len(ready)
@@ -679,6 +680,10 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 handle = popleft()
                 if handle._cancelled:
                     continue
+                self._running = handle
+                if debug:
+                    self._run_timed(handle)
+                    continue
                 try:
                     handle._context.run(handle._callback, *handle._args)
                 except (SystemExit, KeyboardInterrupt):
@@ -688,34 +693,43 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             handle = None
         if events:
             stats.events += len(events)
-            readable = self.poller.READABLE
-            writable = self.poller.WRITABLE
-            readers = self._readers
-            writers = self._writers
-            for fd, bits in events:
-                if bits & readable:
-                    cb = readers.get(fd)
-                    if cb is not None:
-                        try:
-                            cb()
-                        except (SystemExit, KeyboardInterrupt):
-                            raise
-                        except BaseException as exc:
-                            self._callback_failed(cb, exc)
-                if bits & writable:
-                    cb = writers.get(fd)
-                    if cb is not None:
-                        try:
-                            cb()
-                        except (SystemExit, KeyboardInterrupt):
-                            raise
-                        except BaseException as exc:
-                            self._callback_failed(cb, exc)
+            if debug:
+                self._run_io_timed(events)
+            else:
+                readable = self.poller.READABLE
+                writable = self.poller.WRITABLE
+                readers = self._readers
+                writers = self._writers
+                for fd, bits in events:
+                    if bits & readable:
+                        cb = readers.get(fd)
+                        if cb is not None:
+                            self._running = cb
+                            try:
+                                cb()
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                self._callback_failed(cb, exc)
+                    if bits & writable:
+                        cb = writers.get(fd)
+                        if cb is not None:
+                            self._running = cb
+                            try:
+                                cb()
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                self._callback_failed(cb, exc)
         if due is not None:
             stats.callbacks += len(due)
             for i in range(len(due)):
                 handle, due[i] = due[i], None  # a finished task must not outlive its step
                 if handle._cancelled:
+                    continue
+                self._running = handle
+                if debug:
+                    self._run_timed(handle)
                     continue
                 try:
                     handle._context.run(handle._callback, *handle._args)
@@ -724,6 +738,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 except BaseException as exc:
                     self._handle_failed(handle, exc)
             handle = None
+        self._running = None
         busy = monotonic() - now
         if busy > stats.max_lag:
             stats.max_lag = busy
@@ -743,46 +758,13 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 due.append(timer)
         return due
 
-    def _run_once_debug(self) -> None:
-        """asyncio's debug mode: the same order, every callback timed, slow ones logged."""
-        cancelled = self._timers_cancelled
-        if cancelled > _COMPACT_AFTER and cancelled * 2 > len(self._timers):
-            self._compact_timers()
-        timeout = self._next_timeout()
-        events = self.poller.poll(timeout)
-        now = monotonic()
-        self._counters.iterations += 1
-        self._counters.events += len(events)
-        ready = self._ready
-        n = len(ready)
-        due = self._pop_due(now + self._clock_resolution)
-        for _ in range(n):
-            self._run_timed(ready.popleft())
-        pairs = ((self._readers, self.poller.READABLE), (self._writers, self.poller.WRITABLE))
-        for fd, bits in events:
-            for table, mask in pairs:
-                cb = table.get(fd) if bits & mask else None
-                if cb is not None:
-                    try:
-                        cb()
-                    except (SystemExit, KeyboardInterrupt):
-                        raise
-                    except BaseException as exc:
-                        self._callback_failed(cb, exc)
-        for i in range(len(due)):
-            handle, due[i] = due[i], None
-            self._run_timed(handle)
-
     def _run_timed(self, handle: Any) -> None:
-        if handle._cancelled:
-            return
-        self._counters.callbacks += 1
-        self._current_handle = handle
+        """Debug mode's callback: asyncio's `Handle._run` (its messages), timed and logged."""
         t0 = monotonic()
         try:
             handle._run()
         finally:
-            self._current_handle = None
+            self._running = None  # the exception handler names only the handle it is in
         dt = monotonic() - t0
         if dt >= self.slow_callback_duration:
             aio_log.warning("Executing %s took %.3f seconds", handle, dt)
@@ -790,12 +772,38 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         # not keep the handle, and through it the task, alive too.
         handle = None
 
+    def _run_io_timed(self, events: list[tuple[int, int]]) -> None:
+        """Debug mode's I/O callbacks, in the same order, each timed as asyncio times handles.
+
+        The fast path's loop over `events` stays free of a per-event debug check.
+        """
+        masks = ((self._readers, self.poller.READABLE), (self._writers, self.poller.WRITABLE))
+        for fd, bits in events:
+            for table, mask in masks:
+                cb = table.get(fd) if bits & mask else None
+                if cb is None:
+                    continue
+                self._running = cb
+                t0 = monotonic()
+                try:
+                    cb()
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._callback_failed(cb, exc)
+                finally:
+                    self._running = None
+                dt = monotonic() - t0
+                if dt >= self.slow_callback_duration:
+                    owner = getattr(cb, "__self__", None)
+                    what = owner if isinstance(owner, asyncio.Handle) else describe_callback(cb)
+                    aio_log.warning("Executing %s took %.3f seconds", what, dt)
+
     def _report_slow(self, started: float, busy: float, n_events: int) -> None:
         self._counters.slow_iterations += 1
-        sample = self.slow_sample
-        if sample is not None and sample[0] == started:
-            what = sample[1]
-        else:
+        watchdog = self._watchdog
+        what = watchdog.describe_stall(started, busy) if watchdog is not None else None
+        if what is None:
             what = f"{n_events} I/O events and the due callbacks (not sampled)"
         log.warning(
             "slow callback: the loop was blocked for %.0f ms by %s "
@@ -806,12 +814,12 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
 
     def _callback_failed(self, callback: object, exc: BaseException) -> None:
         self.call_exception_handler(
-            {"message": f"Exception in callback {_describe(callback)}", "exception": exc}
+            {"message": f"Exception in callback {describe_callback(callback)}", "exception": exc}
         )
 
     def _handle_failed(self, handle: Any, exc: BaseException) -> None:
         context: dict[str, Any] = {
-            "message": f"Exception in callback {_describe(handle._callback)}",
+            "message": f"Exception in callback {describe_callback(handle._callback)}",
             "exception": exc,
             "handle": handle,
         }
@@ -922,9 +930,9 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         exc_info: Any = False
         if exception is not None:
             exc_info = (type(exception), exception, exception.__traceback__)
-        current = self._current_handle
-        if "source_traceback" not in context and current is not None and current._source_traceback:
-            context["handle_traceback"] = current._source_traceback
+        created = getattr(self._running, "_source_traceback", None) if self._debug else None
+        if "source_traceback" not in context and created:
+            context["handle_traceback"] = created
         lines = [message]
         for key in sorted(context):
             if key in ("message", "exception"):

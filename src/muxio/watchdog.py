@@ -9,14 +9,21 @@ for the loop's own slow-iteration warning: the coroutine and task, the
 protocol method, or the callback that holds the loop.  An idle loop sits in
 its poller with the stamp cleared, so the thread finds nothing to do.
 
+What is running is not guessed from the loop's frames: the loop stores the
+handle or I/O callback it is about to call in `loop._running` (one store per
+callback), and this thread reads that beside the stack it samples.  The
+stack still says which coroutine or protocol method the callback is in.
+
 A stall is not always the loop's doing: a stopped process (SIGSTOP, a
 debugger), a suspended machine or a starved one stops every thread, this
 one included.  Such a stall shows as this thread's own ticks stopping
 while the process used next to no CPU.  Whichever thread resumes first
 notices it — this one on its next tick, or the loop thread when it reports
-the slow iteration (the watchdog hooks that report, because after a stop
+the slow iteration and asks `describe_stall()` what to say (after a stop
 the loop thread often gets there first) — and the warning then says the
 process was not running instead of naming the callback it was in.
+
+This module imports nothing of the loop's: the loop imports it.
 
 The peer named in a description comes from the network (a Unix client
 picks its own socket path), so it is logged as a repr: a newline or a
@@ -26,41 +33,56 @@ terminal escape in it cannot forge a log line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import threading
 import time
 import traceback
-from types import FrameType
-
-from . import loop as _loop_module
-from .loop import EventLoop
+from types import CodeType, FrameType, ModuleType
+from typing import Protocol
 
 log = logging.getLogger("muxio")
-_LOOP_FILE = _loop_module.__file__
-
 
 _CO_COROUTINE = 0x80 | 0x100 | 0x200  # coroutine, iterable coroutine, async generator
 
 
-def _loop_frame_handle(frame: FrameType | None) -> object:
-    """The handle the loop's `_run_once` is running, read from that frame's locals."""
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name.startswith("_run_once") and code.co_filename == _LOOP_FILE:
-            try:
-                return frame.f_locals.get("handle") or frame.f_locals.get("cb")
-            except Exception:  # another thread's frame: read what we can, never fail
-                return None
-        frame = frame.f_back
-    return None
+class Watched(Protocol):
+    """What this thread reads of the loop it watches (the loop writes all three)."""
+
+    _busy_since: float
+    """When the current iteration left the poller; 0 while the loop waits in it."""
+    _thread_id: int | None
+    _running: object
+    """The handle or I/O callback the loop is running, or None."""
 
 
-def describe_frame(frame: FrameType | None) -> str:
+def describe_callback(callback: object) -> str:
+    """`Owner.method` or a qualname: short enough for a log line, enough to grep for."""
+    owner = getattr(callback, "__self__", None)
+    name = getattr(callback, "__qualname__", None) or repr(callback)
+    if owner is not None and not isinstance(owner, (type, ModuleType)):
+        return f"{type(owner).__name__}.{getattr(callback, '__name__', name)}"
+    return str(name)
+
+
+def _python_code(callback: object) -> CodeType | None:
+    """The code a callback runs, or None for C code (a builtin, a C method)."""
+    while isinstance(callback, functools.partial):
+        callback = callback.func
+    func = getattr(callback, "__func__", callback)
+    code = getattr(func, "__code__", None)
+    if code is None and callable(func):  # an instance of a class with a Python `__call__`?
+        code = getattr(type(func).__call__, "__code__", None)
+    return code if isinstance(code, CodeType) else None
+
+
+def describe_frame(frame: FrameType | None, running: object = None) -> str:
     """What holds the loop: a coroutine (task, qualname, where), a protocol method, or frames.
 
-    Everything is read from the loop thread's stack as it is now, so nothing
-    on the loop's own path pays for the description.
+    `running` is the loop's `_running` (a handle or an I/O callback), read
+    with the loop thread's stack; the stack says where in it the loop is, so
+    nothing on the loop's own path pays for the description.
     """
     innermost = frame
     where = f"{innermost.f_code.co_filename}:{innermost.f_lineno}" if innermost else "?"
@@ -71,12 +93,11 @@ def describe_frame(frame: FrameType | None) -> str:
         if code.co_flags & _CO_COROUTINE:
             outer_coroutine = frame
         elif protocol_frame is None and outer_coroutine is None:
-            owner = frame.f_locals.get("self") if code.co_name != "_run_once" else None
+            owner = frame.f_locals.get("self")
             if owner is not None and hasattr(owner, "data_received"):
                 protocol_frame = frame
         frame = frame.f_back
-    handle = _loop_frame_handle(innermost)
-    callback = getattr(handle, "_callback", handle)
+    callback = getattr(running, "_callback", running)
     task = getattr(callback, "__self__", None)
     if outer_coroutine is not None:
         code = outer_coroutine.f_code
@@ -92,11 +113,8 @@ def describe_frame(frame: FrameType | None) -> str:
             peer = transport.get_extra_info("peername")
         what = f"{type(owner).__name__}.{protocol_frame.f_code.co_name}"
         return f"{what} (peer {peer!r}) at {where}"
-    in_loop = innermost is not None and innermost.f_code.co_filename == _LOOP_FILE
-    if callback is not None and in_loop:
-        from .loop import _describe
-
-        return f"callback {_describe(callback)} (not Python code) called from {where}"
+    if callback is not None and _python_code(callback) is None:
+        return f"callback {describe_callback(callback)} (not Python code) called from {where}"
     if innermost is None:
         return "unknown code"
     stack = traceback.format_stack(innermost, limit=3)
@@ -104,9 +122,13 @@ def describe_frame(frame: FrameType | None) -> str:
 
 
 class Watchdog:
-    """A daemon thread sampling the loop thread's stack when an iteration runs long."""
+    """A daemon thread sampling the loop thread's stack when an iteration runs long.
 
-    def __init__(self, loop: EventLoop, threshold: float) -> None:
+    It writes only its own `sample`; the loop asks `describe_stall()` for it
+    when it reports a slow iteration, so neither rewires the other.
+    """
+
+    def __init__(self, loop: Watched, threshold: float) -> None:
         self.loop = loop
         self.threshold = threshold
         self._stop = threading.Event()
@@ -116,20 +138,28 @@ class Watchdog:
         """(when, seconds): the last time the whole process was found not running."""
         self._interval = max(threshold / 2, 0.005)
         self._tick = (time.monotonic(), time.process_time())
-        self._report = getattr(loop, "_report_slow", None)
+        self.sample: tuple[float, str] | None = None
+        """(iteration start, what held the loop in it): the latest stall described."""
 
     def start(self) -> None:
         self._tick = (time.monotonic(), time.process_time())
-        if self._report is not None:
-            self.loop._report_slow = self._report_slow  # type: ignore[method-assign]
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
-        if self._report is not None and "_report_slow" in vars(self.loop):
-            del self.loop._report_slow
+
+    def describe_stall(self, started: float, busy: float) -> str | None:
+        """What held the iteration that began at `started`, or None if it was not sampled.
+
+        Called on the loop thread as it reports the slow iteration: after a
+        stop it often resumes before this thread does, so it checks for a
+        process that was not running itself (see the module doc).
+        """
+        self._blame_nobody(started, busy)
+        sample = self.sample
+        return sample[1] if sample is not None and sample[0] == started else None
 
     def _not_running(self, now: float, cpu: float) -> float:
         """Seconds the whole process lately spent not running (0 if it ran)."""
@@ -147,45 +177,38 @@ class Watchdog:
             missed = absent[1]
         if not busy / 2 <= missed <= busy + self._interval + self.threshold:
             return False  # a stall of its own, not (mostly) the process being stopped
-        self.loop.slow_sample = (
+        self.sample = (
             started,
             f"no callback: the process was not running for {missed:.1f} s of it "
             "(stopped, suspended or starved of CPU)",
         )
         return True
 
-    def _report_slow(self, started: float, busy: float, n_events: int) -> None:
-        """The loop's slow-iteration report, run on the loop thread; see the module doc."""
-        self._blame_nobody(started, busy)
-        assert self._report is not None
-        self._report(started, busy, n_events)
-
     def _run(self) -> None:
         interval = self._interval
         long_block = max(self.threshold * 10, 1.0)
+        loop = self.loop
         while not self._stop.wait(interval):
             now, cpu = time.monotonic(), time.process_time()
             missed = self._not_running(now, cpu)
             if missed:
                 self._absent = (now, missed)
             self._tick = (now, cpu)
-            started = self.loop._busy_since
-            thread_id = self.loop._thread_id
+            started = loop._busy_since
+            thread_id = loop._thread_id
             if not started or thread_id is None:
                 continue
             busy = now - started
             if busy < self.threshold:
                 continue
-            sample = self.loop.slow_sample
-            if self._blame_nobody(started, busy):
-                pass
-            elif sample is None or sample[0] != started:
+            sample = self.sample
+            if not self._blame_nobody(started, busy) and (sample is None or sample[0] != started):
                 frame = sys._current_frames().get(thread_id)
-                self.loop.slow_sample = (started, describe_frame(frame))
+                self.sample = (started, describe_frame(frame, loop._running))
             if busy >= long_block and self._reported != started:
                 self._reported = started
                 log.warning(
                     "the loop has been blocked for %.1f s so far, in %s",
                     busy,
-                    self.loop.slow_sample[1] if self.loop.slow_sample else "?",
+                    self.sample[1] if self.sample else "?",
                 )
