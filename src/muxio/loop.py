@@ -487,13 +487,14 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._check_signal(sig)
         if self._closed:
             raise RuntimeError("Event loop is closed")
+        try:
+            # every time, as asyncio does: outside the main thread this raises
+            # ValueError, and a second handler must be refused there like the first
+            previous = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
         if self._old_wakeup_fd is None:
-            try:
-                self._old_wakeup_fd = signal.set_wakeup_fd(
-                    self._csock.fileno(), warn_on_full_buffer=False
-                )
-            except (ValueError, OSError) as exc:
-                raise RuntimeError(str(exc)) from None
+            self._old_wakeup_fd = previous
         self._signal_handlers[sig] = Handle(callback, args, self, None)
         try:
             signal.signal(sig, _noop_signal_handler)
