@@ -138,9 +138,6 @@ def test_killed_worker_is_replaced_and_the_other_keeps_serving(
 def test_sighup_replaces_every_worker_under_load_with_no_failed_request(
     supervised: list[Supervised], mode: str
 ) -> None:
-    if mode == "reuseport" and not _migrates_requests():
-        pytest.skip("net.ipv4.tcp_migrate_req is not 1: a closing SO_REUSEPORT socket "
-                    "resets its queued connections")
     sp = start(supervised, "--worker-sockets", mode)
     load = bench(sp.port, "--reconnect", duration=8.0)
     try:
