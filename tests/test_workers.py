@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +161,68 @@ def test_sighup_replaces_every_worker_under_load_with_no_failed_request(
     assert result["ok"]
     # the old workers' connections were drained under the load: bench had to reconnect
     assert result["reconnects"] > 0  # type: ignore[operator]
+    sp.signal(signal.SIGTERM)
+    assert sp.wait() == 0
+
+
+class ShortConnections:
+    """Clients that open a connection per request, as fast as they can, counting outcomes.
+
+    A new connection waits in a listening socket's accept queue first, so
+    this is the load that finds a reload resetting queued connections.
+    """
+
+    def __init__(self, port: int, clients: int = 6) -> None:
+        self.port = port
+        self.answered = 0
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> ShortConnections:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
+                    c.sendall(b"short")
+                    reply = recv_exactly(c, 5, timeout=10)
+            except OSError as exc:
+                self.failed.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if reply == b"SHORT":
+                self.answered += 1
+            else:
+                self.failed.append(f"reply {reply!r}")
+
+
+@pytest.mark.parametrize("mode", ["reuseport", "shared"])
+def test_sighups_under_a_connection_per_request_lose_no_connection(
+    supervised: list[Supervised], mode: str
+) -> None:
+    sp = start(supervised, "--worker-sockets", mode)
+    with ShortConnections(sp.port) as load:
+        for reload in range(3):
+            before = load.answered
+            sp.signal(signal.SIGHUP)
+            for old in (2 * reload + 1, 2 * reload + 2):
+                sp.wait_line(rf"worker {old} \(pid \d+\) exited \(exit code 0\)")
+            deadline = time.monotonic() + 10
+            while load.answered < before + 200:  # the new workers serve before the next reload
+                assert time.monotonic() < deadline, (load.answered, load.failed[:3])
+                time.sleep(0.01)
+    print(f"{mode}: {load.answered} connections answered over 3 reloads, "
+          f"{len(load.failed)} failed")  # fmt: skip
+    assert load.failed == [], (len(load.failed), load.failed[:3], load.answered)
+    assert load.answered > 600
     sp.signal(signal.SIGTERM)
     assert sp.wait() == 0
 
