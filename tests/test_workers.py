@@ -246,6 +246,59 @@ def _migrates_requests() -> bool:
         return False
 
 
+def test_a_stopped_worker_is_killed_and_replaced_and_its_queued_connections_answered(
+    supervised: list[Supervised],
+) -> None:
+    sp = start(supervised, "--worker-timeout", "2")
+    victim = sp.workers[1]
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    # the kernel hashes some of these to the stopped worker's socket: they wait in its queue
+    clients = [sp.connect(timeout=20) for _ in range(30)]
+    try:
+        for c in clients:
+            c.sendall(b"queued")
+        m = sp.wait_line(rf"worker 1 \(pid {victim}\) silent for ([\d.]+) s: killing it", 15)
+        assert 2.0 <= float(m.group(1)) < 5.0
+        assert time.monotonic() - stopped >= 2.0
+        sp.wait_line(rf"worker 1 \(pid {victim}\) died \(killed by SIGKILL\).*restarting it now")
+        index, pid = sp.wait_worker(timeout=15)
+        assert index == 3 and pid != victim
+        for c in clients:  # every one answered, by the live worker or by the replacement
+            assert recv_exactly(c, 6, timeout=15) == b"QUEUED"
+    finally:
+        for c in clients:
+            c.close()
+    deadline = time.monotonic() + 10
+    while _alive(victim):
+        assert time.monotonic() < deadline, f"stopped worker {victim} still there"
+        time.sleep(0.02)
+    assert sum("silent for" in line for line in sp.lines) == 1
+    sp.signal(signal.SIGTERM)
+    assert sp.wait() == 0
+
+
+def test_a_retiring_worker_that_is_stopped_is_killed_after_the_shutdown_timeout(
+    supervised: list[Supervised],
+) -> None:
+    sp = start(supervised, "--shutdown-timeout", "1", "--worker-timeout", "0")
+    victim = sp.workers[1]
+    os.kill(victim, signal.SIGSTOP)
+    sp.signal(signal.SIGHUP)
+    sp.wait_line(r"worker 3 \(pid \d+\) ready")
+    retired = time.monotonic()
+    sp.wait_line(r"worker 4 \(pid \d+\) ready")  # the reload goes on meanwhile
+    sp.wait_line(r"worker 2 \(pid \d+\) exited \(exit code 0\)")
+    sp.wait_line(rf"worker 1 \(pid {victim}\) still draining after 6 s: killing it", 20)
+    assert time.monotonic() - retired >= 5.0
+    sp.wait_line(rf"worker 1 \(pid {victim}\) exited \(killed by SIGKILL\)")
+    for _ in range(10):
+        with sp.connect() as c:
+            assert round_trip(c, b"after") == b"AFTER"
+    sp.signal(signal.SIGTERM)
+    assert sp.wait() == 0
+
+
 def test_sigttin_adds_and_sigttou_removes_a_worker(supervised: list[Supervised]) -> None:
     sp = start(supervised)
     sp.signal(signal.SIGTTIN)
@@ -286,6 +339,8 @@ def test_workers_option_errors_exit_2_with_one_line() -> None:
         (["--worker-sockets", "shared"], "--worker-sockets applies with --workers only"),
         (["--workers", "2", "--worker-sockets", "reuseport", "--unix", "x.sock"],
          "reuseport needs a TCP"),
+        (["--workers", "2", "--worker-timeout", "1"],
+         "--worker-timeout must be a number from 2 to"),
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "muxio", "serve", *args], capture_output=True, timeout=30
