@@ -284,9 +284,20 @@ def test_a_retiring_worker_that_is_stopped_is_killed_after_the_shutdown_timeout(
     sp = start(supervised, "--shutdown-timeout", "1", "--worker-timeout", "0")
     victim = sp.workers[1]
     os.kill(victim, signal.SIGSTOP)
-    sp.signal(signal.SIGHUP)
-    sp.wait_line(r"worker 3 \(pid \d+\) ready")
-    retired = time.monotonic()
+    clients = [sp.connect() for _ in range(20)]  # some wait in the stopped worker's queue
+    try:
+        for c in clients:
+            c.sendall(b"queued")
+        sp.signal(signal.SIGHUP)
+        sp.wait_line(r"worker 3 \(pid \d+\) ready")
+        retired = time.monotonic()
+        # its replacement serves the same socket: the queue is answered long before the kill
+        for c in clients:
+            assert recv_exactly(c, 6, timeout=4) == b"QUEUED"
+        assert time.monotonic() - retired < 5.0
+    finally:
+        for c in clients:
+            c.close()
     sp.wait_line(r"worker 4 \(pid \d+\) ready")  # the reload goes on meanwhile
     sp.wait_line(r"worker 2 \(pid \d+\) exited \(exit code 0\)")
     sp.wait_line(rf"worker 1 \(pid {victim}\) still draining after 6 s: killing it", 20)
