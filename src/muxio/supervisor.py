@@ -1,8 +1,7 @@
 """`muxio serve --workers N`: one supervisor, N worker processes, each its own loop.
 
-The supervisor never serves: it holds the listening sockets (or, with
-``SO_REUSEPORT``, the port), starts the workers, restarts the ones that die
-and passes signals on.  Keeping it this small is what lets it outlive any
+The supervisor never serves: it holds the listening sockets, starts the
+workers, replaces the ones that die or stop answering and passes signals on.  Keeping it this small is what lets it outlive any
 worker's crash.  It has the shape of gunicorn's arbiter: a queue of signals
 fed by handlers, a self-pipe that wakes a `select`, and all the work done in
 the main loop, never in a handler.
@@ -11,12 +10,19 @@ A worker is a fresh ``python -m muxio serve`` with the same command line and
 a ``MUXIO_WORKER`` variable that says which sockets to serve and where to
 report; a fresh interpreter (not `fork`) inherits no half-held lock or
 thread from the supervisor, and a SIGHUP reload picks up new code.  It
-reports on a pipe: ``ready`` once it accepts, then its totals as JSON when it
-has drained, or ``error <line>`` if its configuration is wrong (it then
-exits with code 2): the supervisor stops with that line rather than start
-worker after worker that fail alike.  It also holds a "lifeline" pipe whose other end only the
-supervisor has: if the supervisor is killed outright, the workers see EOF on
-it and drain as on SIGTERM rather than linger unsupervised.
+reports on a pipe: ``ready`` once it accepts, ``beat`` every `HEARTBEAT`
+seconds from a loop timer, then its totals as JSON when it has drained, or
+``error <line>`` if its configuration is wrong (it then exits with code 2):
+the supervisor stops with that line rather than start worker after worker
+that fail alike.  The heartbeat rides that pipe because it is the one each
+worker writes and only the supervisor reads: a worker whose loop is stuck,
+or that is stopped, falls silent, and after ``--worker-timeout`` seconds the
+supervisor kills it and starts another in its place.  A worker told to drain
+(a reload, SIGTTOU) that is still running ``--shutdown-timeout`` plus
+`KILL_GRACE` seconds later is killed too.  Each worker also holds a
+"lifeline" pipe whose other end only the supervisor has: if the supervisor
+is killed outright, the workers see EOF on it and drain as on SIGTERM rather
+than linger unsupervised.
 
 The TLS files (certificate, key, client CA, key password) are read once, by
 the supervisor, and handed to each worker in an anonymous file whose
@@ -27,21 +33,38 @@ regular files (a renewed certificate) and checks them before starting any
 new worker; if they are broken, the reload is abandoned and the old
 workers keep serving.
 
-Two ways to share the port (`--worker-sockets`):
+Two ways to share the port (`--worker-sockets`); in both the supervisor
+binds and holds every listening socket and the workers inherit them:
 
 ``reuseport`` (default on Linux for TCP)
-    Each worker binds its own socket with ``SO_REUSEPORT`` and the kernel
-    spreads new connections evenly over them by a hash; the supervisor holds
-    a bound, non-listening socket so the port stays ours between workers.
-    A connection still in a worker's accept queue when that worker closes
-    its socket is reset by the kernel (unless ``net.ipv4.tcp_migrate_req``
-    is 1, Linux 5.14+), so a reload can fail a few connections under load.
+    One ``SO_REUSEPORT`` socket per worker *slot*, and the kernel spreads new
+    connections evenly over them by a hash.  A worker replaced (a reload, a
+    crash, a stuck worker killed) is replaced in the same slot: the new one
+    inherits the same socket, so the connections queued on it are the new
+    worker's to accept.  During a reload old and new accept on it together
+    until the old one, once the new one is ready, closes its copy; the
+    socket itself never closes, so nothing queued is reset, whatever
+    ``net.ipv4.tcp_migrate_req`` says.  This is HAProxy's seamless reload
+    (the listening sockets outlive the process serving them), and it was
+    chosen over "the old worker drains its accept queue, then closes" because
+    that leaves a window, between its last ``accept`` and its ``close``, in
+    which the kernel still queues new connections on the socket and then
+    resets them; it cannot be closed without the sysctl.  Handing the
+    sockets over needs no descriptor passing: the supervisor starts every
+    worker, so each inherits its slot's socket at birth.  Only a slot given
+    up (SIGTTOU) or a worker whose restart is delayed (it keeps dying at
+    start) closes a socket, so that new connections go to the serving workers
+    instead of waiting; what was queued on it then is reset.
 ``shared``
     The supervisor binds one socket and every worker accepts on it.  Portable
     (and the only way for ``--unix``, ``--fd`` and systemd sockets), and a
     worker leaving never loses a queued connection: the others take it.  But
     every idle worker is woken for each new connection and the busiest often
     wins the race, so the spread is uneven.
+
+A draining worker answers what it accepted: `Server.shutdown_answering_first_requests`
+gives a connection accepted just before the drain, which has sent nothing yet, a moment
+to deliver its first request, so a reload under a connection per request loses none.
 """
 
 from __future__ import annotations
