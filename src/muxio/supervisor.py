@@ -1,10 +1,11 @@
 """`muxio serve --workers N`: one supervisor, N worker processes, each its own loop.
 
 The supervisor never serves: it holds the listening sockets, starts the
-workers, replaces the ones that die or stop answering and passes signals on.  Keeping it this small is what lets it outlive any
-worker's crash.  It has the shape of gunicorn's arbiter: a queue of signals
-fed by handlers, a self-pipe that wakes a `select`, and all the work done in
-the main loop, never in a handler.
+workers, replaces the ones that die or stop answering and passes signals
+on.  Keeping it this small is what lets it outlive any worker's crash.  It
+has the shape of gunicorn's arbiter: a queue of signals fed by handlers, a
+self-pipe that wakes a `select`, and all the work done in the main loop,
+never in a handler.
 
 A worker is a fresh ``python -m muxio serve`` with the same command line and
 a ``MUXIO_WORKER`` variable that says which sockets to serve and where to
@@ -82,6 +83,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .errors import MuxioError
 from .listeners import close_listener
 
 if TYPE_CHECKING:
@@ -354,7 +356,11 @@ class Supervisor:
         is never free.
         """
         if slot in self.slots:
-            fresh = self._bind_slot()
+            try:
+                fresh = self._bind_slot()
+            except (OSError, MuxioError) as exc:
+                log.warning("cannot renew the socket of worker slot %d: %s", slot, exc)
+                return
             self._close_slot(slot)
             self.slots[slot] = fresh
 
@@ -466,8 +472,6 @@ class Supervisor:
         """Re-read and check the TLS files before a reload; False if they are broken."""
         if self.reload_tls is None:
             return True
-        from .errors import MuxioError
-
         try:
             contents = self.reload_tls()
         except MuxioError as exc:
@@ -490,12 +494,12 @@ class Supervisor:
             for slot in free[: self.count - len(active)]:
                 try:
                     self.spawn(slot)
-                except OSError as exc:  # out of processes or memory: try again later
+                except (OSError, MuxioError) as exc:  # out of processes, memory, ports
                     self.failures += 1
                     delay = min(RESTART_DELAY_MAX, 0.5 * 2 ** (self.failures - 1))
                     self.restart_at = time.monotonic() + delay
                     log.error("cannot start a worker: %s; trying again in %g s",
-                              exc.strerror or exc, delay)
+                              getattr(exc, "strerror", None) or exc, delay)
                     break
         elif len(active) > self.count:
             for worker in sorted(active, key=lambda w: (-w.slot, -w.index))[
