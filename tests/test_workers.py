@@ -239,13 +239,6 @@ def established(port: int) -> int:
     return count
 
 
-def _migrates_requests() -> bool:
-    try:
-        return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip() == "1"
-    except OSError:
-        return False
-
-
 def test_a_stopped_worker_is_killed_and_replaced_and_its_queued_connections_answered(
     supervised: list[Supervised],
 ) -> None:
