@@ -25,7 +25,14 @@ import pytest
 from helpers import serve_process
 
 from muxio.errors import RuntimeFailure, UsageError
-from muxio.tools.bench import BenchHooks, Progress, make_lines, make_payloads, run_bench
+from muxio.tools.bench import (
+    BenchHooks,
+    Progress,
+    format_summary,
+    make_lines,
+    make_payloads,
+    run_bench,
+)
 from muxio.tools.bench.config import BadSetting
 from muxio.tools.bench.metrics import percentile, slot_of, slot_range
 
@@ -152,6 +159,40 @@ class _DrainsAfterThree(_Lines):
             self.request.shutdown(socket.SHUT_WR)
             return []
         return [line.upper()]
+
+
+class _DropsEveryOtherFirst(_Lines):
+    """Reads the first request of every other connection, then closes with no answer."""
+
+    seen = 0
+    lock = threading.Lock()
+
+    def answer(self, line: bytes) -> list[bytes]:
+        if not self.held:
+            self.held.append(line)
+            with self.lock:
+                type(self).seen += 1
+                drop = self.seen % 2 == 1
+            if drop:
+                self.request.close()
+                raise OSError("dropped")  # ends handle(): the request was read, never answered
+        return [line.upper()]
+
+
+class _CutsEchoShort(socketserver.BaseRequestHandler):
+    """Echo upper, but the third reply of a connection is cut in half and the connection closed."""
+
+    request: socket.socket
+
+    def handle(self) -> None:
+        count = 0
+        with contextlib.suppress(OSError):
+            while data := self.request.recv(64):
+                count += 1
+                if count == 3:
+                    self.request.sendall(data[: len(data) // 2].upper())
+                    return
+                self.request.sendall(data.upper())
 
 
 SLOW_REPLY = 0.5
@@ -292,6 +333,52 @@ def test_reconnect_sends_every_unanswered_pipelined_request_again() -> None:
     assert plain.errors.resets == 2 and plain.requests <= 6
     assert "the server closed connection" in plain.first_error
     assert "request(s) unanswered" in plain.first_error
+
+
+@pytest.mark.timeout(60)
+def test_reconnect_counts_a_request_read_and_dropped_as_lost_and_fails_unless_allowed(
+    upper_port: int,
+) -> None:
+    common = ("--protocol", "line", "--size", "10", "--connections", "4", "--processes", "1",
+              "--duration", "0.5", "--warmup", "0", "--reconnect", "--json")  # fmt: skip
+    with _thread_server(_DropsEveryOtherFirst) as port:
+        strict = _bench("--port", str(port), *common)
+        allowed = _bench("--port", str(port), *common, "--allow-lost")
+    assert strict.returncode == 1, strict.stderr
+    line = _one_line(strict.stderr)
+    assert "request(s) lost: the server closed connection" in line, line
+    assert "before its first reply" in line and "--allow-lost" in line
+    result = json.loads(strict.stdout)
+    assert result["lost"] >= 1 and not result["ok"] and result["errors"]["total"] == 0
+    assert result["reconnects"] >= result["lost"] and result["requests"] > 0
+    assert allowed.returncode == 0, allowed.stderr
+    result = json.loads(allowed.stdout)
+    assert result["lost"] >= 1 and result["ok"] and result["allow_lost"]
+    # a correct server under the same load loses nothing
+    correct = _bench("--port", str(upper_port), *common)
+    assert correct.returncode == 0, correct.stderr
+    assert json.loads(correct.stdout)["lost"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_reconnect_counts_a_reply_cut_short_as_lost_in_the_library_result() -> None:
+    with _thread_server(_CutsEchoShort) as port:
+        result = run_bench(port=port, size=64, connections=2, processes=1, duration=0.5,
+                           warmup=0, reconnect=True)  # fmt: skip
+        allowed = run_bench(port=port, size=64, connections=2, processes=1, duration=0.5,
+                            warmup=0, reconnect=True, allow_lost=True)  # fmt: skip
+    assert result.lost >= 2 and result.reconnects >= result.lost, result.to_json()
+    assert "with a reply cut short" in result.first_lost
+    assert result.errors.total == 0 and not result.ok
+    assert result.to_dict()["lost"] == result.lost
+    assert allowed.lost >= 2 and allowed.ok
+    assert "lost" in format_summary(result)
+
+
+def test_allow_lost_needs_reconnect() -> None:
+    proc = _bench("--port", "1", "--allow-lost")
+    assert proc.returncode == 2
+    assert "--allow-lost applies with --reconnect only" in _one_line(proc.stderr)
 
 
 @pytest.mark.timeout(30)

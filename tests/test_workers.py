@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,9 +139,6 @@ def test_killed_worker_is_replaced_and_the_other_keeps_serving(
 def test_sighup_replaces_every_worker_under_load_with_no_failed_request(
     supervised: list[Supervised], mode: str
 ) -> None:
-    if mode == "reuseport" and not _migrates_requests():
-        pytest.skip("net.ipv4.tcp_migrate_req is not 1: a closing SO_REUSEPORT socket "
-                    "resets its queued connections")
     sp = start(supervised, "--worker-sockets", mode)
     load = bench(sp.port, "--reconnect", duration=8.0)
     try:
@@ -167,6 +165,68 @@ def test_sighup_replaces_every_worker_under_load_with_no_failed_request(
     assert sp.wait() == 0
 
 
+class ShortConnections:
+    """Clients that open a connection per request, as fast as they can, counting outcomes.
+
+    A new connection waits in a listening socket's accept queue first, so
+    this is the load that finds a reload resetting queued connections.
+    """
+
+    def __init__(self, port: int, clients: int = 6) -> None:
+        self.port = port
+        self.answered = 0
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> ShortConnections:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
+                    c.sendall(b"short")
+                    reply = recv_exactly(c, 5, timeout=10)
+            except OSError as exc:
+                self.failed.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if reply == b"SHORT":
+                self.answered += 1
+            else:
+                self.failed.append(f"reply {reply!r}")
+
+
+@pytest.mark.parametrize("mode", ["reuseport", "shared"])
+def test_sighups_under_a_connection_per_request_lose_no_connection(
+    supervised: list[Supervised], mode: str
+) -> None:
+    sp = start(supervised, "--worker-sockets", mode)
+    with ShortConnections(sp.port) as load:
+        for reload in range(3):
+            before = load.answered
+            sp.signal(signal.SIGHUP)
+            for old in (2 * reload + 1, 2 * reload + 2):
+                sp.wait_line(rf"worker {old} \(pid \d+\) exited \(exit code 0\)")
+            deadline = time.monotonic() + 10
+            while load.answered < before + 200:  # the new workers serve before the next reload
+                assert time.monotonic() < deadline, (load.answered, load.failed[:3])
+                time.sleep(0.01)
+    print(f"{mode}: {load.answered} connections answered over 3 reloads, "
+          f"{len(load.failed)} failed")  # fmt: skip
+    assert load.failed == [], (len(load.failed), load.failed[:3], load.answered)
+    assert load.answered > 600
+    sp.signal(signal.SIGTERM)
+    assert sp.wait() == 0
+
+
 def established(port: int) -> int:
     """Established TCP connections to `port` on this machine (server side), from /proc."""
     count = 0
@@ -179,11 +239,68 @@ def established(port: int) -> int:
     return count
 
 
-def _migrates_requests() -> bool:
+def test_a_stopped_worker_is_killed_and_replaced_and_its_queued_connections_answered(
+    supervised: list[Supervised],
+) -> None:
+    sp = start(supervised, "--worker-timeout", "2")
+    victim = sp.workers[1]
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.monotonic()
+    # the kernel hashes some of these to the stopped worker's socket: they wait in its queue
+    clients = [sp.connect(timeout=20) for _ in range(30)]
     try:
-        return Path("/proc/sys/net/ipv4/tcp_migrate_req").read_text().strip() == "1"
-    except OSError:
-        return False
+        for c in clients:
+            c.sendall(b"queued")
+        m = sp.wait_line(rf"worker 1 \(pid {victim}\) silent for ([\d.]+) s: killing it", 15)
+        assert 2.0 <= float(m.group(1)) < 5.0
+        assert time.monotonic() - stopped >= 2.0
+        sp.wait_line(rf"worker 1 \(pid {victim}\) died \(killed by SIGKILL\).*restarting it now")
+        index, pid = sp.wait_worker(timeout=15)
+        assert index == 3 and pid != victim
+        for c in clients:  # every one answered, by the live worker or by the replacement
+            assert recv_exactly(c, 6, timeout=15) == b"QUEUED"
+    finally:
+        for c in clients:
+            c.close()
+    deadline = time.monotonic() + 10
+    while _alive(victim):
+        assert time.monotonic() < deadline, f"stopped worker {victim} still there"
+        time.sleep(0.02)
+    assert sum("silent for" in line for line in sp.lines) == 1
+    sp.signal(signal.SIGTERM)
+    assert sp.wait() == 0
+
+
+def test_a_retiring_worker_that_is_stopped_is_killed_after_the_shutdown_timeout(
+    supervised: list[Supervised],
+) -> None:
+    sp = start(supervised, "--shutdown-timeout", "1", "--worker-timeout", "0")
+    victim = sp.workers[1]
+    os.kill(victim, signal.SIGSTOP)
+    clients = [sp.connect() for _ in range(20)]  # some wait in the stopped worker's queue
+    try:
+        for c in clients:
+            c.sendall(b"queued")
+        sp.signal(signal.SIGHUP)
+        sp.wait_line(r"worker 3 \(pid \d+\) ready")
+        retired = time.monotonic()
+        # its replacement serves the same socket: the queue is answered long before the kill
+        for c in clients:
+            assert recv_exactly(c, 6, timeout=4) == b"QUEUED"
+        assert time.monotonic() - retired < 5.0
+    finally:
+        for c in clients:
+            c.close()
+    sp.wait_line(r"worker 4 \(pid \d+\) ready")  # the reload goes on meanwhile
+    sp.wait_line(r"worker 2 \(pid \d+\) exited \(exit code 0\)")
+    sp.wait_line(rf"worker 1 \(pid {victim}\) still draining after 6 s: killing it", 20)
+    assert time.monotonic() - retired >= 5.0
+    sp.wait_line(rf"worker 1 \(pid {victim}\) exited \(killed by SIGKILL\)")
+    for _ in range(10):
+        with sp.connect() as c:
+            assert round_trip(c, b"after") == b"AFTER"
+    sp.signal(signal.SIGTERM)
+    assert sp.wait() == 0
 
 
 def test_sigttin_adds_and_sigttou_removes_a_worker(supervised: list[Supervised]) -> None:
@@ -226,6 +343,8 @@ def test_workers_option_errors_exit_2_with_one_line() -> None:
         (["--worker-sockets", "shared"], "--worker-sockets applies with --workers only"),
         (["--workers", "2", "--worker-sockets", "reuseport", "--unix", "x.sock"],
          "reuseport needs a TCP"),
+        (["--workers", "2", "--worker-timeout", "1"],
+         "--worker-timeout must be a number from 2 to"),
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "muxio", "serve", *args], capture_output=True, timeout=30

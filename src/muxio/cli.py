@@ -58,6 +58,8 @@ def worker_count(text: str) -> int:
 
 def add_scale_arguments(serve: argparse.ArgumentParser) -> None:
     """Options for running behind balancers, under a service manager, on several cores."""
+    from .supervisor import WORKER_TIMEOUT
+
     serve.add_argument(
         "--proxy-protocol",
         action="store_true",
@@ -93,6 +95,14 @@ def add_scale_arguments(serve: argparse.ArgumentParser) -> None:
         default=None,
         help="with --workers: one SO_REUSEPORT socket per worker (Linux TCP default) or one "
         "socket shared by all",
+    )
+    serve.add_argument(
+        "--worker-timeout",
+        type=checked(validate.worker_timeout, "--worker-timeout"),
+        default=WORKER_TIMEOUT,
+        metavar="S",
+        help="with --workers: kill and replace a worker whose loop sends no heartbeat for "
+        f"S seconds (at least 2; 0: never; default {WORKER_TIMEOUT:g})",
     )
 
 

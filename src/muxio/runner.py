@@ -158,7 +158,7 @@ def run_service(
         state.deadline = loop.time() + config.shutdown_timeout
         if on_shutdown is not None:
             on_shutdown()
-        server.shutdown(config.shutdown_timeout, loop.stop)
+        server.shutdown_answering_first_requests(config.shutdown_timeout, loop.stop)
 
     def quit_now(signame: str) -> None:
         if state.drain == "forced":

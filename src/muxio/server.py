@@ -538,3 +538,49 @@ class Server(asyncio.AbstractServer):
         callback, self._on_closed = self._on_closed, None
         if callback is not None:
             self.loop.call_soon(callback)
+
+    _sending_first: set[Transport] | None = None
+    """Connections `shutdown_answering_first_requests()` waits on for a first request."""
+
+    def shutdown_answering_first_requests(
+        self, timeout: float, on_closed: Callable[[], object], grace: float = 1.0
+    ) -> None:
+        """`shutdown()`, but a connection that has sent nothing yet is heard out first.
+
+        A connection accepted a moment before the shutdown has its first
+        request on the way; stopping its reading at once closes it unanswered,
+        and a client that got nothing on a new connection cannot tell that
+        from a server that read its request and dropped it.  So accepting
+        stops now and the other connections stop reading now, but one that
+        has not sent a byte gets up to `grace` seconds (within `timeout`) to
+        deliver its first request, which is then answered before the close.
+        A server that does not count bytes cannot tell: it shuts down at once.
+        """
+        if self._on_closed is not None or self._sending_first is not None:
+            return
+        start = self.loop.time()
+        self.close()
+        waiting = {t for t in self.connections if not t.bytes_in}
+        if self._transport_class is UncountedTransport or not waiting:
+            self.shutdown(timeout, on_closed)
+            return
+        for transport in self.connections - waiting:
+            transport.begin_shutdown()
+        deadline = start + min(grace, timeout)
+        self._sending_first = waiting
+
+        def tick() -> None:
+            if self._sending_first is not waiting:
+                return
+            late = self.loop.time() >= deadline
+            for transport in list(waiting):
+                if late or transport.bytes_in or transport not in self.connections:
+                    waiting.discard(transport)
+                    transport.begin_shutdown()  # what it has read is answered still
+            if waiting:
+                self.loop.call_later(0.005, tick)
+                return
+            self._sending_first = None
+            self.shutdown(max(0.0, timeout - (self.loop.time() - start)), on_closed)
+
+        tick()

@@ -1,22 +1,29 @@
 """`muxio serve --workers N`: one supervisor, N worker processes, each its own loop.
 
-The supervisor never serves: it holds the listening sockets (or, with
-``SO_REUSEPORT``, the port), starts the workers, restarts the ones that die
-and passes signals on.  Keeping it this small is what lets it outlive any
-worker's crash.  It has the shape of gunicorn's arbiter: a queue of signals
-fed by handlers, a self-pipe that wakes a `select`, and all the work done in
-the main loop, never in a handler.
+The supervisor never serves: it holds the listening sockets, starts the
+workers, replaces the ones that die or stop answering and passes signals
+on.  Keeping it this small is what lets it outlive any worker's crash.  It
+has the shape of gunicorn's arbiter: a queue of signals fed by handlers, a
+self-pipe that wakes a `select`, and all the work done in the main loop,
+never in a handler.
 
 A worker is a fresh ``python -m muxio serve`` with the same command line and
 a ``MUXIO_WORKER`` variable that says which sockets to serve and where to
 report; a fresh interpreter (not `fork`) inherits no half-held lock or
 thread from the supervisor, and a SIGHUP reload picks up new code.  It
-reports on a pipe: ``ready`` once it accepts, then its totals as JSON when it
-has drained, or ``error <line>`` if its configuration is wrong (it then
-exits with code 2): the supervisor stops with that line rather than start
-worker after worker that fail alike.  It also holds a "lifeline" pipe whose other end only the
-supervisor has: if the supervisor is killed outright, the workers see EOF on
-it and drain as on SIGTERM rather than linger unsupervised.
+reports on a pipe: ``ready`` once it accepts, ``beat`` every `HEARTBEAT`
+seconds from a loop timer, then its totals as JSON when it has drained, or
+``error <line>`` if its configuration is wrong (it then exits with code 2):
+the supervisor stops with that line rather than start worker after worker
+that fail alike.  The heartbeat rides that pipe because it is the one each
+worker writes and only the supervisor reads: a worker whose loop is stuck,
+or that is stopped, falls silent, and after ``--worker-timeout`` seconds the
+supervisor kills it and starts another in its place.  A worker told to drain
+(a reload, SIGTTOU) that is still running ``--shutdown-timeout`` plus
+`KILL_GRACE` seconds later is killed too.  Each worker also holds a
+"lifeline" pipe whose other end only the supervisor has: if the supervisor
+is killed outright, the workers see EOF on it and drain as on SIGTERM rather
+than linger unsupervised.
 
 The TLS files (certificate, key, client CA, key password) are read once, by
 the supervisor, and handed to each worker in an anonymous file whose
@@ -27,21 +34,38 @@ regular files (a renewed certificate) and checks them before starting any
 new worker; if they are broken, the reload is abandoned and the old
 workers keep serving.
 
-Two ways to share the port (`--worker-sockets`):
+Two ways to share the port (`--worker-sockets`); in both the supervisor
+binds and holds every listening socket and the workers inherit them:
 
 ``reuseport`` (default on Linux for TCP)
-    Each worker binds its own socket with ``SO_REUSEPORT`` and the kernel
-    spreads new connections evenly over them by a hash; the supervisor holds
-    a bound, non-listening socket so the port stays ours between workers.
-    A connection still in a worker's accept queue when that worker closes
-    its socket is reset by the kernel (unless ``net.ipv4.tcp_migrate_req``
-    is 1, Linux 5.14+), so a reload can fail a few connections under load.
+    One ``SO_REUSEPORT`` socket per worker *slot*, and the kernel spreads new
+    connections evenly over them by a hash.  A worker replaced (a reload, a
+    crash, a stuck worker killed) is replaced in the same slot: the new one
+    inherits the same socket, so the connections queued on it are the new
+    worker's to accept.  During a reload old and new accept on it together
+    until the old one, once the new one is ready, closes its copy; the
+    socket itself never closes, so nothing queued is reset, whatever
+    ``net.ipv4.tcp_migrate_req`` says.  This is HAProxy's seamless reload
+    (the listening sockets outlive the process serving them), and it was
+    chosen over "the old worker drains its accept queue, then closes" because
+    that leaves a window, between its last ``accept`` and its ``close``, in
+    which the kernel still queues new connections on the socket and then
+    resets them; it cannot be closed without the sysctl.  Handing the
+    sockets over needs no descriptor passing: the supervisor starts every
+    worker, so each inherits its slot's socket at birth.  Only a slot given
+    up (SIGTTOU) or a worker whose restart is delayed (it keeps dying at
+    start) closes a socket, so that new connections go to the serving workers
+    instead of waiting; what was queued on it then is reset.
 ``shared``
     The supervisor binds one socket and every worker accepts on it.  Portable
     (and the only way for ``--unix``, ``--fd`` and systemd sockets), and a
     worker leaving never loses a queued connection: the others take it.  But
     every idle worker is woken for each new connection and the busiest often
     wins the race, so the spread is uneven.
+
+A draining worker answers what it accepted: `Server.shutdown_answering_first_requests`
+gives a connection accepted just before the drain, which has sent nothing yet, a moment
+to deliver its first request, so a reload under a connection per request loses none.
 """
 
 from __future__ import annotations
@@ -59,6 +83,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from .errors import MuxioError
 from .listeners import close_listener
 
 if TYPE_CHECKING:
@@ -76,6 +101,12 @@ CRASH_WINDOW = 10.0
 CRASHES_TOLERATED = 3
 """Serving workers that may die within CRASH_WINDOW seconds before restarts back off."""
 READY_TIMEOUT = 30.0
+HEARTBEAT = 1.0
+"""Seconds between a worker's heartbeats; `--worker-timeout` must be longer."""
+WORKER_TIMEOUT = 30.0
+"""gunicorn's default: long enough that a busy but live loop is never killed by mistake."""
+KILL_GRACE = 5.0
+"""Seconds past `--shutdown-timeout` a draining worker has to report before it is killed."""
 
 
 # -- the worker's side ---------------------------------------------------------
@@ -89,8 +120,6 @@ class WorkerSpec:
         self.report_fd: int = spec["report"]
         self.lifeline_fd: int | None = spec.get("lifeline")
         self.fds: list[int] = spec.get("fds", [])
-        self.reuseport: list[list[Any]] = spec.get("reuseport", [])
-        self.backlog: int = spec.get("backlog", 1024)
         self.tls_fd: int | None = spec.get("tls")
 
     @classmethod
@@ -102,14 +131,8 @@ class WorkerSpec:
 
     def sockets(self) -> list[socket.socket]:
         from .activation import socket_from_fd
-        from .listeners import bind_tcp
 
-        if self.fds:
-            return [socket_from_fd(fd, f"worker socket {fd}") for fd in self.fds]
-        sockets: list[socket.socket] = []
-        for host, port in self.reuseport:
-            sockets += bind_tcp(host, port, backlog=self.backlog, reuse_port=True)
-        return sockets
+        return [socket_from_fd(fd, f"worker socket {fd}") for fd in self.fds]
 
     def tls_contents(self) -> dict[str, bytes]:
         """The TLS files the supervisor read, by role (empty without TLS)."""
@@ -136,12 +159,22 @@ class WorkerSpec:
     def wrap_on_start(
         self, on_start: Callable[[EventLoop], object] | None
     ) -> Callable[[EventLoop], object]:
-        """Tell the supervisor "ready" once the loop runs (the server listens by then)."""
+        """Tell the supervisor "ready" once the loop runs (the server listens by then).
+
+        Then a heartbeat every `HEARTBEAT` seconds from a loop timer: a loop
+        that is stuck, or a process that is stopped, falls silent, and the
+        supervisor replaces it (`--worker-timeout`).
+        """
+
+        def beat(loop: EventLoop) -> None:
+            if self._send(b"beat\n"):
+                loop.call_later(HEARTBEAT, beat, loop)
 
         def start(loop: EventLoop) -> None:
             if on_start is not None:
                 on_start(loop)
             loop.call_soon(self._send, b"ready\n")
+            loop.call_later(HEARTBEAT, beat, loop)
             if self.lifeline_fd is not None:
                 fd = self.lifeline_fd
                 os.set_blocking(fd, False)
@@ -160,12 +193,19 @@ class WorkerSpec:
 
     def report(self, totals: dict[str, object]) -> None:
         self._send(json.dumps(totals).encode() + b"\n")
+        fd, self.report_fd = self.report_fd, -1
         with contextlib.suppress(OSError):
-            os.close(self.report_fd)
+            os.close(fd)
 
-    def _send(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
+    def _send(self, data: bytes) -> bool:
+        """Write to the supervisor; False once the pipe is closed (never a reused descriptor)."""
+        if self.report_fd < 0:
+            return False
+        try:
             os.write(self.report_fd, data)
+        except OSError:
+            return False
+        return True
 
 
 # -- the supervisor's side -----------------------------------------------------
@@ -174,13 +214,22 @@ class WorkerSpec:
 class Worker:
     """One worker process as the supervisor sees it."""
 
-    def __init__(self, index: int, proc: subprocess.Popen[bytes], report_fd: int) -> None:
+    def __init__(
+        self, index: int, proc: subprocess.Popen[bytes], report_fd: int, slot: int
+    ) -> None:
         self.index = index
         self.proc = proc
         self.report_fd: int | None = report_fd
+        self.slot = slot
+        """Which of the supervisor's SO_REUSEPORT sockets it serves (0 when they share one)."""
         self.started = time.monotonic()
+        self.heard = self.started
+        """When it last wrote anything on its report pipe: a heartbeat at least."""
         self.ready = False
         self.retiring = False
+        self.kill_at = float("inf")
+        """A retiring worker still running then is killed: one stuck cannot hold its slot."""
+        self.killed = False
         self.drained_at_stop = False
         self.totals: dict[str, Any] | None = None
         self.error: str | None = None
@@ -204,6 +253,8 @@ class Worker:
         if not chunk:
             os.close(self.report_fd)
             self.report_fd = None
+        else:
+            self.heard = time.monotonic()
         self._pending += chunk
         *lines, self._pending = self._pending.split(b"\n")
         for line in lines:
@@ -217,13 +268,6 @@ class Worker:
                     self.totals = json.loads(line)
 
 
-def _reserve_port(host: str, port: int) -> list[socket.socket]:
-    """Bound, non-listening ``SO_REUSEPORT`` sockets: they hold the port, take no connection."""
-    from .listeners import bind_tcp
-
-    return bind_tcp(host, port, backlog=None, reuse_port=True)
-
-
 class Supervisor:
     """Keeps `count` workers running until told to stop; see the module's docstring."""
 
@@ -234,16 +278,22 @@ class Supervisor:
         *,
         shutdown_timeout: float,
         shared: list[socket.socket] | None = None,
-        reserved: list[socket.socket] | None = None,
+        reuseport: list[socket.socket] | None = None,
         backlog: int = 1024,
         tls_contents: dict[str, bytes] | None = None,
         reload_tls: Callable[[], dict[str, bytes]] | None = None,
+        worker_timeout: float | None = WORKER_TIMEOUT,
     ) -> None:
+        from . import validate
+
         self.argv = argv
         self.count = count
         self.shutdown_timeout = shutdown_timeout
+        self.worker_timeout = validate.worker_timeout(worker_timeout)
         self.shared = shared or []
-        self.reserved = reserved or []
+        self.slots: dict[int, list[socket.socket]] = {0: reuseport} if reuseport else {}
+        """Slot number to its listening SO_REUSEPORT sockets (one per address), held here."""
+        self._addresses = [s.getsockname()[:2] for s in reuseport or []]
         self.backlog = backlog
         self.workers: dict[int, Worker] = {}
         self.gone: list[Worker] = []
@@ -269,18 +319,64 @@ class Supervisor:
 
     # -- processes -------------------------------------------------------------
 
-    def spawn(self) -> Worker:
+    def _slot_sockets(self, slot: int) -> list[socket.socket]:
+        """The sockets a worker in `slot` serves, bound here the first time a slot is used."""
+        if self.shared:
+            return self.shared
+        if slot not in self.slots:
+            self.slots[slot] = self._bind_slot()
+        return self.slots[slot]
+
+    def _bind_slot(self) -> list[socket.socket]:
+        from .listeners import bind_tcp
+
+        sockets: list[socket.socket] = []
+        try:
+            for host, port in self._addresses:
+                sockets += bind_tcp(host, port, backlog=self.backlog, reuse_port=True)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        for sock in sockets:
+            os.set_inheritable(sock.fileno(), False)
+        return sockets
+
+    def _close_slot(self, slot: int) -> None:
+        """Give up a slot no worker will serve again; what is queued on it is reset."""
+        for sock in self.slots.pop(slot, []):
+            close_listener(sock)
+
+    def _recycle_slot(self, slot: int) -> None:
+        """A fresh socket for a slot whose worker will not be back soon.
+
+        The kernel keeps handing a slot's socket its share of new connections
+        while no one accepts there; closing it sends them to the workers that
+        serve.  The new one is bound before the old one closes, so the port
+        is never free.
+        """
+        if slot in self.slots:
+            try:
+                fresh = self._bind_slot()
+            except (OSError, MuxioError) as exc:
+                log.warning("cannot renew the socket of worker slot %d: %s", slot, exc)
+                return
+            self._close_slot(slot)
+            self.slots[slot] = fresh
+
+    def spawn(self, slot: int = 0) -> Worker:
         index = self.next_index
         self.next_index += 1
+        sockets = self._slot_sockets(slot)
         report_r, report_w = os.pipe()
         os.set_blocking(report_r, False)
-        spec: dict[str, Any] = {"index": index, "report": report_w, "lifeline": self._life_r}
-        if self.shared:
-            spec["fds"] = [s.fileno() for s in self.shared]
-        else:
-            spec["reuseport"] = [list(s.getsockname()[:2]) for s in self.reserved]
-            spec["backlog"] = self.backlog
-        pass_fds = [report_w, self._life_r, *spec.get("fds", [])]
+        spec: dict[str, Any] = {
+            "index": index,
+            "report": report_w,
+            "lifeline": self._life_r,
+            "fds": [s.fileno() for s in sockets],
+        }
+        pass_fds = [report_w, self._life_r, *spec["fds"]]
         if self._tls_fd is not None:
             spec["tls"] = self._tls_fd
             pass_fds.append(self._tls_fd)
@@ -299,7 +395,7 @@ class Supervisor:
             raise
         finally:
             os.close(report_w)
-        worker = Worker(index, proc, report_r)
+        worker = Worker(index, proc, report_r, slot)
         self.workers[proc.pid] = worker
         log.info("worker %d started (pid %d)", index, proc.pid)
         return worker
@@ -333,11 +429,16 @@ class Supervisor:
                 RESTART_DELAY_MAX, 0.5 * 2 ** (self.failures - 1)
             )
             self.restart_at = now + delay
+            if delay and not self._serves(worker.slot):
+                self._recycle_slot(worker.slot)
             log.warning(
                 "worker %d (pid %d) died (%s) after %.1f s; %s",
                 worker.index, pid, _how(code), lived,
                 "restarting it now" if not delay else f"restarting it in {delay:g} s",
             )
+
+    def _serves(self, slot: int) -> bool:
+        return any(w.slot == slot for w in self.workers.values())
 
     def _failed_at_start(self, worker: Worker, code: int) -> bool:
         """A worker that never served: abandon a reload, or stop on a configuration error."""
@@ -371,8 +472,6 @@ class Supervisor:
         """Re-read and check the TLS files before a reload; False if they are broken."""
         if self.reload_tls is None:
             return True
-        from .errors import MuxioError
-
         try:
             contents = self.reload_tls()
         except MuxioError as exc:
@@ -390,25 +489,61 @@ class Supervisor:
         being_replaced = self.replacement[1] if self.replacement is not None else None
         active = [w for w in self.workers.values() if not w.retiring and w is not being_replaced]
         if len(active) < self.count and time.monotonic() >= self.restart_at:
-            for _ in range(self.count - len(active)):
+            taken = {w.slot for w in active} if not self.shared else set()
+            free = [n for n in range(self.count + len(active)) if n not in taken]
+            for slot in free[: self.count - len(active)]:
                 try:
-                    self.spawn()
-                except OSError as exc:  # out of processes or memory: try again later
+                    self.spawn(slot)
+                except (OSError, MuxioError) as exc:  # out of processes, memory, ports
                     self.failures += 1
                     delay = min(RESTART_DELAY_MAX, 0.5 * 2 ** (self.failures - 1))
                     self.restart_at = time.monotonic() + delay
                     log.error("cannot start a worker: %s; trying again in %g s",
-                              exc.strerror or exc, delay)
+                              getattr(exc, "strerror", None) or exc, delay)
                     break
         elif len(active) > self.count:
-            for worker in sorted(active, key=lambda w: -w.index)[: len(active) - self.count]:
+            for worker in sorted(active, key=lambda w: (-w.slot, -w.index))[
+                : len(active) - self.count
+            ]:
                 self.retire(worker)
+                if worker.slot >= self.count:
+                    self._close_slot(worker.slot)  # no new connection is queued there
         self._step_reload()
 
     def retire(self, worker: Worker) -> None:
         worker.retiring = True
+        worker.kill_at = time.monotonic() + self.shutdown_timeout + KILL_GRACE
         with contextlib.suppress(ProcessLookupError):
             worker.proc.send_signal(signal.SIGTERM)
+
+    def check_alive(self) -> None:
+        """Kill a worker that fell silent, or a retiring one past its deadline.
+
+        A stopped process or a stuck loop holds its slot's share of new
+        connections and answers none; reap() then starts another in its slot,
+        which takes over the connections queued there.
+        """
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if worker.killed:
+                continue
+            if worker.retiring and now > worker.kill_at:
+                log.error("worker %d (pid %d) still draining after %g s: killing it",
+                          worker.index, worker.pid, self.shutdown_timeout + KILL_GRACE)
+            elif (
+                self.worker_timeout
+                and worker.ready
+                and not worker.retiring
+                and not self.stopping
+                and now - worker.heard > self.worker_timeout
+            ):
+                log.error("worker %d (pid %d) silent for %.1f s: killing it",
+                          worker.index, worker.pid, now - worker.heard)  # fmt: skip
+            else:
+                continue
+            worker.killed = True
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
 
     def _step_reload(self) -> None:
         """SIGHUP: one new worker ready, then one old one drained away, and so on."""
@@ -429,7 +564,8 @@ class Supervisor:
         while self.replacing and self.replacement is None:
             old = self.replacing.pop(0)
             if old.pid in self.workers and not old.retiring:
-                self.replacement = (self.spawn(), old)
+                # the same slot: both accept on its socket until the old one retires
+                self.replacement = (self.spawn(old.slot), old)
 
     # -- signals ---------------------------------------------------------------
 
@@ -493,6 +629,7 @@ class Supervisor:
             while self.workers or not self.stopping:
                 self.handle_signals()
                 self.reap()
+                self.check_alive()
                 if self.stopping and time.monotonic() > self.stop_deadline:
                     log.error("%d workers did not stop in time: killing them", len(self.workers))
                     self.forced = True
@@ -506,8 +643,10 @@ class Supervisor:
             signal.set_wakeup_fd(old_wakeup)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            for sock in self.shared + self.reserved:
+            for sock in self.shared:
                 close_listener(sock)
+            for slot in list(self.slots):
+                self._close_slot(slot)
             for fd in (self._wake_r, self._wake_w, self._life_r, self._life_w):
                 os.close(fd)
             if self._tls_fd is not None:
@@ -601,7 +740,7 @@ def supervise(
         mode = "reuseport" if reuseport_ok and sockets is None and args.unix is None else "shared"
     if mode == "reuseport" and (sockets is not None or args.unix is not None):
         raise ValueError("SO_REUSEPORT workers bind their own TCP sockets: share these instead")
-    reserved: list[socket.socket] = []
+    reuseport: list[socket.socket] = []
     if sockets is not None:
         shared = sockets
     elif mode == "shared":
@@ -611,10 +750,10 @@ def supervise(
             shared = bind_tcp(args.host, args.port, backlog=args.backlog)
     else:
         shared = []
-        reserved = _reserve_port(args.host, args.port)
-    for sock in shared:
+        reuseport = bind_tcp(args.host, args.port, backlog=args.backlog, reuse_port=True)
+    for sock in shared + reuseport:
         os.set_inheritable(sock.fileno(), False)  # pass_fds makes them inheritable per worker
-    where = ", ".join(format_address(s) for s in shared or reserved)
+    where = ", ".join(format_address(s) for s in shared or reuseport)
     log.info("supervisor (pid %d) on %s: %d workers, %s sockets",
              os.getpid(), where, args.workers, mode)
     supervisor = Supervisor(
@@ -622,10 +761,11 @@ def supervise(
         args.workers,
         shutdown_timeout=args.shutdown_timeout,
         shared=shared,
-        reserved=reserved,
+        reuseport=reuseport,
         backlog=args.backlog,
         tls_contents=tls_contents,
         reload_tls=reload_tls,
+        worker_timeout=args.worker_timeout,
     )
     totals = supervisor.run()
     if supervisor.config_error is not None:

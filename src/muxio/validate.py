@@ -81,6 +81,14 @@ def shutdown_timeout(value: Any, name: str = "shutdown_timeout") -> float:
     return result
 
 
+MIN_WORKER_TIMEOUT = 2.0
+"""Twice the supervisor's heartbeat interval: one late beat must not kill a worker."""
+
+
+def worker_timeout(value: Any, name: str = "worker_timeout") -> float | None:
+    return timeout(name, value, minimum=MIN_WORKER_TIMEOUT, optional=True)
+
+
 def header_timeout(value: Any, name: str = "proxy_protocol_timeout") -> float:
     result = timeout(name, value, minimum=MIN_HEADER_TIMEOUT)
     assert result is not None

@@ -36,8 +36,8 @@ each, judged by --expect: upper (the request uppercased: --service upper and
 Closed loop by default: each reply releases the next request. --rate R is an open
 loop: R requests/s per connection on a fixed schedule, latency counted from when
 each request was due (as wrk2 does), so a stall shows in the tail.
-Exit 0: every reply right; 1: a wrong reply, a stall, a refused connection
-(the first failure on stderr); 2: bad options."""
+Exit 0: every reply right; 1: a wrong reply, a stall, a refused connection, a lost
+request with --reconnect (the first failure on stderr); 2: bad options."""
 
 _FLAGS = {"requests": "--request", "check": "--expect"}
 _REPLY_TIMEOUT = 5.0
@@ -132,7 +132,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--reconnect",
         action="store_true",
         help="when the server closes a connection cleanly mid-request (a graceful drain), "
-        "send the requests again on a new connection instead of counting an error",
+        "send the requests again on a new connection instead of counting an error; "
+        "requests no graceful drain explains (a reset, a cut reply, a connection closed "
+        "before its first reply) are counted as lost, an error",
+    )
+    p.add_argument(
+        "--allow-lost",
+        action="store_true",
+        help="with --reconnect: report lost requests but exit 0 for them",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     add_tls_client_arguments(p)
@@ -167,6 +174,8 @@ def _reply_timeout(args: argparse.Namespace) -> tuple[float, str]:
 
 def main(args: argparse.Namespace) -> int:
     check_address(args)
+    if args.allow_lost and not args.reconnect:
+        raise UsageError("--allow-lost applies with --reconnect only")
     reply_timeout, timeout_flag = _reply_timeout(args)
     requests, expect = _line_options(args)
     context, server_name = client_tls(args)
@@ -192,6 +201,7 @@ def main(args: argparse.Namespace) -> int:
             check=CHECKS[expect] if args.protocol == "line" else None,
             pipeline=args.pipeline,
             rate=args.rate,
+            allow_lost=args.allow_lost,
         )
     except BadSetting as exc:
         flags = {**_FLAGS, "stall_timeout": timeout_flag}
@@ -203,6 +213,11 @@ def main(args: argparse.Namespace) -> int:
     print(result.to_json() if args.json else format_summary(result), flush=True)
     if result.ok:
         return 0
+    if result.requests and not result.errors.total and result.lost:
+        raise RuntimeFailure(
+            f"{result.lost} request(s) lost: {result.first_lost}; "
+            "the server may have read them and answered none (--allow-lost to accept)"
+        )
     if result.first_error:
         slow = result.first_error_kind == "stalls"
         hint = " (raise --reply-timeout if it is only slow)" if slow else ""

@@ -146,6 +146,14 @@ class BenchResult:
     alive_at_end: int = 0
     reconnects: int = 0
     """With `reconnect`: connections the server closed cleanly mid-request, reopened."""
+    lost: int = 0
+    """With `reconnect`: requests sent and never answered where no graceful drain explains
+    the close (a reset, a reply cut short, a connection closed before its first reply).
+    They were sent again, but the server may have read and dropped them: not `ok` unless
+    `allow_lost`."""
+    allow_lost: bool = False
+    first_lost: str = ""
+    """The earliest lost request's connection, in words."""
     protocol: str = "echo"
     pipeline: int = 1
     rate: float | None = None
@@ -159,7 +167,9 @@ class BenchResult:
 
     @property
     def ok(self) -> bool:
-        return self.requests > 0 and self.errors.total == 0
+        return (
+            self.requests > 0 and self.errors.total == 0 and (self.allow_lost or not self.lost)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

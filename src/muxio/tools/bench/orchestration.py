@@ -170,6 +170,7 @@ def run_bench(
     check: Check | None = None,
     pipeline: int = 1,
     rate: float | None = None,
+    allow_lost: bool = False,
 ) -> BenchResult:
     """Drive the server at host:port (or `unix`) and return what was measured.
 
@@ -182,7 +183,10 @@ def run_bench(
     requests per second (open loop) and latency counts from each request's
     due time; without it, each reply releases the next request (closed loop).
     A connection that has requests outstanding and receives nothing for
-    `stall_timeout` seconds counts as stalled and is closed.  A run whose
+    `stall_timeout` seconds counts as stalled and is closed.  With
+    `reconnect`, a connection the server ends mid-request is reopened and its
+    requests sent again; those no graceful drain explains are counted in
+    `lost` and make the result not `ok` unless `allow_lost`.  A run whose
     connections have all failed ends at once: a broken server cannot hang it.
 
     Raises UsageError (BadSetting, naming the parameter) for impossible
@@ -236,6 +240,7 @@ def run_bench(
         protocol=protocol,
         pipeline=pipeline,
         rate=rate,
+        allow_lost=allow_lost,
     )
     first_index = 1
     try:
@@ -385,6 +390,7 @@ def _add_up(result: BenchResult, finals: list[dict[str, Any]]) -> None:
     hist: dict[int, int] = {}
     lat_total = lat_max = n_bytes = 0
     failures = []
+    lost: list[tuple[float, str]] = []
     for final in finals:
         result.requests += final["requests"]
         n_bytes += final["bytes"]
@@ -394,10 +400,15 @@ def _add_up(result: BenchResult, finals: list[dict[str, Any]]) -> None:
         errors.add(final["errors"])
         result.alive_at_end += final["alive"]
         result.reconnects += final["reconnects"]
+        result.lost += final["lost"]
         if final["failure"] is not None:
             failures.append(final["failure"])
+        if final["first_lost"] is not None:
+            lost.append(final["first_lost"])
     if failures:
         _t, result.first_error_kind, result.first_error = min(failures)
+    if lost:
+        result.first_lost = min(lost)[1]
     result.errors = errors
     result.latency_ms = summarize(hist, lat_total, lat_max, result.requests)
     window = result.window_s if result.window_s > 0 else result.duration

@@ -117,4 +117,7 @@ def format_summary(r: BenchResult) -> str:
         )
     if r.reconnects:
         lines.append(f"  reconnects  {r.reconnects}")
+    if r.lost:
+        lines.append(f"  lost        {r.lost} request(s) sent and unanswered: {r.first_lost}"
+                     + (" (allowed)" if r.allow_lost else ""))
     return "\n".join(lines)

@@ -59,6 +59,7 @@ class _Conn:
     __slots__ = (
         "buf",
         "dead",
+        "fresh",
         "got",
         "idle",
         "index",
@@ -88,6 +89,7 @@ class _Conn:
         self.next_due = 0
         self.queued = False
         self.dead = False
+        self.fresh = True  # no reply yet on this connection: see `lost()`
 
 
 class _Poll:
@@ -320,6 +322,8 @@ def _worker_run(pipe: Connection, cfg: WorkerConfig) -> None:
         # a TLS socket that cannot go on says so with its own errors
         blocked = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
     reconnects = 0
+    lost_requests = 0
+    first_lost: tuple[float, str] | None = None
     failure: tuple[float, str, str] | None = None
     if errors["connect_failures"]:
         text = f"{errors['connect_failures']} connection(s) could not connect: {first_error}"
@@ -341,10 +345,30 @@ def _worker_run(pipe: Connection, cfg: WorkerConfig) -> None:
         close(fd, c)
 
     def lost(fd: int, c: _Conn, reset: bool) -> None:
-        """The server closed or reset an active connection."""
+        """The server closed or reset an active connection.
+
+        With `reconnect`, the requests in flight go again, but they count as
+        lost unless a graceful drain explains them: a drain stops reading
+        between requests and closes cleanly, so the requests it did not
+        answer it never read.  A reset, a reply cut short, or a connection
+        closed before its first reply (a server owes the first request of a
+        connection it accepted an answer) cannot be told from a server that
+        read a request and dropped it.
+        """
+        nonlocal lost_requests, first_lost
         if cfg.reconnect:
             if reset:
                 errors["resets"] += 1  # counted, and the load goes on
+            partial = c.got or c.rbuf
+            if c.inflight and (reset or partial or c.fresh):
+                lost_requests += len(c.inflight)
+                if first_lost is None:
+                    how = "reset" if reset else "closed"
+                    why = ("with a reply cut short" if partial
+                           else "before its first reply" if c.fresh and not reset else "")
+                    first_lost = (time.monotonic(), f"the server {how} connection {c.index} "
+                                  f"{why + ' ' if why else ''}with {len(c.inflight)} "
+                                  "request(s) sent and unanswered")  # fmt: skip
             reopen(fd, c)
             return
         waiting = len(c.inflight)
@@ -379,6 +403,7 @@ def _worker_run(pipe: Connection, cfg: WorkerConfig) -> None:
         reconnects += 1
         c.sock = s
         c.dead = False
+        c.fresh = True
         fd = s.fileno()
         conns[fd] = active[fd] = c
         poller.register(fd, _IN)
@@ -505,6 +530,7 @@ def _worker_run(pipe: Connection, cfg: WorkerConfig) -> None:
                 fail(fd, c, "wrong_bytes", f"wrong reply on connection {c.index}: {text}")
                 return
             record(start, now, 2 * size)
+            c.fresh = False
             if not c.inflight:
                 break  # the next read would only say EAGAIN
         if now:
@@ -545,6 +571,7 @@ def _worker_run(pipe: Connection, cfg: WorkerConfig) -> None:
                 return
             record(start, now, wire_len[v] + len(reply) + 1)
             answered = True
+            c.fresh = False
         c.rbuf = data[pos:]
         if len(c.rbuf) > max_line:
             fail(fd, c, "wrong_bytes", f"wrong reply on connection {c.index}: no newline in "
@@ -630,6 +657,8 @@ def _worker_run(pipe: Connection, cfg: WorkerConfig) -> None:
                 "errors": errors,
                 "alive": alive,
                 "reconnects": reconnects,
+                "lost": lost_requests,
+                "first_lost": first_lost,
                 "failure": failure,
             },
         )
