@@ -1093,6 +1093,9 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         """Start a transport on `sock`; with `ssl`, under asyncio's `SSLProtocol`.
 
         Returns the transport the application sees (the SSL layer's, with `ssl`).
+        In asyncio's order: `connection_made` on the next loop turn, in a
+        copy of this context, and `waiter` woken after it (the SSL layer
+        wakes its own once the handshake is done).
         """
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
@@ -1109,13 +1112,13 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 handshake_timeout=ssl_handshake_timeout,
                 shutdown_timeout=ssl_shutdown_timeout,
             )
-            UncountedTransport(self, sock, driven).start()
+            UncountedTransport(self, sock, driven).start_soon()
             app_transport: asyncio.BaseTransport = driven._app_transport
             return app_transport
         transport = UncountedTransport(self, sock, protocol)  # type: ignore[arg-type]
-        transport.start()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        transport.start_soon()
+        if waiter is not None:
+            self.call_soon(_set_result_unless_done, waiter, None)
         return transport
 
     def _ssl_protocol(
