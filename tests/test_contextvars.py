@@ -641,3 +641,73 @@ def test_unix_server_and_client(aloop: asyncio.AbstractEventLoop) -> None:
         ("srv", "eof", "srv:data"),
         ("srv", "lost", "srv:eof"),
     ]
+
+
+# -- TLS: the completion order of create_connection(ssl=...) ---------------------
+
+
+class Connected(asyncio.Protocol):
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        if self.fail:
+            raise RuntimeError("connection_made failed")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def test_tls_connection_made_that_raises(
+    aloop: asyncio.AbstractEventLoop, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """sslproto calls it once the handshake is done, from its reader: the call fails with it."""
+    calls: list[dict[str, Any]] = []
+    aloop.set_exception_handler(lambda _loop, context: calls.append(context))
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(Connected, "127.0.0.1", 0, ssl=server_ctx)
+        async with srv:
+            try:
+                await loop.create_connection(
+                    lambda: Connected(fail=True),
+                    *srv.sockets[0].getsockname()[:2],
+                    ssl=client_ctx,
+                    server_hostname="localhost",
+                )
+            except BaseException as exc:
+                return type(exc).__name__
+            return "returned"
+
+    outcome = run(aloop, main())
+    assert outcome == "RuntimeError"
+    assert [type(c.get("exception")) for c in calls] == [RuntimeError], calls
+
+
+def test_tls_create_connection_cancelled_a_turn_after_it_starts(
+    aloop: asyncio.AbstractEventLoop, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        srv = await loop.create_server(Connected, "127.0.0.1", 0, ssl=server_ctx)
+        async with srv:
+            s = socket.create_connection(srv.sockets[0].getsockname()[:2])
+            task = asyncio.ensure_future(
+                loop.create_connection(
+                    Connected, sock=s, ssl=client_ctx, server_hostname="localhost"
+                )
+            )
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):
+                if s.fileno() == -1:
+                    break
+                await asyncio.sleep(0)
+            assert s.fileno() == -1
+
+    run(aloop, main())
