@@ -15,8 +15,8 @@ ordering of `call_soon`, contexts, the exception handler); what is private to
 CPython's selector loop (`_selector`, `_process_events`) is not imitated.  Two
 paths exist for descriptors: `add_reader(fd, cb, *args)` wraps the callback in
 a `Handle` with its context, as asyncio does, while muxio's own transports use
-`_add_reader(fd, cb)` with a bare bound method: no handle, no context switch,
-no frame between the poller and `recv`.
+`_add_reader(fd, cb)` with a callable that needs no handle: a partial of their
+context's `run` around a bound method, one C call between the poller and `recv`.
 
 Detection and response share this one thread, so the loop measures itself:
 each iteration's busy time (from the poller's return to the next wait) feeds
@@ -403,7 +403,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             self.poller.modify(fd, new)
 
     def _add_reader(self, fd: int, callback: IOCallback) -> None:
-        """The transports' path: `callback()` is called bare, straight from the poller."""
+        """The transports' path: `callback()` is called with no handle, straight from the poller."""
         if fd not in self._readers:
             w = WRITE if fd in self._writers else 0
             self._change(fd, w, READ | w)
