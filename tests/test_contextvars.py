@@ -711,3 +711,66 @@ def test_tls_create_connection_cancelled_a_turn_after_it_starts(
             assert s.fileno() == -1
 
     run(aloop, main())
+
+
+def test_a_transports_descriptor_is_still_refused_to_add_reader(
+    aloop: asyncio.AbstractEventLoop, make_socket_pair: Any
+) -> None:
+    """The reader in its context still names its transport, so the loop's check still sees it."""
+    a, _peer = make_socket_pair()
+    a.setblocking(False)
+
+    async def main() -> str:
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, sock=a
+        )
+        try:
+            with pytest.raises(RuntimeError) as info:
+                aloop.add_reader(a.fileno(), lambda: None)
+            return str(info.value)
+        finally:
+            transport.close()
+
+    assert "is used by transport" in run(aloop, main())
+
+
+def test_muxio_native_server_copies_the_context_that_started_it() -> None:
+    """`muxio serve`'s path: `Server(...)` and `start()`, byte counts and idle sweep on."""
+    from muxio.listeners import bind_tcp
+
+    loop = muxio.new_event_loop()
+    reads: list[tuple[bytes, str]] = []
+
+    class PerConnection(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            reads.append((data, cv.get()))
+            cv.set(data.decode())
+            self.transport.write(b"k")
+
+    async def main() -> None:
+        cv.set("serving")
+        server = muxio.Server(loop, PerConnection, bind_tcp("127.0.0.1", 0), idle_timeout=60)
+        server.start()
+        cv.set("after start")
+        clients = [socket.create_connection(server.sockets[0].getsockname()[:2]) for _ in range(2)]
+        try:
+            for c in clients:
+                c.setblocking(False)
+            for rnd in (b"1", b"2"):
+                for name, c in zip((b"a", b"b"), clients, strict=True):
+                    await loop.sock_sendall(c, name + rnd)
+                    assert await recv_exactly(c, 1) == b"k"
+        finally:
+            for c in clients:
+                c.close()
+            server.close()
+        assert cv.get() == "after start"
+
+    try:
+        run(loop, main())
+    finally:
+        loop.close()
+    assert reads == [(b"a1", "serving"), (b"b1", "serving"), (b"a2", "a1"), (b"b2", "b1")]

@@ -44,11 +44,11 @@ class InContext(functools.partial):  # type: ignore[type-arg]
     __slots__ = ()
 
     @property
-    def __self__(self) -> Any:  # type: ignore[override]
+    def __self__(self) -> Any:
         return self.args[0].__self__
 
     @property
-    def __name__(self) -> str:  # type: ignore[override]
+    def __name__(self) -> str:
         name: str = self.args[0].__name__
         return name
 
