@@ -187,3 +187,102 @@ def test_raising_pause_writing_is_reported_and_the_connection_stays_open(
     assert proto.paused == 1
     assert [c["message"] for c in handler_calls] == ["protocol.pause_writing() failed"]
     assert isinstance(handler_calls[0]["exception"], RuntimeError)
+
+
+# -- the completion order of create_connection and its kin ----------------------
+
+CONNECTS = ["create_connection", "create_unix_connection", "connect_accepted_socket"]
+
+
+def connect(loop: asyncio.AbstractEventLoop, how: str, factory: Any, sock: socket.socket) -> Any:
+    if how == "create_connection":
+        return loop.create_connection(factory, sock=sock)
+    if how == "create_unix_connection":
+        return loop.create_unix_connection(factory, sock=sock)
+    return loop.connect_accepted_socket(factory, sock)
+
+
+@pytest.mark.parametrize("how", CONNECTS)
+def test_connection_made_runs_a_turn_later_before_the_caller_resumes(
+    aloop: asyncio.AbstractEventLoop, pair: tuple[socket.socket, socket.socket], how: str
+) -> None:
+    """asyncio schedules `connection_made`, then wakes the waiter: the call always yields."""
+    a, _peer = pair
+    order: list[str] = []
+
+    class Ordered(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            order.append("factory")
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            order.append("connection_made")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(connect(aloop, how, Ordered, a))
+        await asyncio.sleep(0)
+        order.append("one turn later")
+        transport, _ = await task
+        order.append("returned")
+        transport.close()
+
+    run(aloop, main())
+    assert order == ["factory", "one turn later", "connection_made", "returned"]
+
+
+@pytest.mark.parametrize("how", CONNECTS)
+def test_connection_made_that_raises_goes_to_the_handler_and_the_call_returns(
+    aloop: asyncio.AbstractEventLoop,
+    pair: tuple[socket.socket, socket.socket],
+    handler_calls: list[dict[str, Any]],
+    how: str,
+) -> None:
+    a, peer = pair
+
+    class RaisesInConnectionMade(Recorder):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            raise Boom("connection_made failed")
+
+        def data_received(self, data: bytes) -> None:
+            self.got = data
+
+    async def main() -> tuple[bool, bytes]:
+        transport, proto = await connect(aloop, how, RaisesInConnectionMade, a)
+        closing = transport.is_closing()
+        peer.sendall(b"still read")
+        while not hasattr(proto, "got"):
+            await asyncio.sleep(0.01)
+        transport.close()
+        await proto.lost
+        return closing, proto.got
+
+    closing, got = run(aloop, main())
+    assert (closing, got) == (False, b"still read")
+    assert [type(c.get("exception")) for c in handler_calls] == [Boom]
+    assert "connection_made" in handler_calls[0]["message"]
+
+
+@pytest.mark.parametrize("how", CONNECTS)
+def test_cancelled_a_turn_after_it_starts_the_call_detaches_the_socket(
+    aloop: asyncio.AbstractEventLoop, pair: tuple[socket.socket, socket.socket], how: str
+) -> None:
+    a, _peer = pair
+    made: list[bool] = []
+
+    class Made(Recorder):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            made.append(True)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(connect(aloop, how, Made, a))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(aloop, main())
+    assert a.fileno() == -1
+    assert made == [True]

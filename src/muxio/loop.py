@@ -15,8 +15,8 @@ ordering of `call_soon`, contexts, the exception handler); what is private to
 CPython's selector loop (`_selector`, `_process_events`) is not imitated.  Two
 paths exist for descriptors: `add_reader(fd, cb, *args)` wraps the callback in
 a `Handle` with its context, as asyncio does, while muxio's own transports use
-`_add_reader(fd, cb)` with a bare bound method: no handle, no context switch,
-no frame between the poller and `recv`.
+`_add_reader(fd, cb)` with a callable that needs no handle: a partial of their
+context's `run` around a bound method, one C call between the poller and `recv`.
 
 Detection and response share this one thread, so the loop measures itself:
 each iteration's busy time (from the poller's return to the next wait) feeds
@@ -403,7 +403,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             self.poller.modify(fd, new)
 
     def _add_reader(self, fd: int, callback: IOCallback) -> None:
-        """The transports' path: `callback()` is called bare, straight from the poller."""
+        """The transports' path: `callback()` is called with no handle, straight from the poller."""
         if fd not in self._readers:
             w = WRITE if fd in self._writers else 0
             self._change(fd, w, READ | w)
@@ -1095,6 +1095,9 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         """Start a transport on `sock`; with `ssl`, under asyncio's `SSLProtocol`.
 
         Returns the transport the application sees (the SSL layer's, with `ssl`).
+        In asyncio's order: `connection_made` on the next loop turn, in a
+        copy of this context, and `waiter` woken after it (the SSL layer
+        wakes its own once the handshake is done).
         """
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
@@ -1111,13 +1114,13 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 handshake_timeout=ssl_handshake_timeout,
                 shutdown_timeout=ssl_shutdown_timeout,
             )
-            UncountedTransport(self, sock, driven).start()
+            UncountedTransport(self, sock, driven).start_soon()
             app_transport: asyncio.BaseTransport = driven._app_transport
             return app_transport
         transport = UncountedTransport(self, sock, protocol)  # type: ignore[arg-type]
-        transport.start()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        transport.start_soon()
+        if waiter is not None:
+            self.call_soon(_set_result_unless_done, waiter, None)
         return transport
 
     def _ssl_protocol(

@@ -16,6 +16,7 @@ import sys
 import time
 from asyncio import trsock
 from collections.abc import Callable, Iterable
+from contextvars import Context, copy_context
 
 from .listeners import UnixFile
 from .pollers import FdTooLargeError
@@ -218,6 +219,8 @@ class Server(asyncio.AbstractServer):
         self.drain_cut_short = False
         """True once `shutdown()` had to abort connections that did not finish in time."""
         self._on_closed: Callable[[], object] | None = None
+        self._context: Context | None = None
+        """Where serving began; each connection gets a copy, as asyncio's accept task does."""
 
     @property
     def sockets(self) -> tuple[trsock.TransportSocket, ...]:
@@ -237,6 +240,7 @@ class Server(asyncio.AbstractServer):
         if self._listening or self._sockets is None:
             return
         self._listening = True
+        self._context = copy_context()
         self._watch_listeners()
         if self.idle_timeout and self._idle_timer is None:
             self._idle_timer = self.loop.call_later(self.idle_timeout / 2, self._sweep_idle)
@@ -332,8 +336,9 @@ class Server(asyncio.AbstractServer):
         conn.setblocking(False)
         if is_tcp:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctx = self._context.copy() if self._context is not None else copy_context()
         try:
-            protocol: Any = self.protocol_factory()
+            protocol: Any = ctx.run(self.protocol_factory)
             if self._ssl is not None:
                 protocol = self.loop._ssl_protocol(
                     protocol,
@@ -354,7 +359,7 @@ class Server(asyncio.AbstractServer):
             return
         transport = self._transport_class(self.loop, conn, protocol)
         try:
-            transport.start(self._connection_lost)
+            transport.start(self._connection_lost, ctx)
         except FdTooLargeError as exc:
             self._counters.refused += 1
             conn.close()

@@ -13,6 +13,7 @@ that raises in `pause_writing` / `resume_writing` is reported, not closed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,28 @@ WARN_AFTER_DROPPED_WRITES = 5
 """asyncio's `LOG_THRESHOLD_FOR_CONNLOST_WRITES`."""
 FAILED: Any = object()
 """What `_call_protocol` returns when the callback raised (and the transport is closing)."""
+
+
+class InContext(functools.partial):  # type: ignore[type-arg]
+    """`InContext(context.run, bound_method)`: what a transport hands the poller.
+
+    asyncio runs each reader and writer in the context its handle captured
+    when it was registered; a partial of `Context.run` does the same with one
+    C call per event and no Python frame.  `__self__` and `__name__` name the
+    transport's method, so the loop's checks (`add_reader` on a transport's
+    descriptor) and messages see the method and not the partial.
+    """
+
+    __slots__ = ()
+
+    @property
+    def __self__(self) -> Any:
+        return self.args[0].__self__
+
+    @property
+    def __name__(self) -> str:
+        name: str = self.args[0].__name__
+        return name
 
 
 class TransportBase(asyncio.BaseTransport):

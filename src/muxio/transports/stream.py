@@ -8,12 +8,13 @@ have flow control: the protocol is paused past the write buffer's high-water
 mark, and `pause_reading()` takes the socket out of the poller so unread bytes
 stay in the kernel, where TCP's window pushes back on the sender.
 
-The loop calls `_on_read` straight from the poller (no handle, no context
-switch), and a `BufferedProtocol` gets `recv_into` its own buffer, no copy.
-Protocol callbacks run in the context of whoever runs the loop, not in a
-per-transport copy as in asyncio: a protocol that sets a context variable in
-`data_received` sets it for the loop, which no asyncio protocol we know of
-relies on either way.
+The loop calls `_on_read` straight from the poller (no handle), and a
+`BufferedProtocol` gets `recv_into` its own buffer, no copy.  Context
+variables are asyncio's: each registration of a reader or writer captures a
+copy of the current context, as an asyncio handle does, and the poller runs
+the callback in it through one `Context.run` per event (`InContext`), so a
+value set before `create_server` or `create_connection` is seen by the
+protocol and a value the protocol sets stays with its connection.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import sys
 import termios
 from asyncio import constants as _aio_constants
 from asyncio import trsock
+from contextvars import Context, copy_context
 from typing import TYPE_CHECKING
 
-from .base import FlowControlTransport
+from .base import FlowControlTransport, InContext
 
 if TYPE_CHECKING:
     from typing import Any
@@ -66,6 +68,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
 
     __slots__ = (
         "_buffered_proto",
+        "_context",
         "_counting",
         "_eof",
         "_flush_waiter",
@@ -113,23 +116,46 @@ class Transport(FlowControlTransport, asyncio.Transport):
         self._reading_paused = False
         self._flush_waiter: asyncio.Future[None] | None = None
         self._on_lost: Any = None
+        self._context: Context | None = None
+        """The reader's context: captured at each registration, as asyncio's handles are."""
         self.bytes_in = 0
         self.bytes_out = 0
         self._counting = self.counts_bytes  # a slot: read per event, cheaper than a class lookup
         self.idle_mark: Any = None
 
-    def start(self, on_lost: Any = None) -> None:
+    def start(self, on_lost: Any = None, context: Context | None = None) -> None:
         """Watch the socket, then announce the connection to the protocol.
 
         Registration comes first so a poller that refuses the descriptor
         (select's FD_SETSIZE) fails before the protocol hears of it.
         `on_lost(transport)` runs after `connection_lost` (the server's count).
+        `context` is the connection's (a server's copy, in which the protocol
+        factory ran): the reader runs in it and `connection_made` in a copy,
+        as asyncio runs them in two handles' copies of its accept task's.
         """
-        self._loop._add_reader(
-            self._fd, self._on_read_into if self._buffered_proto else self._on_read
-        )
+        ctx = copy_context() if context is None else context
+        self._watch_reading(ctx)
         self._on_lost = on_lost
-        self._call_protocol("connection_made", self)
+        ctx.copy().run(self._call_protocol, "connection_made", self)
+
+    def start_soon(self) -> None:
+        """Watch the socket now; `connection_made` on the next loop turn, as asyncio's.
+
+        The client's order (`create_connection`, `connect_accepted_socket`):
+        the caller's await yields once, and a `connection_made` that raises
+        reaches the exception handler as a failed callback, leaving the
+        transport open.  The reader's events come after it, since the loop
+        runs what was ready before the poll first.
+        """
+        self._watch_reading(copy_context())
+        self._loop.call_soon(self._protocol.connection_made, self)
+
+    def _watch_reading(self, ctx: Context) -> None:
+        self._context = ctx
+        self._loop._add_reader(
+            self._fd,
+            InContext(ctx.run, self._on_read_into if self._buffered_proto else self._on_read),
+        )
 
     # -- reading -------------------------------------------------------------
 
@@ -214,9 +240,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
             return
         self._reading_paused = False
         if not self._eof:
-            self._loop._add_reader(
-                self._fd, self._on_read_into if self._buffered_proto else self._on_read
-            )
+            self._watch_reading(copy_context())  # asyncio's new handle: the caller's context
 
     def is_reading(self) -> bool:
         return not (self._reading_paused or self._closing)
@@ -263,7 +287,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
                 data = memoryview(data)[n:]
             if buf is None:
                 buf = self._buffer = []  # most connections never need one
-            self._loop._add_writer(self._fd, self._on_write)
+            self._loop._add_writer(self._fd, InContext(copy_context().run, self._on_write))
         buf.append(data)
         self._buffered += len(data)
         if self._buffered > self._high_water and not self._protocol_paused:
@@ -393,7 +417,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
         if self._eof:
             self._lose(None)
         else:
-            self._loop._add_reader(self._fd, self._discard)
+            self._loop._add_reader(self._fd, InContext(self._reading_context().run, self._discard))
         return True
 
     def close_when_acknowledged(self) -> None:
@@ -510,9 +534,11 @@ class Transport(FlowControlTransport, asyncio.Transport):
         if buffered != self._buffered_proto:
             self._buffered_proto = buffered
             if self._fd in self._loop._readers and not self._closing:
-                self._loop._add_reader(
-                    self._fd, self._on_read_into if buffered else self._on_read
-                )
+                self._watch_reading(self._reading_context())
+
+    def _reading_context(self) -> Context:
+        """The same reader re-registered keeps its context, as asyncio's one handle does."""
+        return self._context if self._context is not None else copy_context()
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
