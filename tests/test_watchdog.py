@@ -234,3 +234,18 @@ def test_a_blocking_io_callback_is_reported_in_both_modes_and_timed_in_debug(
         if r.name == "asyncio" and r.getMessage().startswith("Executing <Handle")
     ]
     assert any("an_io_callback_that_blocks_the_loop" in m for m in executing) is debug, executing
+
+
+def test_a_transport_callback_in_its_context_is_python_code_not_ctx_run() -> None:
+    import contextvars
+
+    from muxio.transports.base import InContext
+    from muxio.watchdog import _python_code
+
+    class Reader:
+        def on_read(self) -> None:
+            pass
+
+    callback = InContext(contextvars.copy_context().run, Reader().on_read)
+    assert _python_code(callback) is Reader.on_read.__code__
+    assert _python_code(contextvars.copy_context().run) is None

@@ -33,6 +33,7 @@ terminal escape in it cannot forge a log line.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import sys
@@ -84,7 +85,11 @@ def describe_callback(callback: object) -> str:
 def _python_code(callback: object) -> CodeType | None:
     """The code a callback runs, or None for C code (a builtin, a C method)."""
     while isinstance(callback, functools.partial):
-        callback = callback.func
+        runs_in = getattr(callback.func, "__self__", None)
+        if isinstance(runs_in, contextvars.Context) and callback.args:
+            callback = callback.args[0]  # Context.run(f): f's code is what runs
+        else:
+            callback = callback.func
     func = getattr(callback, "__func__", callback)
     code = getattr(func, "__code__", None)
     if code is None and callable(func):  # an instance of a class with a Python `__call__`?
