@@ -806,12 +806,12 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
 
     def _run_timed(self, handle: Any) -> None:
         """Debug mode's callback: asyncio's `Handle._run` (its messages), timed and logged."""
-        t0 = monotonic()
+        t0 = self.time()
         try:
             handle._run()
         finally:
             self._running = None  # the exception handler names only the handle it is in
-        dt = monotonic() - t0
+        dt = self.time() - t0
         if dt >= self.slow_callback_duration:
             aio_log.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
         # A failed task's traceback keeps this frame (through f_back); it must
@@ -830,7 +830,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 if cb is None:
                     continue
                 self._running = cb
-                t0 = monotonic()
+                t0 = self.time()
                 try:
                     cb()
                 except (SystemExit, KeyboardInterrupt):
@@ -839,7 +839,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                     self._callback_failed(cb, exc)
                 finally:
                     self._running = None
-                dt = monotonic() - t0
+                dt = self.time() - t0
                 if dt >= self.slow_callback_duration:
                     owner = getattr(cb, "__self__", None)
                     what = (
