@@ -422,7 +422,8 @@ def test_loop_waiting_for_a_timer_does_not_spin(loop, run_loop) -> None:
 
 def test_cancelled_timers_are_compacted(loop, run_loop) -> None:
     fired: list[int] = []
-    handles = [loop.call_later(0.05 + i * 0.0001, fired.append, i) for i in range(1000)]
+    # due well after the first run, which is one iteration however loaded the machine
+    handles = [loop.call_later(1.0 + i * 0.0001, fired.append, i) for i in range(1000)]
     kept = [i for i in range(1000) if i % 10 == 0]
     for i, handle in enumerate(handles):
         if i % 10:
@@ -432,7 +433,7 @@ def test_cancelled_timers_are_compacted(loop, run_loop) -> None:
     # what is left: the live timers and run_loop's safety timer, cancelled after the run
     assert len(loop._timers) == len(kept) + 1
     assert sum(not entry[2].cancelled() for entry in loop._timers) == len(kept)
-    loop.call_later(0.2, loop.stop)
+    loop.call_later(1.2, loop.stop)  # due after the last timer (1.0999 s)
     run_loop(loop)
     assert fired == kept  # the heap kept its order through compaction
     assert all(entry[2].cancelled() for entry in loop._timers)  # run_loop's safety timer

@@ -137,17 +137,17 @@ def test_running_holds_the_handle_or_io_callback_being_run(debug: bool, run_loop
         a.setblocking(False)
 
         def on_readable() -> None:
-            seen["reader"] = lp._running
+            seen["reader"] = lp._running.now
             lp.remove_reader(a.fileno())
             lp.stop()
 
         def from_the_timer() -> None:
-            seen["timer"] = lp._running
+            seen["timer"] = lp._running.now
             lp.add_reader(a.fileno(), on_readable)
             b.send(b"x")
 
         def from_call_soon() -> None:
-            seen["soon"] = lp._running
+            seen["soon"] = lp._running.now
 
         soon = lp.call_soon(from_call_soon)
         timer = lp.call_later(0.001, from_the_timer)
@@ -158,7 +158,7 @@ def test_running_holds_the_handle_or_io_callback_being_run(debug: bool, run_loop
         handle = getattr(seen["reader"], "__self__", None)
         assert isinstance(handle, asyncio.Handle)
         assert handle._callback is on_readable
-        assert lp._running is None  # nothing kept once the iteration is over
+        assert lp._running.now is None  # nothing kept once the iteration is over
     finally:
         a.close()
         b.close()

@@ -22,7 +22,7 @@ Detection and response share this one thread, so the loop measures itself:
 each iteration's busy time (from the poller's return to the next wait) feeds
 `stats()`, and an iteration longer than `slow_callback_duration` seconds is
 reported with what was running, sampled by the `Watchdog` thread.  The loop
-names what it is running in one attribute, `_running` (a handle or an I/O
+names what it is running in one slot, `_running.now` (a handle or an I/O
 callback), which the watchdog and debug mode's exception handler read.
 """
 
@@ -56,7 +56,7 @@ from .pollers import READ, WRITE, Poller, new_poller
 from .server import Server
 from .sockops import SocketOps
 from .transports.stream import UncountedTransport
-from .watchdog import Watchdog, describe_callback
+from .watchdog import Running, Watchdog, describe_callback
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -225,7 +225,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._closed = False
         self._thread_id: int | None = None
         self._busy_since = 0.0
-        self._running: Any = None
+        self._running = Running()
         """The handle or I/O callback being run; the watchdog thread reads it too."""
         self._counters = LoopCounters()
         self._signal_handlers: dict[int, Any] = {}
@@ -530,13 +530,14 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._check_signal(sig)
         if self._closed:
             raise RuntimeError("Event loop is closed")
+        try:
+            # every time, as asyncio does: outside the main thread this raises
+            # ValueError, and a second handler must be refused there like the first
+            previous = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
         if self._old_wakeup_fd is None:
-            try:
-                self._old_wakeup_fd = signal.set_wakeup_fd(
-                    self._csock.fileno(), warn_on_full_buffer=False
-                )
-            except (ValueError, OSError) as exc:
-                raise RuntimeError(str(exc)) from None
+            self._old_wakeup_fd = previous
         self._signal_handlers[sig] = Handle(callback, args, self, None)
         try:
             signal.signal(sig, _noop_signal_handler)
@@ -619,7 +620,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             self._stopping = False
             self._thread_id = None
             self._busy_since = 0.0
-            self._running = None
+            self._running.now = None
             _events._set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
@@ -691,7 +692,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         carries no check), not a second iteration function: the order, the
         stats and the slow-iteration report are the same code in both modes,
         and `set_debug()` takes effect from the next iteration even while the
-        loop runs.  `_running` is one store per callback; it is cleared once
+        loop runs.  `_running.now` is one store per callback; it is cleared once
         per iteration, after the last callback, so a finished handle (and its
         task) does not outlive the iteration that ran it.
         """
@@ -710,6 +711,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         now = monotonic()
         self._busy_since = now
         debug = self._debug
+        running = self._running
         stats = self._counters
         stats.iterations += 1
         n = len(ready)
@@ -726,7 +728,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 handle = popleft()
                 if handle._cancelled:
                     continue
-                self._running = handle
+                running.now = handle
                 if debug:
                     self._run_timed(handle)
                     continue
@@ -750,7 +752,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                     if bits & readable:
                         cb = readers.get(fd)
                         if cb is not None:
-                            self._running = cb
+                            running.now = cb
                             try:
                                 cb()
                             except (SystemExit, KeyboardInterrupt):
@@ -760,7 +762,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                     if bits & writable:
                         cb = writers.get(fd)
                         if cb is not None:
-                            self._running = cb
+                            running.now = cb
                             try:
                                 cb()
                             except (SystemExit, KeyboardInterrupt):
@@ -773,7 +775,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 handle, due[i] = due[i], None  # a finished task must not outlive its step
                 if handle._cancelled:
                     continue
-                self._running = handle
+                running.now = handle
                 if debug:
                     self._run_timed(handle)
                     continue
@@ -784,7 +786,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 except BaseException as exc:
                     self._handle_failed(handle, exc)
             handle = None
-        self._running = None
+        running.now = None
         busy = monotonic() - now
         if busy > stats.max_lag:
             stats.max_lag = busy
@@ -810,7 +812,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         try:
             handle._run()
         finally:
-            self._running = None  # the exception handler names only the handle it is in
+            self._running.now = None  # the exception handler names only the handle it is in
         dt = self.time() - t0
         if dt >= self.slow_callback_duration:
             aio_log.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
@@ -829,7 +831,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 cb = table.get(fd) if bits & mask else None
                 if cb is None:
                     continue
-                self._running = cb
+                self._running.now = cb
                 t0 = self.time()
                 try:
                     cb()
@@ -838,7 +840,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 except BaseException as exc:
                     self._callback_failed(cb, exc)
                 finally:
-                    self._running = None
+                    self._running.now = None
                 dt = self.time() - t0
                 if dt >= self.slow_callback_duration:
                     owner = getattr(cb, "__self__", None)
@@ -981,7 +983,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         exc_info: Any = False
         if exception is not None:
             exc_info = (type(exception), exception, exception.__traceback__)
-        created = getattr(self._running, "_source_traceback", None) if self._debug else None
+        created = getattr(self._running.now, "_source_traceback", None) if self._debug else None
         if "source_traceback" not in context and created:
             context["handle_traceback"] = created
         lines = [message]
