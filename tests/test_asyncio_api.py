@@ -256,10 +256,10 @@ def test_unix_streams_round_trip(loop: EventLoop, tmp_path: object) -> None:
         return got
 
     assert run(loop, main()) == b"UNIX"
-    assert not os.path.exists(path)
+    assert os.path.exists(path) == (sys.version_info < (3, 13))  # 3.13's cleanup_socket
 
 
-def test_server_wait_closed_waits_for_the_last_connection(loop: EventLoop) -> None:
+def test_server_wait_closed_waits_for_the_last_connection_from_3_12_1(loop: EventLoop) -> None:
     async def main() -> list[str]:
         order: list[str] = []
         server = await asyncio.start_server(_upper, "127.0.0.1", 0)
@@ -282,7 +282,9 @@ def test_server_wait_closed_waits_for_the_last_connection(loop: EventLoop) -> No
         await task
         return order
 
-    assert run(loop, main()) == ["client closes", "wait_closed returned"]
+    waits = sys.version_info >= (3, 12, 1)
+    first, second = ("client closes", "wait_closed returned")[:: 1 if waits else -1]
+    assert run(loop, main()) == [first, second]
 
 
 def test_serve_forever_ends_when_cancelled_and_closes_the_server(loop: EventLoop) -> None:

@@ -619,6 +619,23 @@ def test_close_from_error_received_during_a_flush_completes_the_close(
     run(loop, main())
 
 
+def test_writes_after_close_queue_behind_a_buffer_still_flushing(
+    loop: asyncio.AbstractEventLoop, sink_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = sink_socket
+
+    async def main() -> None:
+        transport, proto = await connected_to_sink(loop, path)
+        sent = await fill_until_paused(transport, proto)
+        transport.close()
+        transport.sendto(numbered(sent, 1024))
+        received = await Sink(loop, sock).drain_until(sent + 1)
+        assert await within(proto.lost) is None
+        assert received == [numbered(i, 1024) for i in range(sent + 1)]
+
+    run(loop, main())
+
+
 def test_writes_after_close_are_dropped_with_asyncio_warning(
     loop: asyncio.AbstractEventLoop,
     sink_socket: tuple[socket.socket, str],

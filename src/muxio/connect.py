@@ -72,6 +72,9 @@ async def _connect_one(
         if sock is not None:
             sock.close()
         raise
+    finally:
+        # the error's traceback holds this frame: its lists must not hold the error
+        errors = mine = None  # type: ignore[assignment]
 
 
 def _connect_error(errors: list[OSError], all_errors: bool) -> BaseException:
@@ -141,10 +144,27 @@ async def connect_socket(
     if sock is not None:
         return sock
     flat = [exc for sub in errors for exc in sub]
+    errors.clear()  # the attempts' partials still hold it, and tracebacks hold them
     try:
         raise _connect_error(flat, all_errors)
     finally:
         del flat, errors
+
+
+async def _attempt(
+    loop: AbstractEventLoop,
+    errors: list[list[OSError]],
+    info: AddrInfo,
+    local_infos: list[AddrInfo] | None,
+    connected: list[socket.socket],
+) -> socket.socket:
+    """One contender of the race; a module function, so no closure cell holds `errors`."""
+    try:
+        sock = await _connect_one(loop, errors, info, local_infos)
+        connected.append(sock)
+        return sock
+    finally:
+        errors = connected = None  # type: ignore[assignment]
 
 
 async def _race(
@@ -154,32 +174,37 @@ async def _race(
     local_infos: list[AddrInfo] | None,
     delay: float,
 ) -> socket.socket | None:
-    """Happy eyeballs through asyncio's own `staggered_race`."""
+    """Happy eyeballs through asyncio's own `staggered_race`.
+
+    The errors of lost attempts carry tracebacks through frames that hold
+    the lists they are kept in (gh-124858); the race's own list is emptied
+    once read, so a failed connect leaves no reference cycle.
+    """
     from asyncio import staggered
 
     connected: list[socket.socket] = []
-
-    async def attempt(info: AddrInfo) -> socket.socket:
-        sock = await _connect_one(loop, errors, info, local_infos)
-        connected.append(sock)
-        return sock
-
     coro_fns: Iterable[Callable[[], Awaitable[socket.socket]]] = (
-        functools.partial(attempt, info) for info in infos
+        functools.partial(_attempt, loop, errors, info, local_infos, connected)
+        for info in infos
     )
     winner: socket.socket | None = None
+    failure: BaseException | None = None
     try:
         winner, _, race_errors = await staggered.staggered_race(coro_fns, delay, loop=loop)
+        if winner is None and not any(errors):
+            # a failure that is not an OSError is a bug worth seeing, not a refusal
+            failure = next((exc for exc in race_errors if exc is not None), None)
+        race_errors.clear()
     finally:
         # a success the race did not return (we were cancelled at its end) must not leak
         for sock in connected:
             if sock is not winner:
                 sock.close()
-    if winner is None and not any(errors):
-        # a failure that is not an OSError is a bug worth seeing, not a refusal
-        for exc in race_errors:
-            if exc is not None:
-                raise exc
+    if failure is not None:
+        try:
+            raise failure
+        finally:
+            failure = None
     return winner
 
 

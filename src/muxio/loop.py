@@ -174,6 +174,12 @@ def _fileno(fileobj: Any) -> int:
     return fd
 
 
+def _format_handle(handle: Any) -> str:
+    """asyncio's debug-mode name for a handle: a task's step is named by its task."""
+    owner = getattr(handle._callback, "__self__", None)
+    return repr(owner) if isinstance(owner, asyncio.Task) else str(handle)
+
+
 def _debug_from_environment() -> bool:
     env = not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
     return sys.flags.dev_mode or env
@@ -205,6 +211,11 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._watchdog: Watchdog | None = None
         self._readers: dict[int, IOCallback] = {}
         self._writers: dict[int, IOCallback] = {}
+        self._fileobjs: dict[int, Any] = {}
+        """fd → the object `add_reader`/`add_writer` got: it finds its fd once closed."""
+        if type(self).time is EventLoop.time:
+            # the clock itself, no Python frame: `mock.patch.object(loop, "time")` still works
+            self.time = monotonic  # type: ignore[method-assign]
         self._ready: deque[Any] = deque()  # asyncio.Handle: typeshed hides its fields
         self._timers: list[tuple[float, int, Any]] = []
         self._timers_cancelled = 0
@@ -274,7 +285,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
     ) -> asyncio.TimerHandle:
         if delay is None:
             raise TypeError("delay must not be None")
-        timer: Any = self.call_at(monotonic() + delay, callback, *args, context=context)
+        timer: Any = self.call_at(self.time() + delay, callback, *args, context=context)
         if timer._source_traceback:
             del timer._source_traceback[-1]
         return timer  # type: ignore[no-any-return]
@@ -441,9 +452,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             if isinstance(owner, asyncio.BaseTransport):
                 raise RuntimeError(f"File descriptor {fd!r} is used by transport {owner!r}")
 
-    def _user_handle(
-        self, fd: int, callback: Callable[..., object], args: tuple[Any, ...]
-    ) -> IOCallback:
+    def _user_handle(self, callback: Callable[..., object], args: tuple[Any, ...]) -> IOCallback:
         if self._closed:
             raise RuntimeError("Event loop is closed")
         if self._debug:
@@ -451,27 +460,61 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         handle = Handle(callback, args, self, None)
         return handle._run
 
+    def _registered_fd(self, fileobj: Any) -> int:
+        """asyncio's selector lookup: a closed object still finds the fd it was added with.
+
+        anyio removes a socket's reader from a done-callback that runs after
+        the socket is closed; asyncio's selector searches its keys by object.
+        """
+        try:
+            return _fileno(fileobj)
+        except ValueError:
+            for fd, obj in self._fileobjs.items():
+                if obj is fileobj:
+                    for table in (self._readers, self._writers):
+                        if isinstance(getattr(table.get(fd), "__self__", None), asyncio.Handle):
+                            return fd
+                    del self._fileobjs[fd]  # stale: its number now serves someone else
+                    break
+            raise
+
+    def _forget_fileobj(self, fd: int) -> None:
+        if fd not in self._readers and fd not in self._writers:
+            self._fileobjs.pop(fd, None)
+
     def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
         """Call `callback(*args)` whenever `fd` is readable (or has hung up / failed)."""
-        fd = _fileno(fd)
+        fileobj, fd = fd, _fileno(fd)
         self._ensure_fd_no_transport(fd)
-        self._add_reader(fd, self._user_handle(fd, callback, args))
+        self._add_reader(fd, self._user_handle(callback, args))
+        if not isinstance(fileobj, int):
+            self._fileobjs[fd] = fileobj
 
     def remove_reader(self, fd: Any) -> bool:
-        fd = _fileno(fd)
+        fd = self._registered_fd(fd)
         self._ensure_fd_no_transport(fd)
-        return False if self._closed else self._remove_reader(fd)
+        if self._closed:
+            return False
+        removed = self._remove_reader(fd)
+        self._forget_fileobj(fd)
+        return removed
 
     def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
         """Call `callback(*args)` whenever `fd` is writable (or has hung up / failed)."""
-        fd = _fileno(fd)
+        fileobj, fd = fd, _fileno(fd)
         self._ensure_fd_no_transport(fd)
-        self._add_writer(fd, self._user_handle(fd, callback, args))
+        self._add_writer(fd, self._user_handle(callback, args))
+        if not isinstance(fileobj, int):
+            self._fileobjs[fd] = fileobj
 
     def remove_writer(self, fd: Any) -> bool:
-        fd = _fileno(fd)
+        fd = self._registered_fd(fd)
         self._ensure_fd_no_transport(fd)
-        return False if self._closed else self._remove_writer(fd)
+        if self._closed:
+            return False
+        removed = self._remove_writer(fd)
+        self._forget_fileobj(fd)
+        return removed
 
     # -- signals -------------------------------------------------------------
 
@@ -632,7 +675,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             return 0.0
         if timers:
             # Capped: poll/epoll take an int of ms, so > ~24.8 days overflows.
-            return min(max(timers[0][0] - monotonic(), 0.0), MAX_WAIT)
+            return min(max(timers[0][0] - self.time(), 0.0), MAX_WAIT)
         return None
 
     def _run_once(self) -> None:
@@ -673,8 +716,11 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         stats.iterations += 1
         n = len(ready)
         due: list[Any] | None = None
-        if timers and timers[0][0] <= now + self._clock_resolution:
-            due = self._pop_due(now + self._clock_resolution)
+        if timers:
+            clock = self.time  # asyncio's timers follow `loop.time()`; `now` stays the real clock
+            end = (now if clock is monotonic else clock()) + self._clock_resolution
+            if timers[0][0] <= end:
+                due = self._pop_due(end)
         if n:
             stats.callbacks += n
             popleft = ready.popleft
@@ -762,14 +808,14 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
 
     def _run_timed(self, handle: Any) -> None:
         """Debug mode's callback: asyncio's `Handle._run` (its messages), timed and logged."""
-        t0 = monotonic()
+        t0 = self.time()
         try:
             handle._run()
         finally:
             self._running.now = None  # the exception handler names only the handle it is in
-        dt = monotonic() - t0
+        dt = self.time() - t0
         if dt >= self.slow_callback_duration:
-            aio_log.warning("Executing %s took %.3f seconds", handle, dt)
+            aio_log.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
         # A failed task's traceback keeps this frame (through f_back); it must
         # not keep the handle, and through it the task, alive too.
         handle = None
@@ -786,7 +832,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 if cb is None:
                     continue
                 self._running.now = cb
-                t0 = monotonic()
+                t0 = self.time()
                 try:
                     cb()
                 except (SystemExit, KeyboardInterrupt):
@@ -795,10 +841,14 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                     self._callback_failed(cb, exc)
                 finally:
                     self._running.now = None
-                dt = monotonic() - t0
+                dt = self.time() - t0
                 if dt >= self.slow_callback_duration:
                     owner = getattr(cb, "__self__", None)
-                    what = owner if isinstance(owner, asyncio.Handle) else describe_callback(cb)
+                    what = (
+                        _format_handle(owner)
+                        if isinstance(owner, asyncio.Handle)
+                        else describe_callback(cb)
+                    )
                     aio_log.warning("Executing %s took %.3f seconds", what, dt)
 
     def _report_slow(self, started: float, busy: float, n_events: int) -> None:
@@ -876,6 +926,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._ssock.close()
         self._csock.close()
         self.poller.close()
+        self._fileobjs.clear()
         self._ready.clear()
         self._timers.clear()
         self._executor_shutdown_called = True
@@ -1387,14 +1438,18 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
         start_serving: bool = True,
-        cleanup_socket: bool = True,
+        cleanup_socket: bool | None = None,
     ) -> Server:
+        """`cleanup_socket` (3.13's) defaults to the running Python's: before 3.13,
+        `close()` leaves the socket file, as asyncio's did."""
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
         if ssl_handshake_timeout is not None and not ssl:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if cleanup_socket is None:
+            cleanup_socket = sys.version_info >= (3, 13)
         handed_in = None
         if path is not None:
             if sock is not None:
@@ -1405,7 +1460,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 raise ValueError("path was not specified, and no sock specified")
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
-            if cleanup_socket and sys.version_info >= (3, 13):
+            if cleanup_socket:
                 handed_in = listeners.UnixFile.of(sock)
         sock.setblocking(False)
         sock.listen(max(0, backlog))
@@ -1417,8 +1472,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             ssl=ssl,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
-            # 3.13 removes the file of a handed-in socket too; earlier versions never did
-            unlink_on_close=cleanup_socket and (path is not None or sys.version_info >= (3, 13)),
+            unlink_on_close=cleanup_socket,
             unix_files=[handed_in] if handed_in is not None else [],
             count_bytes=False,
         )

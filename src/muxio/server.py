@@ -33,6 +33,8 @@ log = logging.getLogger("muxio")
 ProtocolFactory = Callable[[], "asyncio.BaseProtocol"]
 
 _OUT_OF_FDS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_WAIT_CLOSED_WAITS_FOR_CONNECTIONS = sys.version_info >= (3, 12, 1)
+"""gh-79033: before 3.12.1, `wait_closed()` on a closed server returns at once."""
 _ACCEPT_RETRY = 0.5
 
 
@@ -151,8 +153,8 @@ class Server(asyncio.AbstractServer):
     out of descriptors pauses accepting instead of spinning on a listening
     socket that stays readable.  It is also what `loop.create_server()`
     returns, with asyncio's `Server` API (`serve_forever`, `wait_closed`,
-    `close_clients`, …) and the semantics of Python 3.12.1+: `wait_closed()`
-    returns once the server is closed and its last connection is gone.
+    `close_clients`, …) and the running Python's semantics for
+    `wait_closed()` (see there).
 
     Idle connections are found by one periodic sweep over the open
     connections, every `idle_timeout / 2` seconds, rather than by a timer per
@@ -221,6 +223,26 @@ class Server(asyncio.AbstractServer):
         self._on_closed: Callable[[], object] | None = None
         self._context: Context | None = None
         """Where serving began; each connection gets a copy, as asyncio's accept task does."""
+        # asyncio's names for what it never changes; libraries' test helpers read them
+        self._loop = loop
+        self._protocol_factory = protocol_factory
+        self._ssl_context = ssl
+
+    @property
+    def _serving(self) -> bool:
+        return self._listening
+
+    @property
+    def _active_count(self) -> int:
+        return len(self.connections)
+
+    @property
+    def _clients(self) -> set[Transport]:
+        return self.connections
+
+    @property
+    def _serving_forever_fut(self) -> asyncio.Future[None] | None:
+        return self._serving_forever
 
     @property
     def sockets(self) -> tuple[trsock.TransportSocket, ...]:
@@ -284,6 +306,18 @@ class Server(asyncio.AbstractServer):
             self._serving_forever = None
 
     async def wait_closed(self) -> None:
+        """As the running Python's asyncio: wait for `close()` and the last connection.
+
+        Before 3.12.1, a server already closed returns at once, even with
+        connections open (a 3.11-era `close(); await wait_closed()` must not
+        hang on an idle client); `_wait_drained()` always waits for them.
+        """
+        if self._sockets is None and not _WAIT_CLOSED_WAITS_FOR_CONNECTIONS:
+            return
+        await self._wait_drained()
+
+    async def _wait_drained(self) -> None:
+        """Until the server is closed and its last connection is gone, on every Python."""
         if self._waiters is None:
             return
         waiter = self.loop.create_future()
@@ -474,7 +508,7 @@ class Server(asyncio.AbstractServer):
     def close(self) -> None:
         """Stop accepting and close the listening sockets, started or not.
 
-        Open connections go on; `wait_closed()` returns when the last is gone.
+        Open connections go on; `_wait_drained()` returns when the last is gone.
         """
         sockets = self._sockets
         if sockets is None:

@@ -32,10 +32,12 @@ terminal escape in it cannot forge a log line.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextvars
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -141,18 +143,42 @@ def describe_frame(frame: FrameType | None, running: object = None) -> str:
     return "code at " + " <- ".join(s.strip().splitlines()[0] for s in reversed(stack))
 
 
+def _warn_unlisted(msg: str, *args: object) -> None:
+    """Log from the watchdog thread and keep it out of `threading.enumerate()`.
+
+    `logging` names the thread through `threading.current_thread()`, which
+    enters a thread threading did not start in its table as a dummy, for
+    good; the entry is taken out again.
+    """
+    log.warning(msg, *args)
+    active = getattr(threading, "_active", None)
+    dummy_class = getattr(threading, "_DummyThread", None)
+    ident = _thread.get_ident()
+    if (
+        isinstance(active, dict)
+        and dummy_class is not None
+        and isinstance(active.get(ident), dummy_class)
+    ):
+        active.pop(ident, None)
+
+
 class Watchdog:
     """A daemon thread sampling the loop thread's stack when an iteration runs long.
 
     It writes only its own `sample`; the loop asks `describe_stall()` for it
-    when it reports a slow iteration, so neither rewires the other.
+    when it reports a slow iteration, so neither rewires the other.  The
+    thread is a bare `_thread` one, absent from `threading.enumerate()`:
+    code that counts its own threads (a thread pool's tests) must not see
+    a helper the loop started.
     """
 
     def __init__(self, loop: Watched, threshold: float) -> None:
         self.loop = loop
         self.threshold = threshold
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="muxio-watchdog", daemon=True)
+        self._alive = _thread.allocate_lock()
+        """Held while the thread runs: `stop()` joins by acquiring it."""
+        self._pid = 0
         self._reported = 0.0
         self._absent: tuple[float, float] | None = None
         """(when, seconds): the last time the whole process was found not running."""
@@ -163,12 +189,28 @@ class Watchdog:
 
     def start(self) -> None:
         self._tick = (time.monotonic(), time.process_time())
-        self._thread.start()
+        self._alive.acquire()
+        self._pid = os.getpid()
+        try:
+            _thread.start_new_thread(self._main, ())
+        except BaseException:
+            self._alive.release()
+            raise
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
+        # a forked child has the lock held by a thread it does not have
+        if self._pid == os.getpid() and self._alive.acquire(timeout=2):
+            self._alive.release()
+
+    def is_alive(self) -> bool:
+        return self._pid == os.getpid() and self._alive.locked()
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._alive.release()
 
     def describe_stall(self, started: float, busy: float) -> str | None:
         """What held the iteration that began at `started`, or None if it was not sampled.
@@ -227,7 +269,7 @@ class Watchdog:
                 self.sample = (started, describe_frame(frame, loop._running.now))
             if busy >= long_block and self._reported != started:
                 self._reported = started
-                log.warning(
+                _warn_unlisted(
                     "the loop has been blocked for %.1f s so far, in %s",
                     busy,
                     self.sample[1] if self.sample else "?",

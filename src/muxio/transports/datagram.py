@@ -229,10 +229,10 @@ class DatagramTransport(FlowControlTransport, asyncio.Transport, asyncio.Datagra
             if addr not in (None, self._address):
                 raise ValueError(f"Invalid address: must be None or {self._address}")
             addr = self._address
-        if self._closing:
+        buf = self._buffer
+        if self._closing and not buf:  # still flushing, asyncio queues it behind the rest
             self._drop_write("socket.send() raised exception.")
             return
-        buf = self._buffer
         if not buf:
             try:
                 if self._connected:
@@ -295,8 +295,8 @@ class DatagramTransport(FlowControlTransport, asyncio.Transport, asyncio.Datagra
     def close(self) -> None:
         """Stop reading, send what is buffered, then `connection_lost(None)`.
 
-        Datagrams passed to `sendto()` from here on are dropped: the
-        transport is going, and the caller learns that from `connection_lost`.
+        As asyncio's: `sendto()` from here on queues behind what is still
+        buffered, and is dropped once nothing is.
         """
         if self._closing:
             return

@@ -514,11 +514,14 @@ class Transport(FlowControlTransport, asyncio.Transport):
         Addresses are looked up on first use and kept: most connections are
         never asked, and an idle connection should cost as little as possible.
         """
-        if name == "socket":
-            return trsock.TransportSocket(self._sock)
         extra = self._extra
         if extra is None:
             extra = self._extra = {}
+        if name == "socket":  # one wrapper, as asyncio's: callers compare and key on it
+            wrapped = extra.get("socket")
+            if wrapped is None:
+                wrapped = extra["socket"] = trsock.TransportSocket(self._sock)
+            return wrapped
         if name not in extra and name in ("peername", "sockname"):
             try:
                 extra[name] = (
