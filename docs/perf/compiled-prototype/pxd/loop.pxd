@@ -1,7 +1,6 @@
-# Read only by the (future) compiled build, never by Python: the pure build ignores .pxd files.
-# Cython pure-Python mode augments the .py beside this file with these C types. It assumes the
-# prototype's source changes listed in docs/architecture.md ("The compiled build: Cython or
-# mypyc"): today's .py does not compile against it yet.
+# The Cython prototype's augmenting file for src/muxio/loop.py (docs/architecture.md, "The
+# compiled build: Cython or mypyc"). It matches the prototype's source changes in ../cython.diff,
+# not today's .py; kept here, away from the package, until the compiled build lands.
 cimport cython
 
 cdef class Handle:
