@@ -17,15 +17,13 @@ import time
 from asyncio import trsock
 from collections.abc import Callable, Iterable
 from contextvars import Context, copy_context
+from typing import TYPE_CHECKING, Any
 
 from .listeners import UnixFile
 from .pollers import FdTooLargeError
 from .transports.stream import Transport, UncountedTransport
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from .loop import EventLoop
 
 log = logging.getLogger("muxio")
