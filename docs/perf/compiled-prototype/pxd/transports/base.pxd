@@ -1,5 +1,5 @@
 # The Cython prototype's augmenting file for src/muxio/transports/base.py (docs/architecture.md, "The
-# compiled build: Cython or mypyc"). It matches the prototype's source changes in ../cython.diff,
+# compiled build: Cython or mypyc"). It matches the prototype's source changes in ../../cython.diff,
 # not today's .py; kept here, away from the package, until the compiled build lands.
 cdef class TransportBase:
     cdef object __weakref__

@@ -1,5 +1,5 @@
 # The Cython prototype's augmenting file for src/muxio/transports/stream.py (docs/architecture.md, "The
-# compiled build: Cython or mypyc"). It matches the prototype's source changes in ../cython.diff,
+# compiled build: Cython or mypyc"). It matches the prototype's source changes in ../../cython.diff,
 # not today's .py; kept here, away from the package, until the compiled build lands.
 cimport cython
 from muxio.transports.base cimport FlowControlTransport
