@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 from muxio import EventLoop, Protocol, Transport
 from muxio.services.upper import UpperEcho
+from muxio.transports import stream as stream_module
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,13 +49,16 @@ class FaultSocket:
     """Fault injection around one end of a real socketpair.
 
     This is not a mock: the fd is real, so the loop's poller watches a real
-    socket and bytes really cross it.  Only `send`/`sendmsg`/`recv` can be
-    told, call by call, to fail or to take less than offered:
+    socket and bytes really cross it.  The stream transport reads and writes
+    the descriptor itself (`os.read`/`os.write`/`os.readv`/`os.writev`, named
+    in `muxio.transports.stream`), and `fault_injection` routes those calls
+    for this descriptor through here, where they can be told, call by call,
+    to fail or to move less than offered:
 
-    * `write_faults` scripts `send` and `sendmsg` calls, `recv_faults` the
-      `recv` calls; each entry is consumed by one call: an exception instance
-      is raised, an int caps how many bytes the call moves, None passes.
-    * `endless = N` makes the next N `recv` calls return a full buffer each
+    * `write_faults` scripts write calls, `recv_faults` read calls; each
+      entry is consumed by one call: an exception instance is raised, an int
+      caps how many bytes the call moves, None passes.
+    * `endless = N` makes the next N reads return a full buffer each
       without touching the socket: a peer that never stops sending (the
       budget only keeps a broken transport from looping forever).
     """
@@ -70,20 +74,21 @@ class FaultSocket:
     def fileno(self) -> int:
         return self.real.fileno()
 
-    def send(self, data: Any, *flags: int) -> int:
+    def _write_fault(self) -> BaseException | int | None:
         self.write_calls += 1
         fault = self.write_faults.popleft() if self.write_faults else None
         if isinstance(fault, BaseException):
             raise fault
+        return fault
+
+    def write(self, fd: int, data: Any) -> int:
+        fault = self._write_fault()
         if isinstance(fault, int):
             data = memoryview(data)[:fault]
-        return self.real.send(data, *flags)
+        return os.write(fd, data)
 
-    def sendmsg(self, buffers: list[Any], *args: Any) -> int:
-        self.write_calls += 1
-        fault = self.write_faults.popleft() if self.write_faults else None
-        if isinstance(fault, BaseException):
-            raise fault
+    def writev(self, fd: int, buffers: list[Any]) -> int:
+        fault = self._write_fault()
         if isinstance(fault, int):
             capped, room = [], fault
             for b in buffers:
@@ -92,9 +97,9 @@ class FaultSocket:
                 capped.append(memoryview(b)[:room])
                 room -= len(capped[-1])
             buffers = capped
-        return self.real.sendmsg(buffers, *args)
+        return os.writev(fd, buffers)
 
-    def recv(self, size: int, *flags: int) -> bytes:
+    def read(self, fd: int, size: int) -> bytes:
         self.recv_calls += 1
         if self.endless:
             self.endless -= 1
@@ -104,10 +109,35 @@ class FaultSocket:
             raise fault
         if isinstance(fault, int):
             size = min(size, fault)
-        return self.real.recv(size, *flags)
+        return os.read(fd, size)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
+
+
+_faulty: dict[int, FaultSocket] = {}
+
+
+@pytest.fixture(autouse=True)
+def fault_injection(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Route the stream transport's descriptor I/O for faulty sockets through them."""
+
+    def route(name: str) -> None:
+        real = getattr(os, name)
+        fault_method = {"read": "read", "write": "write", "writev": "writev"}.get(name)
+
+        def call(fd: int, arg: Any) -> Any:
+            fake = _faulty.get(fd)
+            if fake is None or fault_method is None:
+                return real(fd, arg)
+            return getattr(fake, fault_method)(fd, arg)
+
+        monkeypatch.setattr(stream_module, f"_{name}", call)
+
+    for name in ("read", "write", "writev"):
+        route(name)
+    yield
+    _faulty.clear()
 
 
 class Recorder(Protocol):
@@ -168,6 +198,7 @@ class Conn:
         a.setblocking(False)
         self.peer.settimeout(5)
         self.fake = FaultSocket(a)
+        _faulty[a.fileno()] = self.fake
         self.proto = Recorder()
         self.proto.echo = echo
         self.transport = Transport(loop, self.fake, self.proto)  # type: ignore[arg-type]
@@ -175,6 +206,7 @@ class Conn:
         self.fd = a.fileno()
 
     def close(self) -> None:
+        _faulty.pop(self.fake.real.fileno(), None)
         self.peer.close()
         self.fake.real.close()
 
