@@ -135,7 +135,15 @@ def _first_line(report: pytest.TestReport) -> str:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     entry = _results.setdefault(report.nodeid, {"outcome": "passed", "detail": ""})
+    if type(report).__name__ == "SubtestReport":
+        # pytest 9's subtests report under the test's id, before the test's own report.
+        if report.failed and entry["outcome"] != "error":
+            entry["outcome"] = "failed"
+            entry["detail"] = f"subtest: {_first_line(report)}"
+        return
     if report.when == "call":
+        if entry["outcome"] == "failed":
+            return  # a failed subtest fails the test however its own call ended
         if report.passed:
             outcome = "passed"  # xpass under xfail_strict arrives as failed
         elif report.skipped:

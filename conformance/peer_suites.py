@@ -133,9 +133,17 @@ def fetch(suite: Suite, cache: Path, source: str | None) -> Path:
             log(f"== {suite.name}: git archive {suite.version} from {src}")
             with open(archive, "wb") as out:
                 subprocess.run(
-                    ["git", "-C", str(src), "archive", "--format=tar.gz",
-                     f"--prefix={suite.name}-{suite.version}/", suite.version],
-                    stdout=out, check=True,
+                    [
+                        "git",
+                        "-C",
+                        str(src),
+                        "archive",
+                        "--format=tar.gz",
+                        f"--prefix={suite.name}-{suite.version}/",
+                        suite.version,
+                    ],
+                    stdout=out,
+                    check=True,
                 )
         elif src.is_file():
             shutil.copyfile(src, archive)
@@ -145,8 +153,19 @@ def fetch(suite: Suite, cache: Path, source: str | None) -> Path:
         log(f"== {suite.name}: pip download {suite.name}=={suite.version} (sdist)")
         with tempfile.TemporaryDirectory(dir=cache) as d:
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                 "--no-binary", ":all:", f"{suite.name}=={suite.version}", "-d", d],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    f"{suite.name}=={suite.version}",
+                    "-d",
+                    d,
+                ],
                 check=True,
             )
             (got,) = list(Path(d).iterdir())
@@ -191,8 +210,18 @@ def run_one(
     env["MUXIO_PEER_REPORT"] = str(report)
     env["MUXIO_PEER_EXCLUDE"] = json.dumps(exclude if loop == "muxio" else [])
     env.update(suite.env)
-    cmd = [str(python), "-m", "pytest", "-p", "peer_plugin", "-p", "no:cacheprovider",
-           "-q", "--no-header", *suite.args]
+    cmd = [
+        str(python),
+        "-m",
+        "pytest",
+        "-p",
+        "peer_plugin",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--no-header",
+        *suite.args,
+    ]
     if loop == "muxio":
         cmd[3:3] = ["-p", "muxio.pytest_plugin"]
     log(f"== {suite.name} on {loop}: {' '.join(cmd[1:])}  (log: {logfile})")
@@ -232,8 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--suites", default=",".join(SUITES), help="comma-separated: anyio,websockets")
     ap.add_argument("--cache", type=Path, default=default_cache())
-    ap.add_argument("--source", action="append", default=[], metavar="SUITE=PATH",
-                    help="a local tarball or git directory instead of downloading")
+    ap.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="SUITE=PATH",
+        help="a local tarball or git directory instead of downloading",
+    )
     ap.add_argument("--jobs", type=int, default=2, help="pytest runs at once (default 2)")
     ap.add_argument("--json", type=Path, help="write counts, differences and timings here")
     ap.add_argument("--no-exclusions", action="store_true")
@@ -268,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = {
             (s.name, loop): pool.submit(
-                run_one, s, loop, trees[s.name], python, out_dir,
+                run_one,
+                s,
+                loop,
+                trees[s.name],
+                python,
+                out_dir,
                 [p.split("::", 1)[1] for p in exclusions if p.startswith(f"{s.name}::")],
             )
             for s, loop in jobs
@@ -276,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         results = {k: f.result() for k, f in futures.items()}
     wall = time.monotonic() - t0
 
-    summary: dict[str, Any] = {"python": sys.version.split()[0], "wall_seconds": round(wall, 1),
-                               "suites": {}}
+    summary: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "wall_seconds": round(wall, 1),
+        "suites": {},
+    }
     failed = False
     for s in selected:
         ref, mine = results[(s.name, "asyncio")], results[(s.name, "muxio")]
@@ -285,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         diffs = {
             tid: {"muxio": mine["tests"].get(tid, {"outcome": "missing", "detail": "not run"})}
             for tid, rec in ref["tests"].items()
-            if rec["outcome"] == "passed" and tid not in excl
+            if rec["outcome"] == "passed"
+            and tid not in excl
             and mine["tests"].get(tid, {}).get("outcome") != "passed"
         }
         problems = ref["problems"] + mine["problems"]
@@ -298,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
             "foreign_loops_on_muxio": mine["foreign_loops"],
             "problems": problems,
             "excluded": excl,
-            "differences": {t: f"{d['muxio']['outcome']}: {d['muxio']['detail']}"
-                            for t, d in sorted(diffs.items())},
+            "differences": {
+                t: f"{d['muxio']['outcome']}: {d['muxio']['detail']}"
+                for t, d in sorted(diffs.items())
+            },
         }
     print_summary(summary)
     if args.json:
@@ -316,10 +361,14 @@ def print_summary(summary: dict[str, Any]) -> None:
     for name, s in summary["suites"].items():
         for loop in LOOPS:
             c = s["counts"][loop]
-            print(f"{name + ' ' + s['version']:<18}{loop:<9}{c['passed']:>6}{c['failed']:>6}"
-                  f"{c['error']:>6}{c['skipped']:>6}{s['seconds'][loop]:>7.0f}")
-        print(f"{'':<18}{'excluded':<9}{len(s['excluded']):>6}   differences: "
-              f"{len(s['differences'])}   loops made on muxio's side: {s['loops_made']['muxio']}")
+            print(
+                f"{name + ' ' + s['version']:<18}{loop:<9}{c['passed']:>6}{c['failed']:>6}"
+                f"{c['error']:>6}{c['skipped']:>6}{s['seconds'][loop]:>7.0f}"
+            )
+        print(
+            f"{'':<18}{'excluded':<9}{len(s['excluded']):>6}   differences: "
+            f"{len(s['differences'])}   loops made on muxio's side: {s['loops_made']['muxio']}"
+        )
     for name, s in summary["suites"].items():
         for problem in s["problems"]:
             print(f"\n{name}: PROBLEM: {problem}")
