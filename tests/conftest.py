@@ -21,6 +21,7 @@ import pytest
 
 from muxio import pollers
 from muxio.loop import EventLoop
+from muxio.policy import new_event_loop
 
 BEST_POLLER = pollers.available()[0]
 """What `auto` picks here: the poller a test that does not care about pollers runs on."""
@@ -127,3 +128,15 @@ def run_loop() -> RunLoop:
             pytest.fail(f"the loop was not stopped within {timeout} s")
 
     return run
+
+
+@pytest.fixture(params=["asyncio", "muxio"])
+def aloop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
+    """asyncio's own loop and muxio's, side by side: where muxio must behave as asyncio."""
+    lp: asyncio.AbstractEventLoop = (
+        new_event_loop() if request.param == "muxio" else asyncio.new_event_loop()
+    )
+    try:
+        yield lp
+    finally:
+        lp.close()

@@ -31,17 +31,6 @@ pytestmark = pytest.mark.timeout(60)
 WAIT = 10.0
 
 
-@pytest.fixture(params=["asyncio", "muxio"])
-def aloop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
-    lp: asyncio.AbstractEventLoop = (
-        muxio.new_event_loop() if request.param == "muxio" else asyncio.new_event_loop()
-    )
-    try:
-        yield lp
-    finally:
-        lp.close()
-
-
 def run(loop: asyncio.AbstractEventLoop, aw: Any) -> Any:
     return loop.run_until_complete(asyncio.wait_for(aw, WAIT))
 

@@ -20,7 +20,6 @@ import socket
 import ssl
 import sys
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,17 +31,6 @@ pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10.0
 cv: contextvars.ContextVar[str] = contextvars.ContextVar("cv", default="unset")
-
-
-@pytest.fixture(params=["asyncio", "muxio"])
-def aloop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
-    lp: asyncio.AbstractEventLoop = (
-        muxio.new_event_loop() if request.param == "muxio" else asyncio.new_event_loop()
-    )
-    try:
-        yield lp
-    finally:
-        lp.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,9 @@ from typing import Any
 
 import pytest
 
-import muxio
-
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10.0
-
-
-@pytest.fixture(params=["asyncio", "muxio"])
-def aloop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
-    lp: asyncio.AbstractEventLoop = (
-        muxio.new_event_loop() if request.param == "muxio" else asyncio.new_event_loop()
-    )
-    try:
-        yield lp
-    finally:
-        lp.close()
 
 
 @pytest.fixture
