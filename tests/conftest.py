@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -140,3 +142,27 @@ def aloop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]
         yield lp
     finally:
         lp.close()
+
+
+@pytest.fixture(scope="session")
+def ca() -> Any:
+    """A test certificate authority (trustme), one per run: issuing is the slow part."""
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_ctx(ca: Any) -> ssl.SSLContext:
+    """A server context with a certificate for localhost and 127.0.0.1, signed by `ca`."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def client_ctx(ca: Any) -> ssl.SSLContext:
+    """A client context that trusts `ca`."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx

@@ -23,7 +23,6 @@ import tempfile
 from typing import Any
 
 import pytest
-import trustme
 
 import muxio
 
@@ -31,25 +30,6 @@ pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10.0
 cv: contextvars.ContextVar[str] = contextvars.ContextVar("cv", default="unset")
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture(scope="module")
-def client_ctx(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
 
 
 def run(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:

@@ -34,6 +34,9 @@ from .pollers import Poller
 from .server import Server
 from .services import Service
 
+FIRST_REQUEST_GRACE = 1.0
+"""Seconds a connection that has sent nothing yet is read for once a drain begins."""
+
 log = logging.getLogger("muxio")
 
 
@@ -158,7 +161,7 @@ def run_service(
         state.deadline = loop.time() + config.shutdown_timeout
         if on_shutdown is not None:
             on_shutdown()
-        server.shutdown_answering_first_requests(config.shutdown_timeout, loop.stop)
+        server.shutdown(config.shutdown_timeout, loop.stop, first_request_grace=FIRST_REQUEST_GRACE)
 
     def quit_now(signame: str) -> None:
         if state.drain == "forced":

@@ -216,6 +216,7 @@ class Server(asyncio.AbstractServer):
         self._refused_warning = RateLimitedWarning()
         self._fd_warning = RateLimitedWarning()
         self._shutdown_deadline = 0.0
+        self._first_request_deadline = 0.0
         self.drain_cut_short = False
         """True once `shutdown()` had to abort connections that did not finish in time."""
         self._on_closed: Callable[[], object] | None = None
@@ -533,25 +534,37 @@ class Server(asyncio.AbstractServer):
     def is_shutting_down(self) -> bool:
         return self._on_closed is not None
 
-    def shutdown(self, timeout: float, on_closed: Callable[[], object]) -> None:
+    def shutdown(
+        self, timeout: float, on_closed: Callable[[], object], *, first_request_grace: float = 0.0
+    ) -> None:
         """Stop accepting, flush every pending reply, close, then `on_closed()`.
 
         Connections that cannot finish within `timeout` seconds (a peer that
-        never reads) are aborted, so shutdown always ends.
+        never reads) are aborted, so shutdown always ends.  A connection
+        accepted a moment before has its first request on the way; stopping
+        its reading at once would close it unanswered, and a client that got
+        nothing on a new connection cannot tell that from a request read and
+        dropped.  So one that has not sent a byte yet keeps reading for up to
+        `first_request_grace` seconds (within `timeout`), and what it sends is
+        answered before the close.  Without byte counts (asyncio's API) no
+        connection can be told apart, and none waits.
         """
         if self._on_closed is not None:
             return
         self.close()
         self._on_closed = on_closed
-        self._shutdown_deadline = self.loop.time() + timeout
-        for transport in list(self.connections):
-            transport.begin_shutdown()
+        now = self.loop.time()
+        self._shutdown_deadline = now + timeout
+        if self._transport_class is UncountedTransport:
+            first_request_grace = 0.0
+        self._first_request_deadline = now + min(first_request_grace, timeout)
         self._shutdown_tick()
 
     def _shutdown_tick(self) -> None:
         if self._on_closed is None:
             return
-        if self.loop.time() >= self._shutdown_deadline:
+        now = self.loop.time()
+        if now >= self._shutdown_deadline:
             if self.connections:
                 self.drain_cut_short = True
                 log.warning(
@@ -561,7 +574,11 @@ class Server(asyncio.AbstractServer):
             for transport in list(self.connections):
                 transport.abort()
         else:
+            hearing_first = now < self._first_request_deadline
             for transport in list(self.connections):
+                if hearing_first and not transport.bytes_in:
+                    continue
+                transport.begin_shutdown()  # once; what it has read is answered still
                 if self._ssl is not None and not _tls_goodbye(transport):
                     continue
                 if transport.half_close_if_idle():
@@ -575,49 +592,3 @@ class Server(asyncio.AbstractServer):
         callback, self._on_closed = self._on_closed, None
         if callback is not None:
             self.loop.call_soon(callback)
-
-    _sending_first: set[Transport] | None = None
-    """Connections `shutdown_answering_first_requests()` waits on for a first request."""
-
-    def shutdown_answering_first_requests(
-        self, timeout: float, on_closed: Callable[[], object], grace: float = 1.0
-    ) -> None:
-        """`shutdown()`, but a connection that has sent nothing yet is heard out first.
-
-        A connection accepted a moment before the shutdown has its first
-        request on the way; stopping its reading at once closes it unanswered,
-        and a client that got nothing on a new connection cannot tell that
-        from a server that read its request and dropped it.  So accepting
-        stops now and the other connections stop reading now, but one that
-        has not sent a byte gets up to `grace` seconds (within `timeout`) to
-        deliver its first request, which is then answered before the close.
-        A server that does not count bytes cannot tell: it shuts down at once.
-        """
-        if self._on_closed is not None or self._sending_first is not None:
-            return
-        start = self.loop.time()
-        self.close()
-        waiting = {t for t in self.connections if not t.bytes_in}
-        if self._transport_class is UncountedTransport or not waiting:
-            self.shutdown(timeout, on_closed)
-            return
-        for transport in self.connections - waiting:
-            transport.begin_shutdown()
-        deadline = start + min(grace, timeout)
-        self._sending_first = waiting
-
-        def tick() -> None:
-            if self._sending_first is not waiting:
-                return
-            late = self.loop.time() >= deadline
-            for transport in list(waiting):
-                if late or transport.bytes_in or transport not in self.connections:
-                    waiting.discard(transport)
-                    transport.begin_shutdown()  # what it has read is answered still
-            if waiting:
-                self.loop.call_later(0.005, tick)
-                return
-            self._sending_first = None
-            self.shutdown(max(0.0, timeout - (self.loop.time() - start)), on_closed)
-
-        tick()

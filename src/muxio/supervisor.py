@@ -63,7 +63,7 @@ binds and holds every listening socket and the workers inherit them:
     every idle worker is woken for each new connection and the busiest often
     wins the race, so the spread is uneven.
 
-A draining worker answers what it accepted: `Server.shutdown_answering_first_requests`
+A draining worker answers what it accepted: `Server.shutdown(first_request_grace=)`
 gives a connection accepted just before the drain, which has sent nothing yet, a moment
 to deliver its first request, so a reload under a connection per request loses none.
 """

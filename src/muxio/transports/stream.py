@@ -1,7 +1,7 @@
 """A stream transport over a non-blocking socket, with asyncio's contract.
 
-The write path follows libuv and asyncio's selector transport: `write()` calls
-`send()` at once and buffers only what the kernel did not take, and the loop
+The write path follows libuv and asyncio's selector transport: `write()` writes
+the descriptor at once and buffers only what the kernel did not take, and the loop
 watches the socket for writability only while that buffer is non-empty, so a
 connection that keeps up costs no `epoll_ctl` calls at all.  Both directions
 have flow control: the protocol is paused past the write buffer's high-water
@@ -9,7 +9,7 @@ mark, and `pause_reading()` takes the socket out of the poller so unread bytes
 stay in the kernel, where TCP's window pushes back on the sender.
 
 The loop calls `_on_read` straight from the poller (no handle), and a
-`BufferedProtocol` gets `recv_into` its own buffer, no copy.  Context
+`BufferedProtocol` gets `readv` into its own buffer, no copy.  Context
 variables are asyncio's: each registration of a reader or writer captures a
 copy of the current context, as an asyncio handle does, and the poller runs
 the callback in it through one `Context.run` per event (`InContext`), so a
@@ -260,10 +260,10 @@ class Transport(FlowControlTransport, asyncio.Transport):
         """Send now what the kernel takes; buffer the rest.
 
         The argument is checked first, whatever the buffer holds, so the
-        error is asyncio's and not the socket module's.  `__class__` rather
-        than `type()`: under callgrind, 87 instructions per call against 166.  After the connection
-        is lost, writes are dropped (and, past a few, logged) as in asyncio:
-        the caller learns of it from `connection_lost`.
+        error is asyncio's and not `os.write`'s (`__class__` rather than
+        `type()`: 87 instructions per call against 166, under callgrind).
+        After the connection is lost, writes are dropped (and, past a few,
+        logged) as in asyncio: the caller learns of it from `connection_lost`.
         """
         if data.__class__ is not bytes and not isinstance(data, _BYTES_LIKE):
             raise TypeError(
