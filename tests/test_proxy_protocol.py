@@ -309,3 +309,37 @@ def test_slow_callback_warning_names_the_client_from_the_header() -> None:
             s.sendall(v1_header(("203.0.113.9", 5555), ("192.0.2.1", 80)) + b"work 300\n")
             assert recv_exactly(s, len(b"WORK 300\n")) == b"WORK 300\n"
         sp.wait_line(r"slow callback: .* by WorkService\.\w+ \(peer \('203\.0\.113\.9', 5555\)\)")
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "muxio"])
+def test_gate_arms_its_timeout_on_any_asyncio_loop(loop_kind: str) -> None:
+    """asyncio's transports have no `get_loop()`: the gate must find its loop without it."""
+    import muxio
+
+    errors: list[dict[str, object]] = []
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        server = await loop.create_server(
+            ProxyProtocolGate.wrap(PeerReporter, timeout=0.2), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            got = await asyncio.wait_for(reader.read(), 10)  # the gate closes a silent peer
+        except ConnectionResetError:
+            got = b""
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    factory = asyncio.new_event_loop if loop_kind == "asyncio" else muxio.new_event_loop
+    loop = factory()
+    try:
+        got = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert got == b""
+    assert errors == []

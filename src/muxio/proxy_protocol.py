@@ -299,7 +299,8 @@ class ProxyProtocolGate(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
-        self._timer = transport.get_loop().call_later(self._timeout, self._too_slow)
+        # the running loop, not transport.get_loop(): asyncio's own transports have none
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
         if self._done:
@@ -370,7 +371,7 @@ class ProxyProtocolGate(asyncio.Protocol):
             protocol = self._factory()
         except Exception as exc:
             transport.abort()
-            transport.get_loop().call_exception_handler(
+            asyncio.get_running_loop().call_exception_handler(
                 {"message": "Error on transport creation for incoming connection",
                  "exception": exc}
             )
