@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -284,3 +285,40 @@ def test_the_watchdog_warning_leaves_no_dummy_thread(caplog: pytest.LogCaptureFi
         assert done.wait(WAIT)
     assert "blocked for 9 s" in caplog.text
     assert seen[0] not in {t.ident for t in threading.enumerate()}
+
+
+# -- subprocesses: asyncio's frames, asyncio's returncode ------------------------
+
+
+@pytest.mark.parametrize("how", ["exec", "shell"])
+def test_popen_runs_under_asyncios_subprocess_method(
+    aloop: asyncio.AbstractEventLoop, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Popen` reads its exec-error pipe blocking in the loop thread on every asyncio loop;
+    blockbuster (anyio's suite) allows that read only under asyncio's own
+    `base_events.subprocess_exec`/`subprocess_shell` frames."""
+    stacks: list[list[tuple[str, str]]] = []
+    real_init = subprocess.Popen.__init__
+
+    def recording_init(self: subprocess.Popen[bytes], *args: Any, **kwargs: Any) -> None:
+        frame = sys._getframe(1)
+        stack = []
+        while frame is not None:
+            code = frame.f_code
+            stack.append((os.path.basename(code.co_filename), code.co_name))
+            frame = frame.f_back  # type: ignore[assignment]
+        stacks.append(stack)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+
+    async def main() -> int:
+        if how == "exec":
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+        else:
+            proc = await asyncio.create_subprocess_shell("exit 0")
+        return await proc.wait()
+
+    assert run(aloop, main()) == 0
+    assert len(stacks) == 1
+    assert ("base_events.py", f"subprocess_{how}") in stacks[0]
