@@ -322,3 +322,51 @@ def test_popen_runs_under_asyncios_subprocess_method(
     assert run(aloop, main()) == 0
     assert len(stacks) == 1
     assert ("base_events.py", f"subprocess_{how}") in stacks[0]
+
+
+# -- get_extra_info: asyncio's own method --------------------------------------
+
+
+def test_stream_get_extra_info_is_asyncios_method(aloop: asyncio.AbstractEventLoop) -> None:
+    """websockets' tests patch `asyncio.Transport.get_extra_info` and expect the patch to answer."""
+
+    async def main() -> tuple[Any, Any, Any]:
+        a, b = socket.socketpair()
+        transport, _ = await aloop.create_connection(asyncio.Protocol, sock=a)
+        try:
+            real = transport.get_extra_info("socket")
+            with mock.patch("asyncio.Transport.get_extra_info") as patched:
+                patched.return_value = ("sock", 1234)
+                answer = transport.get_extra_info("sockname")
+            patched.assert_called_with("sockname")
+            return answer, real, transport.get_extra_info("socket")
+        finally:
+            transport.close()
+            b.close()
+
+    answer, first, again = run(aloop, main())
+    assert answer == ("sock", 1234)
+    assert first is again
+
+
+def test_stream_extra_info_reads_the_socket(aloop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> tuple[Any, Any, Any, Any]:
+        server = await aloop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await aloop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        try:
+            sock = transport.get_extra_info("socket")
+            return (
+                transport.get_extra_info("peername"),
+                transport.get_extra_info("sockname"),
+                sock.getsockname(),
+                transport.get_extra_info("no such thing", "default"),
+            )
+        finally:
+            transport.close()
+            server.close()
+
+    peername, sockname, real_sockname, missing = run(aloop, main())
+    assert peername[0] == "127.0.0.1" and peername[1] > 0
+    assert sockname == real_sockname
+    assert missing == "default"

@@ -57,6 +57,39 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 Buffer = bytes | memoryview
 
 
+class _SocketExtra(dict[str, "Any"]):
+    """A stream transport's extra info: `socket`, `sockname`, `peername` read on first `get`.
+
+    asyncio's selector transport reads them when the connection is made; most
+    connections are never asked, so here the socket is asked then, once.  The
+    transport keeps asyncio's own `BaseTransport.get_extra_info` (which calls
+    `self._extra.get`), so code that patches that method reaches ours too.
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: socket.socket, extra: dict[str, Any] | None) -> None:
+        if extra:
+            super().__init__(extra)
+        self._sock = sock
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name in self:
+            return self[name]
+        if name == "socket":  # one wrapper, as asyncio's: callers compare and key on it
+            wrapped = self[name] = trsock.TransportSocket(self._sock)
+            return wrapped
+        if name == "peername" or name == "sockname":
+            sock = self._sock
+            try:
+                address = sock.getpeername() if name == "peername" else sock.getsockname()
+            except OSError:
+                return default
+            self[name] = address
+            return address
+        return default
+
+
 class _Output(enum.IntEnum):
     """What becomes of a write: falsy while writes are accepted, so `write()` tests one slot."""
 
@@ -117,7 +150,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
         self._sock = sock
         self._buffered_proto = isinstance(protocol, asyncio.BufferedProtocol)
         self._read_size = self.read_size
-        self._extra: dict[str, Any] | None = extra
+        self._extra = _SocketExtra(sock, extra)
         self._buffer: list[Buffer] | None = None
         self._shutting_down = False
         self._eof = False
@@ -514,31 +547,6 @@ class Transport(FlowControlTransport, asyncio.Transport):
         finally:
             if resume and not self._closing:
                 self.resume_reading()
-
-    # -- introspection -------------------------------------------------------
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """`peername`, `sockname`, `socket`, or what the server attached.
-
-        Addresses are looked up on first use and kept: most connections are
-        never asked, and an idle connection should cost as little as possible.
-        """
-        extra = self._extra
-        if extra is None:
-            extra = self._extra = {}
-        if name == "socket":  # one wrapper, as asyncio's: callers compare and key on it
-            wrapped = extra.get("socket")
-            if wrapped is None:
-                wrapped = extra["socket"] = trsock.TransportSocket(self._sock)
-            return wrapped
-        if name not in extra and name in ("peername", "sockname"):
-            try:
-                extra[name] = (
-                    self._sock.getpeername() if name == "peername" else self._sock.getsockname()
-                )
-            except OSError:
-                return default
-        return extra.get(name, default)
 
     def set_protocol(self, protocol: Any) -> None:
         self._protocol = protocol
