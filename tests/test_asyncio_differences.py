@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -370,3 +371,28 @@ def test_stream_extra_info_reads_the_socket(aloop: asyncio.AbstractEventLoop) ->
     assert peername[0] == "127.0.0.1" and peername[1] > 0
     assert sockname == real_sockname
     assert missing == "default"
+
+
+def test_a_child_killed_after_a_cancelled_wait_leaves_its_popen_reaped(
+    aloop: asyncio.AbstractEventLoop,
+) -> None:
+    """anyio's `Process.aclose()`: wait, cancelled, then `transport.close()` kills and waits.
+
+    The `Popen` must carry the returncode afterwards, or its `__del__` warns that
+    the child "is still running" (an error under `filterwarnings = error`).
+    """
+
+    async def main() -> tuple[int, int | None]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(30)"
+        )
+        popen = proc._transport._proc  # type: ignore[attr-defined]
+        waiting = asyncio.ensure_future(proc.wait())
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        proc._transport.close()  # type: ignore[attr-defined]
+        return await proc.wait(), popen.returncode
+
+    assert run(aloop, main()) == (-9, -9)
