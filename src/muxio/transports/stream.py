@@ -67,11 +67,7 @@ class _SocketExtra(dict[str, "Any"]):
     """
 
     __slots__ = ("_sock",)
-
-    def __init__(self, sock: socket.socket, extra: dict[str, Any] | None) -> None:
-        if extra:
-            super().__init__(extra)
-        self._sock = sock
+    _sock: socket.socket
 
     def get(self, name: str, default: Any = None) -> Any:
         if name in self:
@@ -114,6 +110,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
         "_counting",
         "_eof",
         "_flush_waiter",
+        "_info",
         "_on_lost",
         "_output",
         "_read_size",
@@ -150,7 +147,9 @@ class Transport(FlowControlTransport, asyncio.Transport):
         self._sock = sock
         self._buffered_proto = isinstance(protocol, asyncio.BufferedProtocol)
         self._read_size = self.read_size
-        self._extra = _SocketExtra(sock, extra)
+        self._info: _SocketExtra | None = None
+        if extra:
+            self._extra.update(extra)
         self._buffer: list[Buffer] | None = None
         self._shutting_down = False
         self._eof = False
@@ -547,6 +546,20 @@ class Transport(FlowControlTransport, asyncio.Transport):
         finally:
             if resume and not self._closing:
                 self.resume_reading()
+
+    @property
+    def _extra(self) -> dict[str, Any]:
+        """asyncio's `BaseTransport._extra`, made when first asked for, not per connection."""
+        info = self._info
+        if info is None:
+            info = self._info = _SocketExtra()
+            info._sock = self._sock
+        return info
+
+    @_extra.setter
+    def _extra(self, value: dict[str, Any]) -> None:
+        info = self._info = _SocketExtra(value)
+        info._sock = self._sock
 
     def set_protocol(self, protocol: Any) -> None:
         self._protocol = protocol
