@@ -7,6 +7,11 @@ without a reason is refused.  Excluded tests are deselected on muxio's side only
 
 from __future__ import annotations
 
+# Not excluded: anyio's tests/test_sockets.py::TestTCPStream::test_send_receive[asyncio-ipv4]
+# fails on muxio's side on a machine without IPv6 `localhost` only, from sockets that anyio's
+# own server_sock fixture leaks there and the garbage collector finalizes during this test
+# (conformance/README.md); with IPv6 `localhost` it passes, and an exclusion would hide that.
+
 _DESCRIPTOR_IO = (
     "muxio's stream transport reads and writes the socket's descriptor (os.read/os.readv/"
     "os.write/os.writev), not the socket object's recv/send, 930 instructions per 1 KiB echo "
