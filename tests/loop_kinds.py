@@ -1,9 +1,11 @@
 """The loops the pipe and subprocess tests run on.
 
-"asyncio" is `asyncio.new_event_loop()`'s loop with its four pipe and
-subprocess methods replaced by muxio.transports' functions, exactly the way
-muxio's loop calls them; so `asyncio.create_subprocess_exec` and the pipes
-that `base_subprocess` connects go through our code too.  "muxio" is muxio's
+"asyncio" is `asyncio.new_event_loop()`'s loop with its two pipe methods and
+its subprocess hook (`_make_subprocess_transport`, which asyncio's own
+`subprocess_exec`/`subprocess_shell` call) replaced by muxio.transports'
+functions, exactly the way muxio's loop calls them; so
+`asyncio.create_subprocess_exec` and the pipes that `base_subprocess` connects
+go through our code too.  "muxio" is muxio's
 own loop, through its methods, once it has them.
 """
 
@@ -35,8 +37,7 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     routed: dict[str, Any] = {
         "connect_read_pipe": functools.partial(pipes.connect_read_pipe, loop),
         "connect_write_pipe": functools.partial(pipes.connect_write_pipe, loop),
-        "subprocess_exec": functools.partial(msub.subprocess_exec, loop),
-        "subprocess_shell": functools.partial(msub.subprocess_shell, loop),
+        "_make_subprocess_transport": functools.partial(msub.start_transport, loop),
     }
     for name, method in routed.items():
         setattr(loop, name, method)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -284,3 +286,113 @@ def test_the_watchdog_warning_leaves_no_dummy_thread(caplog: pytest.LogCaptureFi
         assert done.wait(WAIT)
     assert "blocked for 9 s" in caplog.text
     assert seen[0] not in {t.ident for t in threading.enumerate()}
+
+
+# -- subprocesses: asyncio's frames, asyncio's returncode ------------------------
+
+
+@pytest.mark.parametrize("how", ["exec", "shell"])
+def test_popen_runs_under_asyncios_subprocess_method(
+    aloop: asyncio.AbstractEventLoop, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Popen` reads its exec-error pipe blocking in the loop thread on every asyncio loop;
+    blockbuster (anyio's suite) allows that read only under asyncio's own
+    `base_events.subprocess_exec`/`subprocess_shell` frames."""
+    stacks: list[list[tuple[str, str]]] = []
+    real_init = subprocess.Popen.__init__
+
+    def recording_init(self: subprocess.Popen[bytes], *args: Any, **kwargs: Any) -> None:
+        frame = sys._getframe(1)
+        stack = []
+        while frame is not None:
+            code = frame.f_code
+            stack.append((os.path.basename(code.co_filename), code.co_name))
+            frame = frame.f_back  # type: ignore[assignment]
+        stacks.append(stack)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_init)
+
+    async def main() -> int:
+        if how == "exec":
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+        else:
+            proc = await asyncio.create_subprocess_shell("exit 0")
+        return await proc.wait()
+
+    assert run(aloop, main()) == 0
+    assert len(stacks) == 1
+    assert ("base_events.py", f"subprocess_{how}") in stacks[0]
+
+
+# -- get_extra_info: asyncio's own method --------------------------------------
+
+
+def test_stream_get_extra_info_is_asyncios_method(aloop: asyncio.AbstractEventLoop) -> None:
+    """websockets' tests patch `asyncio.Transport.get_extra_info` and expect the patch to answer."""
+
+    async def main() -> tuple[Any, Any, Any]:
+        a, b = socket.socketpair()
+        transport, _ = await aloop.create_connection(asyncio.Protocol, sock=a)
+        try:
+            real = transport.get_extra_info("socket")
+            with mock.patch("asyncio.Transport.get_extra_info") as patched:
+                patched.return_value = ("sock", 1234)
+                answer = transport.get_extra_info("sockname")
+            patched.assert_called_with("sockname")
+            return answer, real, transport.get_extra_info("socket")
+        finally:
+            transport.close()
+            b.close()
+
+    answer, first, again = run(aloop, main())
+    assert answer == ("sock", 1234)
+    assert first is again
+
+
+def test_stream_extra_info_reads_the_socket(aloop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> tuple[Any, Any, Any, Any]:
+        server = await aloop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await aloop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        try:
+            sock = transport.get_extra_info("socket")
+            return (
+                transport.get_extra_info("peername"),
+                transport.get_extra_info("sockname"),
+                sock.getsockname(),
+                transport.get_extra_info("no such thing", "default"),
+            )
+        finally:
+            transport.close()
+            server.close()
+
+    peername, sockname, real_sockname, missing = run(aloop, main())
+    assert peername[0] == "127.0.0.1" and peername[1] > 0
+    assert sockname == real_sockname
+    assert missing == "default"
+
+
+def test_a_child_killed_after_a_cancelled_wait_leaves_its_popen_reaped(
+    aloop: asyncio.AbstractEventLoop,
+) -> None:
+    """anyio's `Process.aclose()`: wait, cancelled, then `transport.close()` kills and waits.
+
+    The `Popen` must carry the returncode afterwards, or its `__del__` warns that
+    the child "is still running" (an error under `filterwarnings = error`).
+    """
+
+    async def main() -> tuple[int, int | None]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(30)"
+        )
+        popen = proc._transport._proc  # type: ignore[attr-defined]
+        waiting = asyncio.ensure_future(proc.wait())
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        proc._transport.close()  # type: ignore[attr-defined]
+        return await proc.wait(), popen.returncode
+
+    assert run(aloop, main()) == (-9, -9)

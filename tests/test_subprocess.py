@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -355,10 +356,13 @@ def test_create_subprocess_shell_end_to_end(loop: asyncio.AbstractEventLoop) -> 
 def test_subprocess_exec_works_on_a_loop_with_its_own_pipe_transports() -> None:
     # asyncio's unpatched loop: our process transport over asyncio's pipes.
     loop = asyncio.new_event_loop()
+    loop._make_subprocess_transport = functools.partial(  # type: ignore[method-assign]
+        msub.start_transport, loop
+    )
     payload = os.urandom(200_000)
 
     async def main() -> Child:
-        transport, proto = await msub.subprocess_exec(loop, Child, "cat", stderr=None)
+        transport, proto = await loop.subprocess_exec(Child, "cat", stderr=None)
         transport.get_pipe_transport(0).write(payload)
         transport.get_pipe_transport(0).close()
         await proto.lost

@@ -38,11 +38,11 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import warnings
 import weakref
+from asyncio import base_events as _base_events
 from asyncio import events as _events
 from collections import deque
 from collections.abc import Callable
@@ -1571,37 +1571,31 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
 
         return await pipes.connect_write_pipe(self, protocol_factory, pipe)
 
-    async def subprocess_exec(  # type: ignore[override]
+    # asyncio's own methods, not copies: the argument checks, the debug log and
+    # the frames are the ones asyncio users and their tools see.  `Popen` reads
+    # its exec-error pipe blocking, in the loop thread, on every asyncio loop;
+    # checkers such as blockbuster allow that read under these two functions.
+    subprocess_exec = _base_events.BaseEventLoop.subprocess_exec
+    subprocess_shell = _base_events.BaseEventLoop.subprocess_shell
+    _log_subprocess = _base_events.BaseEventLoop._log_subprocess  # type: ignore[attr-defined]
+
+    async def _make_subprocess_transport(
         self,
-        protocol_factory: Callable[[], asyncio.SubprocessProtocol],
-        program: Any,
-        *args: Any,
-        stdin: Any = subprocess.PIPE,
-        stdout: Any = subprocess.PIPE,
-        stderr: Any = subprocess.PIPE,
+        protocol: asyncio.SubprocessProtocol,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        extra: Any = None,
         **kwargs: Any,
-    ) -> tuple[asyncio.SubprocessTransport, asyncio.SubprocessProtocol]:
+    ) -> asyncio.SubprocessTransport:
+        """The hook `subprocess_exec`/`subprocess_shell` call, as on asyncio's Unix loop."""
         from .transports import subprocess as sp
 
-        return await sp.subprocess_exec(
-            self, protocol_factory, program, *args, stdin=stdin, stdout=stdout, stderr=stderr,
-            **kwargs,
-        )
-
-    async def subprocess_shell(  # type: ignore[override]
-        self,
-        protocol_factory: Callable[[], asyncio.SubprocessProtocol],
-        cmd: Any,
-        *,
-        stdin: Any = subprocess.PIPE,
-        stdout: Any = subprocess.PIPE,
-        stderr: Any = subprocess.PIPE,
-        **kwargs: Any,
-    ) -> tuple[asyncio.SubprocessTransport, asyncio.SubprocessProtocol]:
-        from .transports import subprocess as sp
-
-        return await sp.subprocess_shell(
-            self, protocol_factory, cmd, stdin=stdin, stdout=stdout, stderr=stderr, **kwargs
+        return await sp.start_transport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra, **kwargs
         )
 
 

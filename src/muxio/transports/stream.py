@@ -57,6 +57,35 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 Buffer = bytes | memoryview
 
 
+class _SocketExtra(dict[str, "Any"]):
+    """A stream transport's extra info: `socket`, `sockname`, `peername` read on first `get`.
+
+    asyncio's selector transport reads them when the connection is made; most
+    connections are never asked, so here the socket is asked then, once.  The
+    transport keeps asyncio's own `BaseTransport.get_extra_info` (which calls
+    `self._extra.get`), so code that patches that method reaches ours too.
+    """
+
+    __slots__ = ("_sock",)
+    _sock: socket.socket
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name in self:
+            return self[name]
+        if name == "socket":  # one wrapper, as asyncio's: callers compare and key on it
+            wrapped = self[name] = trsock.TransportSocket(self._sock)
+            return wrapped
+        if name == "peername" or name == "sockname":
+            sock = self._sock
+            try:
+                address = sock.getpeername() if name == "peername" else sock.getsockname()
+            except OSError:
+                return default
+            self[name] = address
+            return address
+        return default
+
+
 class _Output(enum.IntEnum):
     """What becomes of a write: falsy while writes are accepted, so `write()` tests one slot."""
 
@@ -81,6 +110,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
         "_counting",
         "_eof",
         "_flush_waiter",
+        "_info",
         "_on_lost",
         "_output",
         "_read_size",
@@ -117,7 +147,9 @@ class Transport(FlowControlTransport, asyncio.Transport):
         self._sock = sock
         self._buffered_proto = isinstance(protocol, asyncio.BufferedProtocol)
         self._read_size = self.read_size
-        self._extra: dict[str, Any] | None = extra
+        self._info: _SocketExtra | None = None
+        if extra:
+            self._extra.update(extra)
         self._buffer: list[Buffer] | None = None
         self._shutting_down = False
         self._eof = False
@@ -515,30 +547,19 @@ class Transport(FlowControlTransport, asyncio.Transport):
             if resume and not self._closing:
                 self.resume_reading()
 
-    # -- introspection -------------------------------------------------------
+    @property
+    def _extra(self) -> dict[str, Any]:
+        """asyncio's `BaseTransport._extra`, made when first asked for, not per connection."""
+        info = self._info
+        if info is None:
+            info = self._info = _SocketExtra()
+            info._sock = self._sock
+        return info
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """`peername`, `sockname`, `socket`, or what the server attached.
-
-        Addresses are looked up on first use and kept: most connections are
-        never asked, and an idle connection should cost as little as possible.
-        """
-        extra = self._extra
-        if extra is None:
-            extra = self._extra = {}
-        if name == "socket":  # one wrapper, as asyncio's: callers compare and key on it
-            wrapped = extra.get("socket")
-            if wrapped is None:
-                wrapped = extra["socket"] = trsock.TransportSocket(self._sock)
-            return wrapped
-        if name not in extra and name in ("peername", "sockname"):
-            try:
-                extra[name] = (
-                    self._sock.getpeername() if name == "peername" else self._sock.getsockname()
-                )
-            except OSError:
-                return default
-        return extra.get(name, default)
+    @_extra.setter
+    def _extra(self, value: dict[str, Any]) -> None:
+        info = self._info = _SocketExtra(value)
+        info._sock = self._sock
 
     def set_protocol(self, protocol: Any) -> None:
         self._protocol = protocol

@@ -34,9 +34,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from asyncio import AbstractEventLoop, Future
     from collections.abc import Callable, Sequence
-    from typing import IO, Any, TypeVar
+    from typing import IO, Any
 
-    _SP = TypeVar("_SP", bound=SubprocessProtocol)
     _File = int | IO[Any] | None
 
 
@@ -210,21 +209,10 @@ def _wait_in_thread(
         log.warning("loop %r closed before child process pid %d exited", loop, pid)
 
 
-# -- the loop methods ---------------------------------------------------------
+# -- the loop hook -------------------------------------------------------------
 
 
-def _check_byte_streams(bufsize: int, text: Any, encoding: Any, errors: Any) -> None:
-    if bufsize != 0:
-        raise ValueError("bufsize must be 0")
-    if text:
-        raise ValueError("text must be False")
-    if encoding is not None:
-        raise ValueError("encoding must be None")
-    if errors is not None:
-        raise ValueError("errors must be None")
-
-
-async def _start_transport(
+async def start_transport(
     loop: AbstractEventLoop,
     protocol: SubprocessProtocol,
     args: str | bytes | Sequence[str | bytes],
@@ -236,7 +224,10 @@ async def _start_transport(
     extra: Any = None,
     **kwargs: Any,
 ) -> SubprocessTransport:
-    """Start the child and return once its pipes are connected.
+    """`_make_subprocess_transport` for any loop: start the child, return once its pipes connect.
+
+    asyncio's own `BaseEventLoop.subprocess_exec`/`subprocess_shell` check the
+    arguments and call this (muxio's loop has them as its methods).
 
     If that fails or the caller is cancelled meanwhile, the child is killed
     and awaited before the error propagates: no zombie is left behind.
@@ -264,72 +255,3 @@ async def _start_transport(
         await transport._wait_for_exit()
         raise
     return transport
-
-
-async def subprocess_exec(
-    loop: AbstractEventLoop,
-    protocol_factory: Callable[[], _SP],
-    program: Any,
-    *args: Any,
-    stdin: _File = subprocess.PIPE,
-    stdout: _File = subprocess.PIPE,
-    stderr: _File = subprocess.PIPE,
-    universal_newlines: bool = False,
-    shell: bool = False,
-    bufsize: int = 0,
-    encoding: Any = None,
-    errors: Any = None,
-    text: Any = None,
-    **kwargs: Any,
-) -> tuple[SubprocessTransport, _SP]:
-    """`loop.subprocess_exec` for any loop, with asyncio's argument checks."""
-    if universal_newlines:
-        raise ValueError("universal_newlines must be False")
-    if shell:
-        raise ValueError("shell must be False")
-    _check_byte_streams(bufsize, text, encoding, errors)
-    protocol = protocol_factory()
-    if loop.get_debug():
-        # Not the arguments: they may hold secrets and be long.
-        log.debug("execute program %r", program)
-    transport = await _start_transport(
-        loop, protocol, (program, *args), False, stdin, stdout, stderr, bufsize, **kwargs
-    )
-    if loop.get_debug():
-        log.info("execute program %r: %r", program, transport)
-    return transport, protocol
-
-
-async def subprocess_shell(
-    loop: AbstractEventLoop,
-    protocol_factory: Callable[[], _SP],
-    cmd: str | bytes,
-    *,
-    stdin: _File = subprocess.PIPE,
-    stdout: _File = subprocess.PIPE,
-    stderr: _File = subprocess.PIPE,
-    universal_newlines: bool = False,
-    shell: bool = True,
-    bufsize: int = 0,
-    encoding: Any = None,
-    errors: Any = None,
-    text: Any = None,
-    **kwargs: Any,
-) -> tuple[SubprocessTransport, _SP]:
-    """`loop.subprocess_shell` for any loop, with asyncio's argument checks."""
-    if not isinstance(cmd, (bytes, str)):
-        raise ValueError("cmd must be a string")
-    if universal_newlines:
-        raise ValueError("universal_newlines must be False")
-    if not shell:
-        raise ValueError("shell must be True")
-    _check_byte_streams(bufsize, text, encoding, errors)
-    protocol = protocol_factory()
-    if loop.get_debug():
-        log.debug("run shell command %r", cmd)
-    transport = await _start_transport(
-        loop, protocol, cmd, True, stdin, stdout, stderr, bufsize, **kwargs
-    )
-    if loop.get_debug():
-        log.info("run shell command %r: %r", cmd, transport)
-    return transport, protocol
