@@ -92,9 +92,9 @@ def _tls_protocol(server: Server) -> Any:
     """
     global _tls_protocol_class
     if _tls_protocol_class is None:
-        from asyncio import sslproto
+        from .transports.tls import SharedBufferSSLProtocol
 
-        class ServerTLSProtocol(sslproto.SSLProtocol):
+        class ServerTLSProtocol(SharedBufferSSLProtocol):
             _muxio_server: Server
 
             def connection_lost(self, exc: BaseException | None) -> None:
