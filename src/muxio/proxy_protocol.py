@@ -297,6 +297,16 @@ class ProxyProtocolGate(asyncio.Protocol):
 
         return factory
 
+    def wrap_service(self, wrap: Callable[[Any], Any]) -> None:
+        """Hand the connection to `wrap(service protocol)`: a TLS layer, after the header.
+
+        The header comes first on the wire, before the ClientHello (HAProxy's
+        `send-proxy-v2` in front of TLS passthrough), so muxio's server
+        gives a gate its TLS layer here rather than wrapping the gate in it.
+        """
+        factory = self._factory
+        self._factory = lambda: wrap(factory())
+
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
         # the running loop, not transport.get_loop(): asyncio's own transports have none
