@@ -218,7 +218,8 @@ frontend front
     default_backend muxio
 
 backend muxio
-    server m1 127.0.0.1:{muxio_port} send-proxy-v2
+    # health checks send the header too, then a whole TLS handshake of their own
+    server m1 127.0.0.1:{muxio_port} send-proxy-v2 check check-ssl verify none inter 200ms
 """
 
 
@@ -258,6 +259,53 @@ def test_haproxy_send_proxy_v2_in_front_of_tls_passthrough(
             tls_proxy_serve,
             rf"connection from 127\.0\.0\.2:{client_port} via 127\.0\.0\.1:\d+ \(PROXY v2\)",
         )
+        checks = r"PROXY LOCAL connection from 127\.0\.0\.1:\d+ \(a health check\)"
+        deadline = time.monotonic() + 15
+        while sum(bool(re.search(checks, line)) for line in tls_proxy_serve.lines) < 3:
+            assert time.monotonic() < deadline, tls_proxy_serve.lines[-10:]
+            time.sleep(0.05)
         assert not any("TLS handshake" in line for line in tls_proxy_serve.lines)
+        assert not any("is DOWN" in line for line in proxy.lines), proxy.lines
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "muxio"])
+def test_gate_with_its_own_tls_on_any_asyncio_loop(
+    loop_kind: str, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """`wrap(ssl=...)`: where create_server's own TLS would sit in front of the gate."""
+    import muxio
+
+    TLSReporter.made = []
+
+    async def main() -> tuple[str, bytes]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            ProxyProtocolGate.wrap(TLSReporter, ssl=server_ctx), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            raw.sendall(v2_header(CLIENT, BALANCED))
+            raw.setblocking(False)
+            reader, writer = await asyncio.open_connection(
+                sock=raw, ssl=client_ctx, server_hostname="localhost"
+            )
+            line = await asyncio.wait_for(reader.readline(), 10)
+            writer.write(b"data")
+            echoed = await asyncio.wait_for(reader.readexactly(4), 10)
+            writer.close()
+            return line.decode(), echoed
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    factory = asyncio.new_event_loop if loop_kind == "asyncio" else muxio.new_event_loop
+    loop = factory()
+    try:
+        line, echoed = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert line.startswith(f"{CLIENT!r}|TLSv1."), line
+    assert echoed == b"DATA"
