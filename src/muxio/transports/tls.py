@@ -65,7 +65,6 @@ class SharedBufferSSLProtocol(sslproto.SSLProtocol):
     def get_buffer(self, n: int) -> memoryview:
         return self._ssl_buffer_view
 
-
     def _do_handshake(self) -> None:
         """Not before the ClientHello: OpenSSL's first step takes ~33 KiB, output none.
 
