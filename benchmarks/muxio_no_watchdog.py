@@ -6,6 +6,7 @@ counts then spread by 1-4 % where asyncio's repeat to 0.1 %. Without it the
 count is the loop's alone, for callgrind_per_request.py's `*-nowatchdog` servers.
 
     python benchmarks/muxio_no_watchdog.py asyncio_protocol --host 127.0.0.1 --port 0
+        [--tls-cert FILE --tls-key FILE]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 import sys
 
 import muxio
+from muxio.tools.peers import add_tls_arguments, tls_context
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("peer", choices=("asyncio_protocol", "asyncio_streams", "aiohttp_hello"))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
+    add_tls_arguments(p)
     args = p.parse_args(argv)
     peer = importlib.import_module(f"muxio.tools.peers.{args.peer}")
+    ssl = tls_context(args)
+    serving = peer.serve(args.host, args.port, ssl) if ssl else peer.serve(args.host, args.port)
     with contextlib.suppress(KeyboardInterrupt):
-        muxio.run(peer.serve(args.host, args.port), slow_callback_ms=None)
+        muxio.run(serving, slow_callback_ms=None)
     return 0
 
 

@@ -219,6 +219,8 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._ready: deque[Any] = deque()  # asyncio.Handle: typeshed hides its fields
         self._timers: list[tuple[float, int, Any]] = []
         self._timers_cancelled = 0
+        self._tls_read_buffer: memoryview | None = None
+        """What every TLS connection receives into (`transports.tls`), made on first use."""
         self._seq = itertools.count()
         self._clock_resolution = get_clock_info("monotonic").resolution
         self._stopping = False
@@ -1187,8 +1189,8 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         call_connection_made: bool = True,
         cls: Any = None,
     ) -> Any:
-        """asyncio's own TLS layer (`sslproto`), loop-agnostic, over our transport."""
-        from asyncio import sslproto
+        """asyncio's TLS layer (`sslproto`) over our transport, on the loop's shared read buffer."""
+        from .transports.tls import SharedBufferSSLProtocol
 
         kwargs: dict[str, Any] = {"ssl_handshake_timeout": handshake_timeout}
         if sys.version_info >= (3, 11):
@@ -1199,11 +1201,11 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             context = ssl_module.create_default_context()
             if server_hostname == "":
                 context.check_hostname = False
-        return (cls or sslproto.SSLProtocol)(
+        return (cls or SharedBufferSSLProtocol)(
             self,
             protocol,
             context,
-            waiter,  # type: ignore[arg-type]
+            waiter,
             server_side,
             server_hostname,
             call_connection_made=call_connection_made,

@@ -282,20 +282,41 @@ class ProxyProtocolGate(asyncio.Protocol):
 
     @classmethod
     def wrap(
-        cls, protocol_factory: Callable[[], Any], *, timeout: float = DEFAULT_TIMEOUT
+        cls,
+        protocol_factory: Callable[[], Any],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        ssl: Any = None,
     ) -> Callable[[], ProxyProtocolGate]:
         """A protocol factory that puts a gate in front of each new connection.
 
         Its gates share one rate limit for their warnings, so one server's
-        refusals are counted together.
+        refusals are counted together.  With `ssl` (a server `SSLContext`)
+        each gate starts TLS itself after the header: what a loop whose
+        `create_server(ssl=...)` would put TLS in front of the gate needs
+        (asyncio's own).  muxio's server does it without: give it `ssl`
+        as usual, and not here too.
         """
         timeout = validate.header_timeout(timeout, "timeout")
         refusals = RateLimitedWarning()
 
         def factory() -> ProxyProtocolGate:
-            return cls(protocol_factory, timeout=timeout, refusals=refusals)
+            gate = cls(protocol_factory, timeout=timeout, refusals=refusals)
+            if ssl is not None:
+                gate.wrap_service(lambda service: _tls_layer(service, ssl))
+            return gate
 
         return factory
+
+    def wrap_service(self, wrap: Callable[[Any], Any]) -> None:
+        """Hand the connection to `wrap(service protocol)`: a TLS layer, after the header.
+
+        The header comes first on the wire, before the ClientHello (HAProxy's
+        `send-proxy-v2` in front of TLS passthrough), so muxio's server
+        gives a gate its TLS layer here rather than wrapping the gate in it.
+        """
+        factory = self._factory
+        self._factory = lambda: wrap(factory())
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
@@ -380,6 +401,18 @@ class ProxyProtocolGate(asyncio.Protocol):
         protocol.connection_made(transport)
         if rest and not transport.is_closing():
             _deliver(protocol, rest)
+
+
+def _tls_layer(service: Any, context: Any) -> Any:
+    """Server-side TLS over the running loop's transport: muxio's layer, or asyncio's own."""
+    from .loop import EventLoop
+
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, EventLoop):
+        return loop._ssl_protocol(service, context, server_side=True)
+    from asyncio import sslproto
+
+    return sslproto.SSLProtocol(loop, service, context, None, server_side=True)  # type: ignore[arg-type]
 
 
 def _extra_of(transport: Any) -> dict[str, Any]:

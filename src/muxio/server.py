@@ -92,9 +92,9 @@ def _tls_protocol(server: Server) -> Any:
     """
     global _tls_protocol_class
     if _tls_protocol_class is None:
-        from asyncio import sslproto
+        from .transports.tls import SharedBufferSSLProtocol
 
-        class ServerTLSProtocol(sslproto.SSLProtocol):
+        class ServerTLSProtocol(SharedBufferSSLProtocol):
             _muxio_server: Server
 
             def connection_lost(self, exc: BaseException | None) -> None:
@@ -373,14 +373,11 @@ class Server(asyncio.AbstractServer):
         try:
             protocol: Any = ctx.run(self.protocol_factory)
             if self._ssl is not None:
-                protocol = self.loop._ssl_protocol(
-                    protocol,
-                    self._ssl,
-                    server_side=True,
-                    handshake_timeout=self._ssl_handshake_timeout,
-                    shutdown_timeout=self._ssl_shutdown_timeout,
-                    cls=self._tls_class,
-                )
+                before_tls = getattr(protocol, "wrap_service", None)
+                if before_tls is not None:
+                    before_tls(self._tls_layer)
+                else:
+                    protocol = self._tls_layer(protocol)
         except Exception as exc:
             conn.close()
             self.loop.call_exception_handler(
@@ -407,6 +404,23 @@ class Server(asyncio.AbstractServer):
         self._counters.connections += 1
         if self.idle_timeout:
             transport.idle_mark = (0, self.loop.time())
+
+    def _tls_layer(self, protocol: Any) -> Any:
+        """The TLS layer between the connection and `protocol`.
+
+        A protocol from the factory that reads the raw stream itself (the
+        PROXY gate: a balancer sends its header before the ClientHello)
+        has a `wrap_service(wrap)` method; it then gets this layer to put
+        between itself and the service it hands the connection to.
+        """
+        return self.loop._ssl_protocol(
+            protocol,
+            self._ssl,
+            server_side=True,
+            handshake_timeout=self._ssl_handshake_timeout,
+            shutdown_timeout=self._ssl_shutdown_timeout,
+            cls=self._tls_class,
+        )
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in _OUT_OF_FDS:
