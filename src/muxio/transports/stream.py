@@ -33,6 +33,7 @@ from asyncio import trsock
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING
 
+from ..protocol import protocol_busy
 from .base import FlowControlTransport, InContext
 
 if TYPE_CHECKING:
@@ -426,29 +427,46 @@ class Transport(FlowControlTransport, asyncio.Transport):
     def begin_shutdown(self) -> None:
         """Begin a graceful goodbye: no new requests, replies still flushed.
 
-        Reading stops (unread bytes were never accepted); once the protocol
-        is idle and the buffer empty, `half_close_if_idle()` half-closes.
+        What is already in the socket when the goodbye begins was sent
+        before it, so it is read and answered: the loop may have seen the
+        signal first in an iteration whose readiness events it had not
+        dispatched yet (a loop that was busy, or stopped), and a request
+        left unread would be thrown away by the close with the client told
+        nothing.  Then reading stops (bytes arriving later were never
+        accepted); once the protocol is idle and the buffer empty,
+        `half_close_if_idle()` half-closes.
         """
         if self._closing or self._shutting_down:
+            return
+        self._read_what_arrived()
+        if self._closing:
             return
         self._shutting_down = True
         self._reading_paused = True
         if not self._eof:
             self._loop._remove_reader(self._fd)
 
+    def _read_what_arrived(self) -> None:
+        """Hand the protocol what the kernel holds now, as the reader would (bounded)."""
+        reader = self._on_read_into if self._buffered_proto else self._on_read
+        ctx = self._reading_context()
+        for _ in range(16):
+            if self._closing or self._reading_paused or self._eof or not _unread(self._sock):
+                return
+            ctx.run(reader)
+
     def half_close_if_idle(self) -> bool:
         """Half-close a shutting-down, idle connection; True once that has begun.
 
-        A protocol is busy while its `is_busy()` (a muxio extension; plain
-        asyncio protocols have none and are never busy) says replies are
-        still being produced.  After our FIN the peer's remaining bytes are
+        A protocol is busy while `protocol_busy()` says replies are still
+        being produced: its own `is_busy()` (a muxio extension), or a stream
+        handler task at work.  After our FIN the peer's remaining bytes are
         read and discarded until it closes too, so the final close() sends no
         RST that could destroy replies still in flight.
         """
         if self._closing:
             return True
-        is_busy = getattr(self._protocol, "is_busy", None)
-        if self._buffer or (is_busy is not None and is_busy()):
+        if self._buffer or protocol_busy(self._protocol):
             return False
         self._output = _Output.EOF
         self._closing = True
@@ -583,6 +601,14 @@ class UncountedTransport(Transport):
 
     __slots__ = ()
     counts_bytes = False
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes the kernel has received on `sock` that nobody read yet (0 if unknown)."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+    except OSError:
+        return 0
 
 
 def _unacknowledged(sock: socket.socket) -> int:
