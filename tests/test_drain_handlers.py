@@ -15,14 +15,23 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import ServeProcess, recv_exactly, recv_until_eof, round_trip, serve_process
+from helpers import (
+    ServeProcess,
+    cpu_seconds,
+    recv_exactly,
+    recv_until_eof,
+    round_trip,
+    serve_process,
+)
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="waits for a stopped process in Linux's /proc"
@@ -31,7 +40,7 @@ pytestmark = pytest.mark.skipif(
 HANDLERS = textwrap.dedent(
     """
     import asyncio
-    import sys
+    import os
 
     async def drain_reached(writer):
         # a draining server stops reading a connection once it reaches it
@@ -43,7 +52,7 @@ HANDLERS = textwrap.dedent(
 
     async def answer_after_drain(reader, writer):
         line = await reader.readline()
-        print("handling", line.decode().strip(), file=sys.stderr, flush=True)
+        os.write(2, b"handling " + line)  # one write: workers share the pipe
         await drain_reached(writer)
         writer.write(b"done " + line)
         await writer.drain()
@@ -51,7 +60,7 @@ HANDLERS = textwrap.dedent(
 
     async def never_answers(reader, writer):
         await reader.readline()
-        print("handling forever", file=sys.stderr, flush=True)
+        os.write(2, b"handling forever\\n")
         await asyncio.Event().wait()
     """
 )
@@ -149,21 +158,110 @@ def test_a_request_sent_while_the_server_was_stopped_is_answered_by_the_drain(
             assert srv.summary()["drain"] == "complete"
 
 
-def test_a_connection_queued_while_the_server_was_stopped_is_accepted_and_answered() -> None:
-    with serve_process("--port", "0") as srv:
-        os.kill(srv.pid, signal.SIGSTOP)
-        try:
-            wait_stopped(srv.pid)
-            conn = srv.connect()  # the kernel completes it into the listen backlog
-            conn.sendall(b"queued")
-            srv.signal(signal.SIGTERM)
-        finally:
-            os.kill(srv.pid, signal.SIGCONT)
-        with conn:
-            assert recv_exactly(conn, 6) == b"QUEUED"
-            assert recv_until_eof(conn) == b""
+def signal_then_work(srv: ServeProcess, conn: socket.socket) -> None:
+    """SIGTERM and a `work 500` on `conn` seen in one poll; return once the loop is in the work.
+
+    The server is stopped while both are sent, so on SIGCONT its loop reads
+    them in one iteration: the signal's callback is queued for the next one,
+    and the work holds the loop (`--offload none`) for 500 ms meanwhile.
+    """
+    os.kill(srv.pid, signal.SIGSTOP)
+    try:
+        wait_stopped(srv.pid)
+        conn.sendall(b"work 500\n")
+        srv.signal(signal.SIGTERM)
+        spent = cpu_seconds(srv.pid)
+    finally:
+        os.kill(srv.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while cpu_seconds(srv.pid) < spent + 0.1:
+        assert time.monotonic() < deadline, "the server never started the work"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def tls_args(ca: Any, tmp_path: Path) -> tuple[str, ...]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    return ("--tls-cert", str(cert), "--tls-key", str(key))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_request_arriving_while_the_loop_works_after_reading_the_signal_is_answered(
+    tls: bool, tls_args: tuple[str, ...], client_ctx: ssl.SSLContext
+) -> None:
+    """The loss in its plainest form: the signal is read, then a request comes, then the drain.
+
+    On SIGCONT the loop finds A's request and the signal in one poll; A's
+    `work 500` holds the loop for 500 ms (`--offload none`), during which
+    B's request arrives.  The next iteration runs the drain before its
+    readiness events, so B's request used to be read and dropped by the close.
+    """
+    extra = tls_args if tls else ()
+    with serve_process("--port", "0", "--service", "work", "--offload", "none", *extra) as srv:
+
+        def connect() -> socket.socket:
+            conn = srv.connect()
+            return client_ctx.wrap_socket(conn, server_hostname="127.0.0.1") if tls else conn
+
+        with connect() as a, connect() as b:
+            assert round_trip(a, b"a\n") == b"A\n"
+            assert round_trip(b, b"b\n") == b"B\n"
+            signal_then_work(srv, a)
+            b.sendall(b"ping\n")
+            assert recv_exactly(a, 9) == b"WORK 500\n"
+            assert recv_exactly(b, 5) == b"PING\n"
+            for conn in (a, b):
+                with contextlib.suppress(ssl.SSLError):
+                    assert recv_until_eof(conn) == b""  # TLS: close_notify, or a bare FIN
         assert srv.wait() == 0
-        assert srv.summary()["connections"] == "1"
+        assert srv.summary()["drain"] == "complete"
+
+
+@pytest.mark.parametrize("service", ["upper", "upper-streams"])
+def test_a_tls_request_sent_while_the_server_was_stopped_is_answered_by_the_drain(
+    service: str, tls_args: tuple[str, ...], client_ctx: ssl.SSLContext
+) -> None:
+    for _ in range(2):
+        with serve_process("--port", "0", "--service", service, *tls_args) as srv:
+            with client_ctx.wrap_socket(srv.connect(), server_hostname="127.0.0.1") as conn:
+                conn.sendall(b"ping\n")
+                assert recv_exactly(conn, 5) == b"PING\n"
+                os.kill(srv.pid, signal.SIGSTOP)
+                try:
+                    wait_stopped(srv.pid)
+                    conn.sendall(b"ping\n")
+                    srv.signal(signal.SIGTERM)
+                finally:
+                    os.kill(srv.pid, signal.SIGCONT)
+                assert recv_exactly(conn, 5) == b"PING\n"
+                with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+                    assert recv_until_eof(conn) == b""  # close_notify, or a bare FIN
+            assert srv.wait() == 0
+            assert srv.summary()["drain"] == "complete"
+
+
+def test_a_connection_still_in_the_listen_queue_when_the_drain_begins_is_answered() -> None:
+    """As above, but C connects during A's work: it waits in the kernel's accept queue.
+
+    The drain closes the listening socket, which used to reset C; what the
+    queue holds is accepted first and served with the first-request grace.
+    """
+    with serve_process("--port", "0", "--service", "work", "--offload", "none") as srv:
+        with srv.connect() as a:
+            assert round_trip(a, b"a\n") == b"A\n"
+            signal_then_work(srv, a)
+            with srv.connect() as c:  # the kernel completes it; muxio is busy
+                c.sendall(b"queued\n")
+                assert recv_exactly(a, 9) == b"WORK 500\n"
+                assert recv_exactly(c, 7) == b"QUEUED\n"
+                assert recv_until_eof(c) == b""
+            assert recv_until_eof(a) == b""
+        assert srv.wait() == 0
+        assert srv.summary()["connections"] == "2"
+        assert srv.summary()["drain"] == "complete"
 
 
 # -- a reload with coroutine requests in flight ---------------------------------
