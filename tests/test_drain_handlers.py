@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -91,6 +92,35 @@ def test_sigterm_mid_request_waits_for_the_coroutine_handler_reply(
         assert srv.wait() == 0
         assert srv.summary()["drain"] == "complete"
         no_destroyed_task(srv.lines)
+
+
+SERVE_API = textwrap.dedent(
+    """
+    import logging, sys
+    import muxio
+    from drainmod import answer_after_drain
+    logging.basicConfig(level=logging.INFO)
+    totals = muxio.serve(answer_after_drain, port=0, shutdown_timeout=10)
+    print("drain", totals["drain"], file=sys.stderr, flush=True)
+    """
+)
+
+
+def test_muxio_serve_waits_for_the_coroutine_handler_reply(handlers_on_path: Path) -> None:
+    srv = ServeProcess(argv=[sys.executable, "-c", SERVE_API])
+    try:
+        srv.wait_listening()
+        with srv.connect() as conn:
+            conn.sendall(b"api\n")
+            srv.wait_line(r"handling api")
+            srv.signal(signal.SIGTERM)
+            assert recv_exactly(conn, 9) == b"done api\n"
+            assert recv_until_eof(conn) == b""
+        assert srv.wait() == 0
+        srv.wait_line(r"^drain complete$")
+        no_destroyed_task(srv.lines)
+    finally:
+        srv.kill()
 
 
 def test_a_handler_that_never_finishes_makes_the_drain_time_out_and_exit_1(
