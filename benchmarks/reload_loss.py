@@ -104,8 +104,9 @@ def main() -> int:
             t.join(15)
         bench = json.loads(out)
         print(
-            f"{args.service}, {args.worker_sockets}: {done} reloads in {reloads_took:.1f} s ({retired} workers "
-            f"retired, exit 0); bench --reconnect: {bench['requests']} requests, "
+            f"{args.service}, {args.worker_sockets}: {done} reloads in {reloads_took:.1f} s "
+            f"({retired} workers retired, exit 0); "
+            f"bench --reconnect: {bench['requests']} requests, "
             f"{bench['reconnects']} reconnects, {bench['lost']} lost, "
             f"{bench['errors']['total']} errors; new connection per request: "
             f"{short.answered} answered, {len(short.failed)} failed"
