@@ -59,6 +59,14 @@ HANDLERS = textwrap.dedent(
         await writer.drain()
         writer.close()
 
+    class BigReply(asyncio.Protocol):
+        # a plain asyncio protocol: no is_busy(), its reply waits in the transport
+        def connection_made(self, transport):
+            self.transport = transport
+        def data_received(self, data):
+            self.transport.write(b"x" * (32 << 20))
+            os.write(2, b"replying\\n")
+
     async def never_answers(reader, writer):
         await reader.readline()
         os.write(2, b"handling forever\\n")
@@ -121,6 +129,20 @@ def test_muxio_serve_waits_for_the_coroutine_handler_reply(handlers_on_path: Pat
         no_destroyed_task(srv.lines)
     finally:
         srv.kill()
+
+
+def test_a_plain_asyncio_protocol_has_its_unsent_reply_flushed_by_the_drain(
+    handlers_on_path: Path,
+) -> None:
+    with serve_process("--port", "0", "--service", "drainmod:BigReply") as srv:
+        with srv.connect() as conn:
+            conn.sendall(b"big\n")
+            srv.wait_line(r"replying")
+            srv.signal(signal.SIGTERM)
+            srv.wait_line(r"shutting down")  # the reply is still in the server's buffers
+            assert len(recv_until_eof(conn, timeout=30)) == 32 << 20
+        assert srv.wait() == 0
+        assert srv.summary()["drain"] == "complete"
 
 
 def test_a_handler_that_never_finishes_makes_the_drain_time_out_and_exit_1(
