@@ -67,6 +67,23 @@ HANDLERS = textwrap.dedent(
             self.transport.write(b"x" * (32 << 20))
             os.write(2, b"replying\\n")
 
+    class LateReply(asyncio.Protocol):
+        # a plain asyncio protocol answering from a timer, once the drain reached it
+        def connection_made(self, transport):
+            self.transport = transport
+        def data_received(self, data):
+            os.write(2, b"late " + data)
+            self.poll(data, 4000)
+        def poll(self, data, left):
+            if not self.transport.is_reading() or not left:
+                self.transport.write(b"late " + data)
+                return
+            asyncio.get_running_loop().call_later(0.005, self.poll, data, left - 1)
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data):
+            os.write(2, b"swallowed\\n")
+
     async def never_answers(reader, writer):
         await reader.readline()
         os.write(2, b"handling forever\\n")
@@ -143,6 +160,34 @@ def test_a_plain_asyncio_protocol_has_its_unsent_reply_flushed_by_the_drain(
             assert len(recv_until_eof(conn, timeout=30)) == 32 << 20
         assert srv.wait() == 0
         assert srv.summary()["drain"] == "complete"
+
+
+def test_a_plain_asyncio_protocol_answering_later_is_waited_for(handlers_on_path: Path) -> None:
+    with serve_process("--port", "0", "--service", "drainmod:LateReply") as srv:
+        with srv.connect() as conn:
+            conn.sendall(b"x\n")
+            srv.wait_line(r"late x")
+            srv.signal(signal.SIGTERM)
+            assert recv_exactly(conn, 7) == b"late x\n"
+            assert recv_until_eof(conn) == b""
+        assert srv.wait() == 0
+        assert srv.summary()["drain"] == "complete"
+
+
+def test_a_plain_asyncio_protocol_that_read_and_never_answers_holds_the_drain_to_its_timeout(
+    handlers_on_path: Path,
+) -> None:
+    with serve_process(
+        "--port", "0", "--service", "drainmod:Sink", "--shutdown-timeout", "1"
+    ) as srv:
+        with srv.connect() as conn:
+            conn.sendall(b"x\n")
+            srv.wait_line(r"swallowed")
+            srv.signal(signal.SIGTERM)
+            with contextlib.suppress(ConnectionResetError):
+                assert recv_until_eof(conn) == b""
+        assert srv.wait() == 1
+        assert srv.summary()["drain"] == "timeout"
 
 
 def test_a_handler_that_never_finishes_makes_the_drain_time_out_and_exit_1(

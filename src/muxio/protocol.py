@@ -66,7 +66,7 @@ class Protocol(BaseProtocol, asyncio.Protocol):
         return None
 
 
-def protocol_busy(protocol: object) -> bool:
+def protocol_busy(protocol: object) -> bool | None:
     """Whether `protocol` is still producing a reply: what a graceful drain waits for.
 
     A muxio protocol says so itself (`is_busy()`).  asyncio's
@@ -75,15 +75,20 @@ def protocol_busy(protocol: object) -> bool:
     has no such method, but its handler task tells: running, and not
     waiting on an empty reader for the next request, means it is working on
     one.  A handler parked in `reader.read()` is idle and is ended by the
-    EOF the drain's close feeds it.  Any other protocol has no way to say,
-    so only its unsent data (the transport's, checked there) holds a drain.
+    EOF the drain's close feeds it.  Any other protocol cannot say: None,
+    and its transport judges by its traffic (see `Transport.judge_traffic`).
     """
     own = getattr(protocol, "is_busy", None)
     if own is not None:
         return bool(own())
     if isinstance(protocol, asyncio.StreamReaderProtocol):
         return _stream_handler_busy(protocol)
-    return False
+    return None
+
+
+def says_if_busy(protocol: object) -> bool:
+    """Whether `protocol_busy()` can ask `protocol` itself, found without calling it."""
+    return hasattr(protocol, "is_busy") or isinstance(protocol, asyncio.StreamReaderProtocol)
 
 
 def _stream_handler_busy(protocol: asyncio.StreamReaderProtocol) -> bool:

@@ -163,6 +163,7 @@ def run_service(
         max_connections=config.max_connections,
         idle_timeout=config.idle_timeout,
         ssl=config.tls,
+        judge_traffic=True,
     )
     state = _Stopping()
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .listeners import UnixFile
 from .pollers import FdTooLargeError
 from .protocol import protocol_busy
-from .transports.stream import Transport, UncountedTransport
+from .transports.stream import TrafficJudgedTransport, Transport, UncountedTransport
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -163,6 +163,12 @@ class Server(asyncio.AbstractServer):
     would pin memory for the whole timeout.  The sweep only sees what is open,
     so a closed connection costs nothing; a silent connection is closed after
     between `idle_timeout` and 1.5 times `idle_timeout` seconds.
+
+    `judge_traffic` (what `muxio serve` asks for) makes `shutdown()` wait
+    for a plain asyncio protocol that read data and has written nothing
+    since, as for a busy one: such a protocol cannot say it still owes a
+    reply.  It costs those protocols' reads a little, and nothing to the
+    others.
     """
 
     accepts_per_event = 128
@@ -183,6 +189,7 @@ class Server(asyncio.AbstractServer):
         unlink_on_close: bool = True,
         unix_files: Iterable[UnixFile] = (),
         count_bytes: bool = True,
+        judge_traffic: bool = False,
     ) -> None:
         self.loop = loop
         self.protocol_factory = protocol_factory
@@ -201,10 +208,13 @@ class Server(asyncio.AbstractServer):
                 bound = getattr(sock, "bound_file", None)
                 if bound is not None:
                     self._unix_files.append(bound)
-        self._transport_class = (
+        self._transport_class: type[Transport] = (
             Transport if count_bytes or idle_timeout else UncountedTransport
         )
         """Byte counts feed the summary and idle detection; asyncio's API needs neither."""
+        if judge_traffic and ssl is None and self._transport_class is Transport:
+            # TCP only: over TLS the transport sees records, not requests
+            self._transport_class = TrafficJudgedTransport
         self._serving_forever: asyncio.Future[None] | None = None
         self._waiters: list[asyncio.Future[None]] | None = []
         self.max_connections = max_connections
@@ -219,6 +229,7 @@ class Server(asyncio.AbstractServer):
         self._fd_warning = RateLimitedWarning()
         self._shutdown_deadline = 0.0
         self._first_request_deadline = 0.0
+
         self.drain_cut_short = False
         """True once `shutdown()` had to abort connections that did not finish in time."""
         self._on_closed: Callable[[], object] | None = None
