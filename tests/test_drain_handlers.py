@@ -1,11 +1,13 @@
 """A drain waits for the work in progress of every connection, and answers what it found.
 
-Two ways a graceful drain used to lose requests: a coroutine handler
-(`--service mod:handler`, `upper-streams`) never counted as busy, so its
-connection was closed under it and the task destroyed pending; and a request
-already in the socket when the drain began was never read (the reader was
-removed before the loop got to it) and then thrown away with the close.
-Each test drives a real `muxio serve` process with real signals.
+Ways a graceful drain used to lose requests: a coroutine handler
+(`--service mod:handler`, `upper-streams`, `muxio.serve(handler)`) or a plain
+`asyncio.Protocol` answering later never counted as busy, so the connection
+was closed under it (and the task destroyed pending); a request already in
+the socket when the drain began was never read (the loop ran the signal's
+callback before that iteration's reads) and was thrown away with the close;
+a connection still in the listen queue was reset with the listener.  Each
+test drives a real server process with real signals.
 """
 
 from __future__ import annotations
