@@ -470,12 +470,11 @@ class Transport(FlowControlTransport, asyncio.Transport):
 
     def _read_what_arrived(self) -> None:
         """Hand the protocol what the kernel holds now, as the reader would (bounded)."""
-        reader = self._reader()
         ctx = self._reading_context()
         for _ in range(16):
             if self._closing or self._reading_paused or self._eof or not _unread(self._sock):
                 return
-            ctx.run(reader)
+            ctx.run(self._reader())  # each time: a PROXY gate may have handed over
 
     def half_close_if_idle(self) -> bool:
         """Half-close a shutting-down, idle connection; True once that has begun.
