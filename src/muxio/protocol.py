@@ -4,6 +4,9 @@ A protocol is told about one connection's life: `connection_made`, then any
 number of `data_received`, maybe `eof_received`, then exactly one
 `connection_lost`.  Flow control reaches it as `pause_writing` /
 `resume_writing` when the transport's write buffer crosses its water marks.
+
+`protocol_busy()` is how a graceful drain asks any protocol, muxio's or
+asyncio's, whether it still owes a reply.
 """
 
 from __future__ import annotations
@@ -61,3 +64,39 @@ class Protocol(BaseProtocol, asyncio.Protocol):
         reply is written.
         """
         return None
+
+
+def protocol_busy(protocol: object) -> bool | None:
+    """Whether `protocol` is still producing a reply: what a graceful drain waits for.
+
+    A muxio protocol says so itself (`is_busy()`).  asyncio's
+    `StreamReaderProtocol` (an `async def handler(reader, writer)`, as
+    `asyncio.start_server` and `muxio serve --service mod:handler` run it)
+    has no such method, but its handler task tells: running, and not
+    waiting on an empty reader for the next request, means it is working on
+    one.  A handler parked in `reader.read()` is idle and is ended by the
+    EOF the drain's close feeds it.  Any other protocol cannot say: None,
+    and its transport judges by its traffic (see `Transport.judge_traffic`).
+    """
+    own = getattr(protocol, "is_busy", None)
+    if own is not None:
+        return bool(own())
+    if isinstance(protocol, asyncio.StreamReaderProtocol):
+        return _stream_handler_busy(protocol)
+    return None
+
+
+def says_if_busy(protocol: object) -> bool:
+    """Whether `protocol_busy()` can ask `protocol` itself, found without calling it."""
+    return hasattr(protocol, "is_busy") or isinstance(protocol, asyncio.StreamReaderProtocol)
+
+
+def _stream_handler_busy(protocol: asyncio.StreamReaderProtocol) -> bool:
+    task: asyncio.Task[object] | None = getattr(protocol, "_task", None)
+    if task is None or task.done():
+        return False
+    reader: asyncio.StreamReader | None = getattr(protocol, "_stream_reader", None)
+    if reader is None:
+        return True
+    waiting_for_input = getattr(reader, "_waiter", None) is not None
+    return not (waiting_for_input and not getattr(reader, "_buffer", b""))

@@ -20,6 +20,7 @@ or ``forced`` (a second signal, or SIGQUIT).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -91,6 +92,35 @@ class _Stopping:
         self.deadline = float("inf")
 
 
+TASK_END_TIMEOUT = 1.0
+"""Seconds tasks still running after the drain get, once cancelled, to finish."""
+
+
+def _end_tasks(loop: EventLoop, seconds_left: float) -> None:
+    """Cancel the tasks left when serving ends and let them run to their end, as `asyncio.run`.
+
+    A stream handler whose connection was aborted at the shutdown timeout
+    (or that still cleans up after its connection closed) would otherwise
+    be destroyed pending when the loop closes, its `finally` never run.
+    """
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not tasks:
+        return
+    for task in tasks:
+        task.cancel()
+    timeout = max(min(seconds_left, TASK_END_TIMEOUT), 0.1)
+    loop.run_until_complete(asyncio.wait(tasks, timeout=timeout))
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {
+                    "message": "unhandled exception in a task cancelled at shutdown",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
+
+
 def run_service(
     service: Service,
     config: ServeConfig,
@@ -133,6 +163,7 @@ def run_service(
         max_connections=config.max_connections,
         idle_timeout=config.idle_timeout,
         ssl=config.tls,
+        judge_traffic=True,
     )
     state = _Stopping()
 
@@ -223,6 +254,7 @@ def run_service(
             transport.abort()
         loop.stop()
         loop.run_forever()
+        _end_tasks(loop, max(0.0, state.deadline - loop.time()))
         if server.drain_cut_short and state.drain == "complete":
             state.drain = "timeout"
         if on_close is not None:

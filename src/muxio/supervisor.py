@@ -65,7 +65,9 @@ binds and holds every listening socket and the workers inherit them:
 
 A draining worker answers what it accepted: `Server.shutdown(first_request_grace=)`
 gives a connection accepted just before the drain, which has sent nothing yet, a moment
-to deliver its first request, so a reload under a connection per request loses none.
+to deliver its first request, so a reload under a connection per request loses none; what
+a socket already holds when the drain begins is read and answered, and a coroutine
+handler still working on a request is waited for (`protocol_busy()`).
 """
 
 from __future__ import annotations

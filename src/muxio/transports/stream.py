@@ -33,6 +33,7 @@ from asyncio import trsock
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING
 
+from ..protocol import protocol_busy, says_if_busy
 from .base import FlowControlTransport, InContext
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
         "_flush_waiter",
         "_info",
         "_on_lost",
+        "_out_at_read",
         "_output",
         "_read_size",
         "_reading_paused",
@@ -131,6 +133,9 @@ class Transport(FlowControlTransport, asyncio.Transport):
     instructions the loop spends on one, so transports made through asyncio's
     API, which has no use for the counts, are `UncountedTransport`s.
     """
+    judge_traffic = False
+    """Judge a protocol that cannot say whether it is busy by its traffic, for a drain
+    (`half_close_if_idle()`); `TrafficJudgedTransport` is what a server asks for."""
     _start_tls_compatible = True
     _sendfile_compatible = _aio_constants._SendfileMode.TRY_NATIVE
 
@@ -163,6 +168,8 @@ class Transport(FlowControlTransport, asyncio.Transport):
         self.bytes_out = 0
         self._counting = self.counts_bytes  # a slot: read per event, cheaper than a class lookup
         self.idle_mark: Any = None
+        self._out_at_read = -1
+        """`bytes_out` when data last came in, while judging: equal now means unanswered."""
 
     def start(self, on_lost: Any = None, context: Context | None = None) -> None:
         """Watch the socket, then announce the connection to the protocol.
@@ -193,10 +200,26 @@ class Transport(FlowControlTransport, asyncio.Transport):
 
     def _watch_reading(self, ctx: Context) -> None:
         self._context = ctx
-        self._loop._add_reader(
-            self._fd,
-            InContext(ctx.run, self._on_read_into if self._buffered_proto else self._on_read),
-        )
+        self._loop._add_reader(self._fd, InContext(ctx.run, self._reader()))
+
+    def _reader(self) -> Any:
+        if self.judge_traffic and not says_if_busy(self._protocol):
+            return self._on_read_judged
+        return self._on_read_into if self._buffered_proto else self._on_read
+
+    def _on_read_judged(self) -> None:
+        """The reader of a protocol that cannot say it is busy: notes `bytes_out` at each input.
+
+        Only such protocols pay for it; muxio's own and asyncio's stream
+        handler say it themselves, and their hot path is untouched.
+        """
+        bytes_in, bytes_out = self.bytes_in, self.bytes_out
+        if self._buffered_proto:
+            self._on_read_into()
+        else:
+            self._on_read()
+        if self.bytes_in != bytes_in:
+            self._out_at_read = bytes_out
 
     # -- reading -------------------------------------------------------------
 
@@ -426,29 +449,52 @@ class Transport(FlowControlTransport, asyncio.Transport):
     def begin_shutdown(self) -> None:
         """Begin a graceful goodbye: no new requests, replies still flushed.
 
-        Reading stops (unread bytes were never accepted); once the protocol
-        is idle and the buffer empty, `half_close_if_idle()` half-closes.
+        What is already in the socket when the goodbye begins was sent
+        before it, so it is read and answered: the loop may have seen the
+        signal first in an iteration whose readiness events it had not
+        dispatched yet (a loop that was busy, or stopped), and a request
+        left unread would be thrown away by the close with the client told
+        nothing.  Then reading stops (bytes arriving later were never
+        accepted); once the protocol is idle and the buffer empty,
+        `half_close_if_idle()` half-closes.
         """
         if self._closing or self._shutting_down:
+            return
+        self._read_what_arrived()
+        if self._closing:
             return
         self._shutting_down = True
         self._reading_paused = True
         if not self._eof:
             self._loop._remove_reader(self._fd)
 
+    def _read_what_arrived(self) -> None:
+        """Hand the protocol what the kernel holds now, as the reader would (bounded)."""
+        ctx = self._reading_context()
+        for _ in range(16):
+            if self._closing or self._reading_paused or self._eof or not _unread(self._sock):
+                return
+            ctx.run(self._reader())  # each time: a PROXY gate may have handed over
+
     def half_close_if_idle(self) -> bool:
         """Half-close a shutting-down, idle connection; True once that has begun.
 
-        A protocol is busy while its `is_busy()` (a muxio extension; plain
-        asyncio protocols have none and are never busy) says replies are
-        still being produced.  After our FIN the peer's remaining bytes are
-        read and discarded until it closes too, so the final close() sends no
-        RST that could destroy replies still in flight.
+        A protocol is busy while `protocol_busy()` says replies are still
+        being produced: its own `is_busy()` (a muxio extension), or a stream
+        handler task at work.  A plain asyncio protocol cannot say; when its
+        server asked (`judge_traffic`), one that read data and has written
+        nothing since owes a reply (answering from a task, a timer) and is
+        busy too, until it writes or the shutdown times out: a protocol that
+        reads without ever answering should say so with `is_busy()`.  After
+        our FIN the peer's remaining bytes are read and discarded until it
+        closes too, so the final close() sends no RST that could destroy
+        replies still in flight.
         """
         if self._closing:
             return True
-        is_busy = getattr(self._protocol, "is_busy", None)
-        if self._buffer or (is_busy is not None and is_busy()):
+        busy = protocol_busy(self._protocol)
+        # only the judged reader moves _out_at_read off -1
+        if self._buffer or busy or (busy is None and self.bytes_out == self._out_at_read):
             return False
         self._output = _Output.EOF
         self._closing = True
@@ -564,7 +610,7 @@ class Transport(FlowControlTransport, asyncio.Transport):
     def set_protocol(self, protocol: Any) -> None:
         self._protocol = protocol
         buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        if buffered != self._buffered_proto:
+        if buffered != self._buffered_proto or self.judge_traffic:
             self._buffered_proto = buffered
             if self._fd in self._loop._readers and not self._closing:
                 self._watch_reading(self._reading_context())
@@ -583,6 +629,25 @@ class UncountedTransport(Transport):
 
     __slots__ = ()
     counts_bytes = False
+
+
+class TrafficJudgedTransport(Transport):
+    """A transport whose drain judges a plain asyncio protocol by its traffic (`muxio serve`).
+
+    A class rather than a flag per connection: the transports of muxio's
+    own protocols and of asyncio's API pay nothing for it.
+    """
+
+    __slots__ = ()
+    judge_traffic = True
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes the kernel has received on `sock` that nobody read yet (0 if unknown)."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+    except OSError:
+        return 0
 
 
 def _unacknowledged(sock: socket.socket) -> int:
