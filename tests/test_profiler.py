@@ -282,6 +282,27 @@ def test_serve_profile_writes_a_speedscope_file_of_the_load_it_served(tmp_path: 
     assert profile.share("UpperEcho.data_received") > 0, profile.top()
 
 
+def test_a_wall_clock_profile_borrows_the_servers_sigalrm_and_gives_it_back(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "w.txt"
+    with ServeProcess(
+        "--port", "0", "--profile", "0.5", "--profile-clock", "wall", "--profile-out", str(out)
+    ) as sp:
+        sp.wait_listening()
+        sp.wait_line(r"profile written to .*w\.txt")
+        sp.signal(signal.SIGALRM)  # ignored again, as before the profile (not fatal)
+        sp.signal(signal.SIGUSR1)
+        sp.wait_line("SIGUSR1: statistics")
+        with sp.connect() as sock:
+            assert round_trip(sock, b"alive") == b"ALIVE"
+        sp.signal(signal.SIGTERM)
+        assert sp.wait() == 0
+    profile = Profile.load(out)
+    assert (profile.clock, profile.sampler) == ("wall", "signal")
+    assert profile.samples > 0 and profile.idle_share > 0.5  # a server with nothing to do
+
+
 def test_sigusr2_profiles_a_running_server_to_muxio_profile_out(tmp_path: Path) -> None:
     out = tmp_path / "p.txt"
     env = dict(os.environ, MUXIO_PROFILE_SECONDS="0.5", MUXIO_PROFILE_OUT=str(out))
