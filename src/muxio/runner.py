@@ -293,7 +293,7 @@ def run_service(
             loop.add_signal_handler(signum, handler, signame)
     server.start()
     if config.profile_seconds is not None:
-        loop.call_soon(profiling.begin, config.profile_seconds, config.profile_out, "--profile")
+        loop.call_soon(profiling.begin, config.profile_seconds, config.profile_out, "at start")
     if config.tls is None:
         tls = ""
     elif config.tls_client_certs:
