@@ -160,8 +160,11 @@ class _Profiling:
         if text:
             try:
                 seconds = validate.profile_seconds(float(text), PROFILE_SECONDS_VAR) or seconds
-            except (ValueError, TypeError) as exc:
-                log.warning("%s: %s; profiling for %g s", signame, exc, PROFILE_SECONDS)
+            except (ValueError, TypeError):
+                log.warning(
+                    "%s: %s=%r is not a number of seconds above 0; profiling for %g s",
+                    signame, PROFILE_SECONDS_VAR, text, PROFILE_SECONDS,
+                )
                 seconds = PROFILE_SECONDS
         self.begin(seconds, self.config.profile_out or os.environ.get(PROFILE_OUT_VAR), signame)
 
