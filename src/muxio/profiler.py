@@ -5,8 +5,7 @@ takes the GIL from the loop on every sample: at 1,000 samples/s that cost
 11 % per request.  So for CPU time (`clock="cpu"`, the default) the loop
 thread samples itself, in a SIGPROF handler driven by `ITIMER_PROF`: no
 second thread, no GIL handoff, and the handler is handed the very frame
-the loop is in.  It does the least it can: it reads the thread's CPU clock
-and either adds to the idle count (the loop is in its poller: `_busy_since`
+the loop is in.  It does the least it can: it either adds to the idle count (the loop is in its poller: `_busy_since`
 is 0) or walks the frames up to the loop's own and adds to that chain's
 count.  Names are made from the code objects once the profile ends.
 
@@ -15,13 +14,24 @@ woken, and the kernel delivers it at most once per scheduler tick (250/s on
 a HZ=250 kernel, whatever `rate` asks): each tick counts one, and the counts
 share out the loop thread's CPU time once the profile ends.  A C call that
 holds the loop over several ticks is counted once (its ticks coalesce into
-one handler call).  A CPU-time sample cannot see a loop blocked in `time.sleep` or a
-synchronous socket call: that takes `clock="wall"`, which a thread samples
-(as it also does when the loop is not in the main thread or SIGPROF is
-someone else's).  A wall-clock *signal* (`ITIMER_REAL`) was tried and
-dropped: each tick ends the loop's poller wait early, so the loop's own
-timer wake-ups lock onto the ticks and work that follows them is never
-sampled (a task doing 0.2 ms of work per 0.2 ms sleep showed as 100 % idle).
+one handler call).
+
+A CPU-time sample cannot see a loop blocked in `time.sleep` or a
+synchronous socket call: that takes `clock="wall"`, SIGALRM from
+`ITIMER_REAL`, each sample weighing the wall time since the one before.
+Its ticks come at random, exponentially spaced intervals (re-armed by the
+handler), because a tick ends the loop's poller wait early: at a fixed
+period the loop's own timer wake-ups lock onto the ticks, and the work that
+follows them is never sampled (a task doing 0.2 ms of work per 0.2 ms sleep
+showed as 100 % idle).  A signal the program already handles is left
+alone (a thread samples instead); one the loop handles (`muxio serve`
+ignores SIGALRM through it) is set aside for the profile and put back.
+
+The thread sampler (a loop outside the main thread, or a signal already
+taken) sees the loop only when the loop lets go of the GIL: in its poller,
+in I/O and blocking calls, or at the interpreter's switch interval (5 ms),
+so it finds blocking calls but under-counts short bursts of CPU work, and
+every sample takes the GIL from the loop.
 
 This module reads the loop (its `_busy_since`, `_running`, `_thread_id`
 and `_signal_handlers`) and never imports it: the loop imports it.
