@@ -7,7 +7,8 @@ thread samples itself, in a SIGPROF handler driven by `ITIMER_PROF`: no
 second thread, no GIL handoff, and the handler is handed the very frame
 the loop is in.  It does the least it can: it either adds to the idle
 count (the loop is in its poller: `_busy_since` is 0) or walks the frames
-up to the loop's own and adds to that chain's count.  Names are made from the code objects once the profile ends.
+up to the loop's own and adds to that chain's count.  Names are made from
+the code objects once the profile ends.
 
 `ITIMER_PROF` ticks on the process's CPU time, so an idle loop is not
 woken, and the kernel delivers it at most once per scheduler tick (250/s on
