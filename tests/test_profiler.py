@@ -273,6 +273,22 @@ def test_a_loop_outside_the_main_thread_is_sampled_by_a_thread() -> None:
     assert signal.getsignal(signal.SIGPROF) == signal.SIG_DFL
 
 
+def test_the_watchdog_names_the_loops_frame_not_the_profilers_signal_handler() -> None:
+    from muxio import profiler, watchdog
+
+    namespace: dict[str, Any] = {"sys": sys}
+    exec(compile("def handler():\n    return sys._getframe()\n", profiler.__file__, "exec"),
+         namespace)
+
+    def user_code() -> Any:
+        return namespace["handler"]()  # as if a tick came in here
+
+    described = watchdog.describe_frame(user_code())
+    assert "test_profiler.py" in described and "profiler.py:" not in described.replace(
+        "test_profiler.py", ""
+    ), described
+
+
 # -- the command line ------------------------------------------------------------
 
 
