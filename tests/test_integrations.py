@@ -174,6 +174,16 @@ def test_uvicorn_command_line_loop_option(env: dict[str, str]) -> None:
         assert "http=1.1" in assert_served_by_muxio(port)
 
 
+def test_muxio_run_puts_the_uvicorn_command_on_muxios_loop(env: dict[str, str]) -> None:
+    """uvicorn's `--loop auto` names asyncio's loop itself: `muxio run` makes it ask the policy."""
+    need("uvicorn")
+    argv = [PY, "-m", "muxio", "run", "-m", "uvicorn", "asgi_app:app", "--port", "0"]
+    with running(argv, env) as uv:
+        started_workers(uv, 1)
+        port = int(uv.wait_line(UVICORN_PORT)[1])
+        assert_served_by_muxio(port)
+
+
 def test_uvicorn_slow_callback_at_import_is_silenced_by_the_environment(
     env: dict[str, str],
 ) -> None:

@@ -170,9 +170,16 @@ def test_child_environment_puts_the_hook_first_once() -> None:
     child_environment(environ)
     child_environment(environ)
     assert environ == {
-        "MUXIO_RUN": "1", "PYTHONPATH": os.pathsep.join([SITE_DIR, "/a", "/b"])
+        "MUXIO_RUN": "1", "PYTHONPATH": os.pathsep.join([SITE_DIR, "/a", "/b"]),
+        "UVICORN_LOOP": "none",  # uvicorn's command line then asks the policy
     }
     assert os.path.isfile(os.path.join(SITE_DIR, "sitecustomize.py"))
+
+
+def test_child_environment_leaves_a_uvicorn_loop_already_chosen() -> None:
+    environ = {"UVICORN_LOOP": "asyncio"}
+    child_environment(environ)
+    assert environ["UVICORN_LOOP"] == "asyncio"
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ LAYERS: list[list[str]] = [
     ["transports", "transports.*"],
     ["readiness", "sendfile", "sockops", "connect"],
     ["server"],
-    ["watchdog"],
+    ["watchdog", "profiler"],
     ["loop"],
     ["offload", "policy", "loopenv"],
     ["services", "services.*"],

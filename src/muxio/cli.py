@@ -31,7 +31,7 @@ from .cmdline import (
     run_reporting,
     server_tls,
 )
-from .errors import UsageError
+from .errors import RuntimeFailure, UsageError
 from .pollers import BACKENDS
 
 if TYPE_CHECKING:
@@ -212,6 +212,29 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         metavar="FILE",
         help="the encrypted --tls-key's password, on the first line of FILE",
     )
+    serve.add_argument(
+        "--profile",
+        type=checked(validate.profile_seconds, "--profile"),
+        default=None,
+        metavar="SECONDS",
+        help="profile the loop from the start for SECONDS and write --profile-out "
+        "(SIGUSR2 profiles a running server: see docs/observability.md)",
+    )
+    serve.add_argument(
+        "--profile-out",
+        default=None,
+        metavar="FILE",
+        help="where --profile and SIGUSR2 write the profile: speedscope JSON for a .json "
+        "FILE, flame-graph lines (collapsed stacks) otherwise (default: $MUXIO_PROFILE_OUT, "
+        "else a file in the temporary directory; the path is logged)",
+    )
+    serve.add_argument(
+        "--profile-clock",
+        default="cpu",
+        choices=validate.PROFILE_CLOCKS,
+        help="cpu: CPU time, sampled by the loop thread itself (default); wall: also time "
+        "blocked in calls such as time.sleep or synchronous I/O",
+    )
     add_scale_arguments(serve)
 
     connect = sub.add_parser(
@@ -226,6 +249,17 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         help="give up when the server has sent nothing for S seconds (default: wait)",
     )
     add_tls_client_arguments(connect)
+
+    report = sub.add_parser(
+        "profile-report",
+        help="print where a profile's loop time went: top sites, tasks, idle share",
+        description="print where a profile's loop time went (a file from muxio serve "
+        "--profile, SIGUSR2 or loop.profile()): top sites, tasks, idle share",
+    )
+    report.add_argument("file", metavar="FILE", help="a .json (speedscope) or collapsed profile")
+    report.add_argument(
+        "--top", type=bounded_int(1, 1000), default=15, metavar="N", help="sites to list (15)"
+    )
 
     sub.add_parser(
         "run",
@@ -325,6 +359,13 @@ def _serve(args: argparse.Namespace, worker: WorkerSpec | None) -> int:
             "sockets are shared (use --worker-sockets shared)"
         )
     get_poller_class(args.poller)
+    if args.profile_out:
+        where = os.path.dirname(os.path.abspath(args.profile_out))
+        if not os.path.isdir(where):
+            raise UsageError(
+                f"--profile-out {args.profile_out}: the directory {where} does not exist "
+                "(create it or write elsewhere)"
+            )
     tls_contents = worker.tls_contents() if worker is not None else {}
     tls = server_tls(args, tls_contents)
     service = build_service(args.service, args)
@@ -350,6 +391,10 @@ def _serve(args: argparse.Namespace, worker: WorkerSpec | None) -> int:
         service_name=args.service,
         tls=tls,
         tls_client_certs=args.tls_client_ca is not None,
+        profile_seconds=args.profile,
+        profile_out=args.profile_out or os.environ.get("MUXIO_PROFILE_OUT") or None,
+        profile_clock=args.profile_clock,
+        profile_tag=f".worker{worker.index}" if worker is not None else "",
     )
     factory = service.factory
     if args.proxy_protocol:
@@ -406,6 +451,22 @@ def exit_despite_threads(code: int) -> None:
     os._exit(code)
 
 
+def cmd_profile_report(args: argparse.Namespace) -> int:
+    from .profiler import Profile, ProfileError
+
+    try:
+        profile = Profile.load(args.file)
+    except ProfileError as exc:
+        raise UsageError(f"{exc}: give a file muxio's profiler wrote") from None
+    except OSError as exc:
+        raise RuntimeFailure(
+            f"cannot read the profile {args.file}: {exc.strerror or exc} (give the path the "
+            "'profile written to' log line names)"
+        ) from None
+    sys.stdout.write(profile.report(args.top))
+    return 0
+
+
 def cmd_connect(args: argparse.Namespace) -> int:
     from .tools.client import run_client
 
@@ -450,6 +511,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_serve(args)
     if args.command == "connect":
         return cmd_connect(args)
+    if args.command == "profile-report":
+        return cmd_profile_report(args)
     tool = importlib.import_module(f"muxio.tools.{args.command}")
     result: int = tool.main(args)
     return result

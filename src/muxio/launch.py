@@ -7,6 +7,14 @@ naming a loop gets muxio's.  Its Python children (uvicorn and hypercorn
 a `PYTHONPATH` entry for the `sitecustomize.py` in `_run_site/` go with them:
 Python imports that file at start-up, before the child's own code, and it
 installs the same policy (then hands over to any `sitecustomize` it shadows).
+
+A policy only reaches code that asks for one.  uvicorn's command line (from
+0.36) hands `asyncio.Runner` a loop factory of its own, `--loop auto` being
+`asyncio.SelectorEventLoop` when uvloop is absent, so the policy was never
+asked and uvicorn ran on asyncio's loop; `UVICORN_LOOP=none` (its option
+`--loop none`, set only if the environment has no `UVICORN_LOOP`; a `--loop`
+on the command line still wins) makes it ask.  `uvicorn.run()` called from
+code takes no environment: that takes `loop="muxio:new_event_loop"`.
 """
 
 from __future__ import annotations
@@ -47,8 +55,9 @@ def install_policy() -> None:
 
 
 def child_environment(environ: MutableMapping[str, str]) -> None:
-    """What Python children need to find the policy at start-up: MUXIO_RUN and PYTHONPATH."""
+    """What Python children need to find the policy: MUXIO_RUN, PYTHONPATH (and UVICORN_LOOP)."""
     environ[RUN_VAR] = "1"
+    environ.setdefault("UVICORN_LOOP", "none")  # uvicorn's CLI then asks the policy
     path = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != SITE_DIR]
     environ["PYTHONPATH"] = os.pathsep.join([SITE_DIR, *path])
 

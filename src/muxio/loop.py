@@ -51,6 +51,7 @@ from time import get_clock_info, monotonic
 from typing import TYPE_CHECKING
 
 from . import connect, listeners, resolve
+from . import profiler as _profiler
 from . import sendfile as _sendfile
 from .pollers import READ, WRITE, Poller, new_poller
 from .server import Server
@@ -900,6 +901,18 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             "slow_iterations": c.slow_iterations,
             "max_lag_ms": round(c.max_lag * 1000, 3),
         }
+
+    async def profile(
+        self, seconds: float, rate: float = 1000.0, clock: str = "cpu"
+    ) -> _profiler.Profile:
+        """Sample what this loop runs for `seconds`: loop time by task and coroutine chain.
+
+        `clock="cpu"` counts CPU time, sampled by the loop thread itself
+        (cheap enough to run on a loaded server); `"wall"` also counts
+        blocking calls (`time.sleep`, synchronous I/O), sampled by a thread.
+        See `muxio.profiler`.
+        """
+        return await _profiler.profile(self, seconds, rate, clock)
 
     @property
     def _selector(self) -> Poller:

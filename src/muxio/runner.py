@@ -11,7 +11,10 @@ the Unix socket file and the worker pool behind) is handled on the loop:
                              the second one stops at once
     SIGQUIT                  stop at once, but still clean up
     SIGUSR1                  log the statistics line and go on
-    SIGUSR2, SIGALRM         ignored (logged at debug level)
+    SIGUSR2                  profile the loop for $MUXIO_PROFILE_SECONDS (10 s) and
+                             write it to $MUXIO_PROFILE_OUT (else a file in the
+                             temporary directory); the path is logged
+    SIGALRM                  ignored (logged at debug level)
 
 The summary's ``drain`` field says how the shutdown ended: ``complete``
 (every connection finished), ``timeout`` (``shutdown_timeout`` aborted some)
@@ -25,10 +28,12 @@ import logging
 import os
 import signal
 import socket
+import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
-from . import validate
+from . import profiler, validate
 from .listeners import bind_tcp, bind_unix
 from .loop import EventLoop
 from .pollers import Poller
@@ -39,6 +44,11 @@ FIRST_REQUEST_GRACE = 1.0
 """Seconds a connection that has sent nothing yet is read for once a drain begins."""
 
 log = logging.getLogger("muxio")
+
+PROFILE_SECONDS_VAR = "MUXIO_PROFILE_SECONDS"
+PROFILE_OUT_VAR = "MUXIO_PROFILE_OUT"
+PROFILE_SECONDS = 10.0
+"""How long a SIGUSR2 profile samples when `MUXIO_PROFILE_SECONDS` is unset."""
 
 
 class ServeConfig:
@@ -60,6 +70,10 @@ class ServeConfig:
         service_name: str = "upper",
         tls: Any = None,
         tls_client_certs: bool = False,
+        profile_seconds: float | None = None,
+        profile_out: str | None = None,
+        profile_clock: str = "cpu",
+        profile_tag: str = "",
     ) -> None:
         self.host = host
         self.port = validate.port(port)
@@ -75,6 +89,85 @@ class ServeConfig:
         self.tls = tls
         """An `ssl.SSLContext` to serve TLS with, or None for plain TCP."""
         self.tls_client_certs = tls_client_certs
+        self.profile_seconds = validate.profile_seconds(profile_seconds)
+        """Profile the loop from the start for this long (None: only on SIGUSR2)."""
+        self.profile_out = profile_out
+        self.profile_clock = validate.profile_clock(profile_clock)
+        self.profile_tag = profile_tag
+        """Put before a profile file's extension: each worker of a supervisor writes its own."""
+
+
+def _tagged(path: str, tag: str) -> str:
+    root, ext = os.path.splitext(path)
+    return f"{root}{tag}{ext}"
+
+
+class _Profiling:
+    """At most one profile at a time, ended by a timer on the loop, or by the shutdown."""
+
+    def __init__(self, loop: EventLoop, config: ServeConfig) -> None:
+        self.loop = loop
+        self.config = config
+        self.sampler: profiler.Sampler | None = None
+        self.out = ""
+        self.timer: Any = None
+
+    def begin(self, seconds: float, out: str | None, why: str) -> None:
+        if self.sampler is not None:
+            log.warning("%s: a profile is being taken already (to %s): ignored", why, self.out)
+            return
+        if out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = os.path.join(tempfile.gettempdir(), f"muxio-profile-{os.getpid()}-{stamp}.json")
+        self.out = _tagged(out, self.config.profile_tag)
+        try:
+            self.sampler = profiler.start(self.loop, clock=self.config.profile_clock)
+        except (RuntimeError, ValueError, OSError) as exc:
+            log.warning("%s: cannot profile the loop: %s", why, exc)
+            return
+        log.info(
+            "%s: profiling the loop (%s time) for %g s, to %s",
+            why, self.config.profile_clock, seconds, self.out,
+        )
+        self.timer = self.loop.call_later(seconds, self.finish)
+
+    def finish(self) -> None:
+        sampler, self.sampler = self.sampler, None
+        if sampler is None:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        result = sampler.stop()
+        try:
+            result.write(self.out)
+        except OSError as exc:
+            log.warning("profile not written to %s: %s", self.out, exc.strerror or exc)
+            return
+        top = result.top(1)
+        log.info(
+            "profile written to %s: %d samples over %.1f s, idle %.0f %%%s "
+            "(read it with: muxio profile-report %s)",
+            self.out,
+            result.samples,
+            result.seconds,
+            result.idle_share * 100,
+            f", top site {top[0][0]} {top[0][1]:.0%}" if top else "",
+            self.out,
+        )
+
+    def on_signal(self, signame: str) -> None:
+        seconds = PROFILE_SECONDS
+        text = os.environ.get(PROFILE_SECONDS_VAR, "").strip()
+        if text:
+            try:
+                seconds = validate.profile_seconds(float(text), PROFILE_SECONDS_VAR) or seconds
+            except (ValueError, TypeError):
+                log.warning(
+                    "%s: %s=%r is not a number of seconds above 0; profiling for %g s",
+                    signame, PROFILE_SECONDS_VAR, text, PROFILE_SECONDS,
+                )
+                seconds = PROFILE_SECONDS
+        self.begin(seconds, self.config.profile_out or os.environ.get(PROFILE_OUT_VAR), signame)
 
 
 def _is_wildcard(sock: socket.socket) -> bool:
@@ -166,6 +259,7 @@ def run_service(
         judge_traffic=True,
     )
     state = _Stopping()
+    profiling = _Profiling(loop, config)
 
     def stop_now() -> None:
         state.began = True
@@ -216,7 +310,7 @@ def run_service(
         "SIGHUP": begin_shutdown,
         "SIGQUIT": quit_now,
         "SIGUSR1": log_statistics,
-        "SIGUSR2": ignore,
+        "SIGUSR2": profiling.on_signal,
         "SIGALRM": ignore,
     }
 
@@ -232,6 +326,8 @@ def run_service(
         if signum is not None:
             loop.add_signal_handler(signum, handler, signame)
     server.start()
+    if config.profile_seconds is not None:
+        loop.call_soon(profiling.begin, config.profile_seconds, config.profile_out, "at start")
     if config.tls is None:
         tls = ""
     elif config.tls_client_certs:
@@ -249,6 +345,7 @@ def run_service(
     try:
         loop.run_forever()
     finally:
+        profiling.finish()
         server.close()
         for transport in list(server.connections):
             transport.abort()

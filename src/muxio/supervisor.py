@@ -602,6 +602,8 @@ class Supervisor:
                 self.replacing = sorted(old, key=lambda w: w.index)
             elif signum == signal.SIGUSR1:
                 self._signal_all(signal.SIGUSR1)  # each worker logs its statistics line
+            elif signum == signal.SIGUSR2:
+                self._signal_all(signal.SIGUSR2)  # each worker profiles its loop, to its own file
             elif signum == signal.SIGTTIN and not self.stopping:
                 self.count += 1
                 log.info("SIGTTIN: %d workers", self.count)

@@ -99,6 +99,26 @@ def slow_callback_ms(value: Any, name: str = "slow_callback_ms") -> float:
     return number(name, value, low=0.0, high=3_600_000.0, unit=" ms")
 
 
+MAX_PROFILE_SECONDS = 86_400.0
+PROFILE_CLOCKS = ("cpu", "wall")
+
+
+def profile_seconds(value: Any, name: str = "profile_seconds") -> float | None:
+    """How long to profile: None (not from the start), else up to a day (the samples are kept)."""
+    if value is None:
+        return None
+    seconds = number(name, value, low=0.0, high=MAX_PROFILE_SECONDS)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be more than 0 s, not {value!r}")
+    return seconds
+
+
+def profile_clock(value: Any, name: str = "profile_clock") -> str:
+    if value not in PROFILE_CLOCKS:
+        raise ValueError(f"{name} must be one of {', '.join(PROFILE_CLOCKS)}, not {value!r}")
+    return str(value)
+
+
 def max_connections(value: Any, name: str = "max_connections") -> int | None:
     return whole(name, value, low=1, high=MAX_CONNECTIONS, optional=True)
 

@@ -48,6 +48,8 @@ from typing import Protocol
 log = logging.getLogger("muxio")
 
 _CO_COROUTINE = 0x80 | 0x100 | 0x200  # coroutine, iterable coroutine, async generator
+_PROFILER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiler.py")
+"""The profiler's handler runs on the loop thread: this thread can sample it mid-handler."""
 
 
 class Running:
@@ -106,6 +108,8 @@ def describe_frame(frame: FrameType | None, running: object = None) -> str:
     with the loop thread's stack; the stack says where in it the loop is, so
     nothing on the loop's own path pays for the description.
     """
+    while frame is not None and frame.f_code.co_filename == _PROFILER_FILE:
+        frame = frame.f_back  # caught in a profile's signal handler: the loop's frame is below
     innermost = frame
     where = f"{innermost.f_code.co_filename}:{innermost.f_lineno}" if innermost else "?"
     outer_coroutine: FrameType | None = None
