@@ -25,6 +25,7 @@ import pytest
 from helpers import serve_process
 
 from muxio.errors import RuntimeFailure, UsageError
+from muxio.histogram import percentile, slot_of, slot_range
 from muxio.tools.bench import (
     BenchHooks,
     Progress,
@@ -34,7 +35,6 @@ from muxio.tools.bench import (
     run_bench,
 )
 from muxio.tools.bench.config import BadSetting
-from muxio.tools.bench.metrics import percentile, slot_of, slot_range
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
