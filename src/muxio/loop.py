@@ -31,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
+import gc
 import heapq
 import itertools
 import logging
@@ -52,6 +54,7 @@ from typing import TYPE_CHECKING
 
 from . import connect, listeners, resolve
 from . import sendfile as _sendfile
+from .histogram import SLOTS, percentile, sparse
 from .pollers import READ, WRITE, Poller, new_poller
 from .server import Server
 from .sockops import SocketOps
@@ -72,6 +75,10 @@ MAX_WAIT = 86400.0
 IOCallback = Callable[[], object]
 _DEBUG_STACK_DEPTH = 10
 _COMPACT_AFTER = 64
+MAX_SITES = 256
+"""Distinct slow sites kept; later ones are counted together under `OTHER_SITE`."""
+OTHER_SITE = "other sites"
+GC_SITE = "garbage collection"
 
 
 class Handle(asyncio.Handle):
@@ -148,9 +155,25 @@ _new_handle = object.__new__
 
 
 class LoopCounters:
-    """What the loop did; cheap to keep because it is counted per iteration."""
+    """What the loop did; cheap to keep because it is counted per iteration.
 
-    __slots__ = ("callbacks", "events", "iterations", "max_lag", "slow_iterations")
+    The two histograms are flat lists in `muxio.histogram`'s layout, in
+    nanoseconds: recording is one index op, and `health()` makes them sparse.
+    """
+
+    __slots__ = (
+        "busy",
+        "callbacks",
+        "delay",
+        "delay_max",
+        "events",
+        "iteration",
+        "iterations",
+        "last_busy",
+        "max_lag",
+        "slow_iterations",
+        "started",
+    )
 
     def __init__(self) -> None:
         self.iterations = 0
@@ -159,6 +182,143 @@ class LoopCounters:
         self.slow_iterations = 0
         self.max_lag = 0.0
         """The longest stretch, in seconds, the loop spent away from its poller."""
+        self.busy = 0.0
+        """Seconds spent away from the poller, all iterations summed: utilisation's numerator."""
+        self.last_busy = 0.0
+        self.started = 0.0
+        """`monotonic()` when the loop first ran: utilisation's wall clock starts there."""
+        self.iteration = [0] * SLOTS
+        self.delay = [0] * SLOTS
+        self.delay_max = 0.0
+
+
+class GcPauses:
+    """The collector's pauses on one loop's thread, timed by `gc.callbacks`.
+
+    A collection runs on whichever thread allocated, inside whatever callback
+    that was: timing it apart lets the slow-iteration report blame the
+    collector, not the code it interrupted.  `iter_start`/`iter_total` are
+    the collector's share of the current iteration (keyed by its start), so
+    the loop reads it only when it reports a slow one.
+    """
+
+    __slots__ = (
+        "count",
+        "generations",
+        "iter_start",
+        "iter_total",
+        "last_generation",
+        "max",
+        "t0",
+        "total",
+    )
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+        self.generations = [0, 0, 0]
+        self.last_generation = 0
+        self.t0 = 0.0
+        self.iter_start = 0.0
+        self.iter_total = 0.0
+
+
+_gc_loops: dict[int, EventLoop] = {}
+"""Thread id → the muxio loop running on it: whose `GcPauses` a collection there counts in."""
+_gc_lock = threading.Lock()
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    """`gc.callbacks` hook: installed while any muxio loop runs, a dict lookup otherwise."""
+    loop = _gc_loops.get(threading.get_ident())
+    if loop is None:
+        return
+    g = loop._gc
+    if phase == "start":
+        g.t0 = monotonic()
+        return
+    if not g.t0:
+        return
+    pause = monotonic() - g.t0
+    g.t0 = 0.0
+    g.count += 1
+    g.total += pause
+    if pause > g.max:
+        g.max = pause
+    generation = info.get("generation", 0)
+    if 0 <= generation < len(g.generations):
+        g.generations[generation] += 1
+    g.last_generation = generation
+    since = loop._busy_since
+    if since:
+        if g.iter_start != since:
+            g.iter_start = since
+            g.iter_total = 0.0
+        g.iter_total += pause
+
+
+def _watch_gc(loop: EventLoop, thread_id: int) -> None:
+    with _gc_lock:
+        _gc_loops[thread_id] = loop
+        if _on_gc not in gc.callbacks:
+            gc.callbacks.append(_on_gc)
+
+
+def _unwatch_gc(thread_id: int) -> None:
+    with _gc_lock:
+        _gc_loops.pop(thread_id, None)
+        if not _gc_loops and _on_gc in gc.callbacks:
+            gc.callbacks.remove(_on_gc)
+
+
+@dataclasses.dataclass
+class SlowSite:
+    """Slow iterations the watchdog blamed on one site, summed."""
+
+    site: str
+    count: int
+    total_ms: float
+    max_ms: float
+
+
+@dataclasses.dataclass
+class LoopHealth:
+    """One snapshot of `EventLoop.health()`; `muxio.monitor()` subtracts two of them.
+
+    Histograms are sparse ``{slot: count}`` in `muxio.histogram`'s layout,
+    in nanoseconds (`muxio.histogram.percentile` reads them).
+    """
+
+    time: float
+    """`time.monotonic()` when taken."""
+    wall_s: float
+    """Seconds since the loop first ran."""
+    busy_s: float
+    """Of those, seconds spent away from the poller (callbacks, I/O, GC on its thread)."""
+    iterations: int
+    iteration_ns: dict[int, int]
+    delay_ns: dict[int, int]
+    delay_max_ms: float
+    ready: int
+    timers: int
+    tasks: int
+    gc_pauses: int
+    gc_pause_ms: float
+    gc_pause_max_ms: float
+    gc_generations: list[int]
+    sites: list[SlowSite]
+    """The slowest sites by total blocked time, most first."""
+    stats: dict[str, float]
+    """`stats()` at the same moment."""
+
+    @property
+    def utilisation(self) -> float:
+        return min(self.busy_s / self.wall_s, 1.0) if self.wall_s > 0 else 0.0
+
+
+def _ms(hist: dict[int, int], q: float) -> float:
+    return round(percentile(hist, sum(hist.values()), q) / 1e6, 3)
 
 
 def _fileno(fileobj: Any) -> int:
@@ -228,6 +388,9 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._running = Running()
         """The handle or I/O callback being run; the watchdog thread reads it too."""
         self._counters = LoopCounters()
+        self._gc = GcPauses()
+        self._sites: dict[str, list[float]] = {}
+        """Site → [count, total s, max s] of the slow iterations blamed on it."""
         self._signal_handlers: dict[int, Any] = {}
         self._old_wakeup_fd: int | None = None
         self._debug = False
@@ -605,7 +768,10 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             self._watchdog.start()
         self._set_coroutine_origin_tracking(self._debug)
         old_agen_hooks = sys.get_asyncgen_hooks()
-        self._thread_id = threading.get_ident()
+        self._thread_id = thread_id = threading.get_ident()
+        if not self._counters.started:
+            self._counters.started = monotonic()
+        _watch_gc(self, thread_id)
         try:
             sys.set_asyncgen_hooks(
                 firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook
@@ -617,6 +783,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 if self._stopping:
                     break
         finally:
+            _unwatch_gc(thread_id)
             self._stopping = False
             self._thread_id = None
             self._busy_since = 0.0
@@ -715,12 +882,16 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         stats = self._counters
         stats.iterations += 1
         n = len(ready)
+        delay = stats.last_busy if n else -1.0
         due: list[Any] | None = None
         if timers:
             clock = self.time  # asyncio's timers follow `loop.time()`; `now` stays the real clock
-            end = (now if clock is monotonic else clock()) + self._clock_resolution
-            if timers[0][0] <= end:
-                due = self._pop_due(end)
+            at = now if clock is monotonic else clock()
+            if timers[0][0] <= at + self._clock_resolution:
+                late = at - timers[0][0]
+                if late > delay:
+                    delay = late
+                due = self._pop_due(at + self._clock_resolution)
         if n:
             stats.callbacks += n
             popleft = ready.popleft
@@ -788,8 +959,19 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             handle = None
         running.now = None
         busy = monotonic() - now
+        stats.busy += busy
+        stats.last_busy = busy
         if busy > stats.max_lag:
             stats.max_lag = busy
+        ns = int(busy * 1e9)
+        e = ns.bit_length() - 8
+        stats.iteration[((e << 7) + (ns >> e)) if e > 0 else ns] += 1
+        if delay >= 0.0:
+            if delay > stats.delay_max:
+                stats.delay_max = delay
+            ns = int(delay * 1e9)
+            e = ns.bit_length() - 8
+            stats.delay[((e << 7) + (ns >> e)) if e > 0 else ns] += 1
         if busy >= self.slow_callback_duration and self._watch:
             self._report_slow(now, busy, len(events))
 
@@ -852,17 +1034,62 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                     aio_log.warning("Executing %s took %.3f seconds", what, dt)
 
     def _report_slow(self, started: float, busy: float, n_events: int) -> None:
+        """Log a slow iteration and count it under its site.
+
+        When the collector ran for at least half of the stall (`GcPauses`),
+        the collector is the site and the warning says so: a gen-2
+        collection over a large heap is not the code it happened to
+        interrupt, and the fix (fewer long-lived objects, `gc.freeze()`,
+        thresholds) is not the offload the usual warning suggests.
+        """
         self._counters.slow_iterations += 1
         watchdog = self._watchdog
-        what = watchdog.describe_stall(started, busy) if watchdog is not None else None
-        if what is None:
+        described = watchdog.describe_stall(started, busy) if watchdog is not None else None
+        if described is None:
             what = f"{n_events} I/O events and the due callbacks (not sampled)"
-        log.warning(
-            "slow callback: the loop was blocked for %.0f ms by %s "
-            "(move blocking or CPU-heavy work off the loop: see muxio.offload)",
-            busy * 1000,
-            what,
-        )
+            site = "I/O events and due callbacks (not sampled)"
+        else:
+            what, site = described
+        g = self._gc
+        in_gc = g.iter_total if g.iter_start == started else 0.0
+        if in_gc * 2 >= busy:
+            site = f"{GC_SITE} (generation {g.last_generation})"
+            log.warning(
+                "slow callback: the loop was blocked for %.0f ms, %.0f ms of it by the garbage "
+                "collector (generation %d), in %s (fewer long-lived objects, gc.freeze() "
+                "after startup, or gc.set_threshold())",
+                busy * 1000,
+                in_gc * 1000,
+                g.last_generation,
+                what,
+            )
+        else:
+            log.warning(
+                "slow callback: the loop was blocked for %.0f ms by %s "
+                "(move blocking or CPU-heavy work off the loop: see muxio.offload)",
+                busy * 1000,
+                what,
+            )
+        sites = self._sites
+        entry = sites.get(site)
+        if entry is None:
+            if len(sites) >= MAX_SITES:
+                site = OTHER_SITE
+                entry = sites.get(site)
+            if entry is None:
+                entry = sites[site] = [0, 0.0, 0.0]
+        entry[0] += 1
+        entry[1] += busy
+        if busy > entry[2]:
+            entry[2] = busy
+
+    def slow_sites(self, top: int = 10) -> list[SlowSite]:
+        """The `top` sites by total blocked time, most first (see `_report_slow`)."""
+        ranked = sorted(self._sites.items(), key=lambda item: item[1][1], reverse=True)
+        return [
+            SlowSite(site, int(n), round(total * 1000, 3), round(longest * 1000, 3))
+            for site, (n, total, longest) in ranked[:top]
+        ]
 
     def _callback_failed(self, callback: object, exc: BaseException) -> None:
         self.call_exception_handler(
@@ -886,10 +1113,27 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         descriptors it reported (``events_per_poll``: their mean per trip);
         ``callbacks``: handles and timers run; ``slow_iterations``:
         iterations that held the loop past ``slow_callback_ms``;
-        ``max_lag_ms``: the longest of all.  A new dict each call, so it
-        can be kept and compared with a later one.
+        ``max_lag_ms``: the longest of all.
+
+        Health, always recorded: ``iteration_p50_ms``/``iteration_p99_ms``:
+        the busy part of an iteration (poller return to the next wait);
+        ``delay_p50_ms``/``delay_p99_ms``/``delay_max_ms``: how late work
+        ran (one sample per iteration that had work waiting: how late the
+        first due timer ran past its deadline, or, for callbacks queued
+        before the wait, how long the previous iteration held the loop;
+        the larger if both); ``utilisation``: busy seconds / wall seconds
+        since the loop first ran (0-1); ``ready``, ``timers``: the ready
+        queue and the live timers now; ``tasks``: tasks alive on this loop
+        now; ``gc_pauses``, ``gc_pause_ms``, ``gc_pause_max_ms``: garbage
+        collections on the loop's thread while it ran, their total and
+        longest pause.  A new dict each call, so it can be kept and
+        compared with a later one.
         """
         c = self._counters
+        g = self._gc
+        iteration = sparse(c.iteration)
+        delay = sparse(c.delay)
+        wall = monotonic() - c.started if c.started else 0.0
         return {
             "iterations": c.iterations,
             "events": c.events,
@@ -897,7 +1141,47 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             "callbacks": c.callbacks,
             "slow_iterations": c.slow_iterations,
             "max_lag_ms": round(c.max_lag * 1000, 3),
+            "iteration_p50_ms": _ms(iteration, 0.5),
+            "iteration_p99_ms": _ms(iteration, 0.99),
+            "delay_p50_ms": _ms(delay, 0.5),
+            "delay_p99_ms": _ms(delay, 0.99),
+            "delay_max_ms": round(c.delay_max * 1000, 3),
+            "utilisation": round(min(c.busy / wall, 1.0), 4) if wall > 0 else 0.0,
+            "ready": len(self._ready),
+            "timers": max(len(self._timers) - self._timers_cancelled, 0),
+            "tasks": len(asyncio.all_tasks(self)),
+            "gc_pauses": g.count,
+            "gc_pause_ms": round(g.total * 1000, 3),
+            "gc_pause_max_ms": round(g.max * 1000, 3),
         }
+
+    def health(self, top: int = 10) -> LoopHealth:
+        """`stats()` with what a flat dict cannot hold: the histograms and the top slow sites.
+
+        `muxio.monitor()` takes these at an interval and reports what
+        changed between two of them.
+        """
+        c = self._counters
+        g = self._gc
+        now = monotonic()
+        return LoopHealth(
+            time=now,
+            wall_s=now - c.started if c.started else 0.0,
+            busy_s=c.busy,
+            iterations=c.iterations,
+            iteration_ns=sparse(c.iteration),
+            delay_ns=sparse(c.delay),
+            delay_max_ms=round(c.delay_max * 1000, 3),
+            ready=len(self._ready),
+            timers=max(len(self._timers) - self._timers_cancelled, 0),
+            tasks=len(asyncio.all_tasks(self)),
+            gc_pauses=g.count,
+            gc_pause_ms=round(g.total * 1000, 3),
+            gc_pause_max_ms=round(g.max * 1000, 3),
+            gc_generations=list(g.generations),
+            sites=self.slow_sites(top),
+            stats=self.stats(),
+        )
 
     @property
     def _selector(self) -> Poller:

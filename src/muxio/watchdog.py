@@ -106,6 +106,21 @@ def describe_frame(frame: FrameType | None, running: object = None) -> str:
     with the loop thread's stack; the stack says where in it the loop is, so
     nothing on the loop's own path pays for the description.
     """
+    return describe_frame_site(frame, running)[0]
+
+
+def _defined_at(code: CodeType) -> str:
+    return f"{code.co_filename}:{code.co_firstlineno}"
+
+
+def describe_frame_site(frame: FrameType | None, running: object = None) -> tuple[str, str]:
+    """`describe_frame`'s text and the *site* the loop aggregates slow iterations by.
+
+    A site leaves out what differs between two stalls of the same code (the
+    task's name, the peer, the line the sample happened to land on) and
+    names the coroutine or method by where it is defined, so one slow
+    handler is one site however many connections and tasks run it.
+    """
     innermost = frame
     where = f"{innermost.f_code.co_filename}:{innermost.f_lineno}" if innermost else "?"
     outer_coroutine: FrameType | None = None
@@ -124,9 +139,10 @@ def describe_frame(frame: FrameType | None, running: object = None) -> str:
     if outer_coroutine is not None:
         code = outer_coroutine.f_code
         name = getattr(code, "co_qualname", code.co_name)
+        site = f"coroutine {name}() ({_defined_at(code)})"
         if isinstance(task, asyncio.Task):
-            return f"coroutine {name}() in task {task.get_name()!r} at {where}"
-        return f"coroutine {name}() at {where}"
+            return f"coroutine {name}() in task {task.get_name()!r} at {where}", site
+        return f"coroutine {name}() at {where}", site
     if protocol_frame is not None:
         owner = protocol_frame.f_locals.get("self")
         transport = getattr(owner, "transport", None)
@@ -134,13 +150,18 @@ def describe_frame(frame: FrameType | None, running: object = None) -> str:
         if transport is not None and hasattr(transport, "get_extra_info"):
             peer = transport.get_extra_info("peername")
         what = f"{type(owner).__name__}.{protocol_frame.f_code.co_name}"
-        return f"{what} (peer {peer!r}) at {where}"
+        return (
+            f"{what} (peer {peer!r}) at {where}",
+            f"{what} ({_defined_at(protocol_frame.f_code)})",
+        )
     if callback is not None and _python_code(callback) is None:
-        return f"callback {describe_callback(callback)} (not Python code) called from {where}"
+        what = f"callback {describe_callback(callback)} (not Python code)"
+        return f"{what} called from {where}", what
     if innermost is None:
-        return "unknown code"
+        return "unknown code", "unknown code"
     stack = traceback.format_stack(innermost, limit=3)
-    return "code at " + " <- ".join(s.strip().splitlines()[0] for s in reversed(stack))
+    text = "code at " + " <- ".join(s.strip().splitlines()[0] for s in reversed(stack))
+    return text, f"code in {innermost.f_code.co_name}() ({_defined_at(innermost.f_code)})"
 
 
 def _warn_unlisted(msg: str, *args: object) -> None:
@@ -184,8 +205,8 @@ class Watchdog:
         """(when, seconds): the last time the whole process was found not running."""
         self._interval = max(threshold / 2, 0.005)
         self._tick = (time.monotonic(), time.process_time())
-        self.sample: tuple[float, str] | None = None
-        """(iteration start, what held the loop in it): the latest stall described."""
+        self.sample: tuple[float, str, str] | None = None
+        """(iteration start, what held the loop in it, its site): the latest stall described."""
 
     def start(self) -> None:
         self._tick = (time.monotonic(), time.process_time())
@@ -212,8 +233,8 @@ class Watchdog:
         finally:
             self._alive.release()
 
-    def describe_stall(self, started: float, busy: float) -> str | None:
-        """What held the iteration that began at `started`, or None if it was not sampled.
+    def describe_stall(self, started: float, busy: float) -> tuple[str, str] | None:
+        """What held the iteration that began at `started` and its site; None if not sampled.
 
         Called on the loop thread as it reports the slow iteration: after a
         stop it often resumes before this thread does, so it checks for a
@@ -221,7 +242,7 @@ class Watchdog:
         """
         self._blame_nobody(started, busy)
         sample = self.sample
-        return sample[1] if sample is not None and sample[0] == started else None
+        return (sample[1], sample[2]) if sample is not None and sample[0] == started else None
 
     def _not_running(self, now: float, cpu: float) -> float:
         """Seconds the whole process lately spent not running (0 if it ran)."""
@@ -243,6 +264,7 @@ class Watchdog:
             started,
             f"no callback: the process was not running for {missed:.1f} s of it "
             "(stopped, suspended or starved of CPU)",
+            "no callback: the process was not running",
         )
         return True
 
@@ -266,7 +288,7 @@ class Watchdog:
             sample = self.sample
             if not self._blame_nobody(started, busy) and (sample is None or sample[0] != started):
                 frame = sys._current_frames().get(thread_id)
-                self.sample = (started, describe_frame(frame, loop._running.now))
+                self.sample = (started, *describe_frame_site(frame, loop._running.now))
             if busy >= long_block and self._reported != started:
                 self._reported = started
                 _warn_unlisted(
