@@ -30,7 +30,7 @@ LAYERS: list[list[str]] = [
     ["server"],
     ["watchdog"],
     ["loop"],
-    ["offload", "policy", "loopenv"],
+    ["offload", "policy", "loopenv", "monitor"],
     ["services", "services.*"],
     ["runner"],
     ["serving"],
