@@ -886,12 +886,9 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         due: list[Any] | None = None
         if timers:
             clock = self.time  # asyncio's timers follow `loop.time()`; `now` stays the real clock
-            at = now if clock is monotonic else clock()
-            if timers[0][0] <= at + self._clock_resolution:
-                late = at - timers[0][0]
-                if late > delay:
-                    delay = late
-                due = self._pop_due(at + self._clock_resolution)
+            end = (now if clock is monotonic else clock()) + self._clock_resolution
+            if timers[0][0] <= end:
+                due = self._pop_due(end)
         if n:
             stats.callbacks += n
             popleft = ready.popleft
@@ -941,6 +938,10 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                             except BaseException as exc:
                                 self._callback_failed(cb, exc)
         if due is not None:
+            # how late the first due timer runs: after this iteration's callbacks and I/O
+            late = self.time() - due[0]._when if due else -1.0
+            if late > delay:
+                delay = late
             stats.callbacks += len(due)
             for i in range(len(due)):
                 handle, due[i] = due[i], None  # a finished task must not outlive its step
