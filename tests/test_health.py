@@ -74,7 +74,7 @@ def test_a_coroutine_that_blocks_n_times_is_the_top_site_with_count_n(
     sites = watched.slow_sites()
     mine = [s for s in sites if "a_coroutine_that_blocks()" in s.site]
     assert len(mine) == 1, sites
-    assert mine[0].count == n
+    assert mine[0].iterations == n
     assert mine[0].total_ms >= n * BLOCK * 1000
     assert mine[0].max_ms >= BLOCK * 1000
     assert sites[0] is mine[0]
@@ -87,7 +87,7 @@ def test_two_tasks_running_one_coroutine_are_one_site(watched: EventLoop) -> Non
     for name in ("one", "two"):  # one after the other: each its own slow iteration
         watched.run_until_complete(watched.create_task(a_coroutine_that_blocks(1), name=name))
     mine = [s for s in watched.slow_sites() if "a_coroutine_that_blocks()" in s.site]
-    assert [s.count for s in mine] == [2]
+    assert [s.iterations for s in mine] == [2]
 
 
 @pytest.mark.timeout(60)

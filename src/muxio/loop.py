@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import errno
 import gc
 import heapq
@@ -50,7 +49,7 @@ from collections import deque
 from collections.abc import Callable
 from contextvars import Context, copy_context
 from time import get_clock_info, monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import connect, listeners, resolve
 from . import sendfile as _sendfile
@@ -272,18 +271,17 @@ def _unwatch_gc(thread_id: int) -> None:
             gc.callbacks.remove(_on_gc)
 
 
-@dataclasses.dataclass
-class SlowSite:
+class SlowSite(NamedTuple):
     """Slow iterations the watchdog blamed on one site, summed."""
 
     site: str
-    count: int
+    iterations: int
+    """How many slow iterations (the count)."""
     total_ms: float
     max_ms: float
 
 
-@dataclasses.dataclass
-class LoopHealth:
+class LoopHealth(NamedTuple):
     """One snapshot of `EventLoop.health()`; `muxio.monitor()` subtracts two of them.
 
     Histograms are sparse ``{slot: count}`` in `muxio.histogram`'s layout,
@@ -317,8 +315,9 @@ class LoopHealth:
         return min(self.busy_s / self.wall_s, 1.0) if self.wall_s > 0 else 0.0
 
 
-def _ms(hist: dict[int, int], q: float) -> float:
-    return round(percentile(hist, sum(hist.values()), q) / 1e6, 3)
+def _ms(hist: dict[int, int], q: float, highest: float) -> float:
+    """The quantile in ms, at most `highest` s: a slot's middle may lie past the largest value."""
+    return round(min(percentile(hist, sum(hist.values()), q) / 1e9, highest) * 1000, 3)
 
 
 def _fileno(fileobj: Any) -> int:
@@ -1142,10 +1141,10 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             "callbacks": c.callbacks,
             "slow_iterations": c.slow_iterations,
             "max_lag_ms": round(c.max_lag * 1000, 3),
-            "iteration_p50_ms": _ms(iteration, 0.5),
-            "iteration_p99_ms": _ms(iteration, 0.99),
-            "delay_p50_ms": _ms(delay, 0.5),
-            "delay_p99_ms": _ms(delay, 0.99),
+            "iteration_p50_ms": _ms(iteration, 0.5, c.max_lag),
+            "iteration_p99_ms": _ms(iteration, 0.99, c.max_lag),
+            "delay_p50_ms": _ms(delay, 0.5, c.delay_max),
+            "delay_p99_ms": _ms(delay, 0.99, c.delay_max),
             "delay_max_ms": round(c.delay_max * 1000, 3),
             "utilisation": round(min(c.busy / wall, 1.0), 4) if wall > 0 else 0.0,
             "ready": len(self._ready),
