@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from conftest import RunLoop
@@ -88,6 +88,26 @@ def test_two_tasks_running_one_coroutine_are_one_site(watched: EventLoop) -> Non
         watched.run_until_complete(watched.create_task(a_coroutine_that_blocks(1), name=name))
     mine = [s for s in watched.slow_sites() if "a_coroutine_that_blocks()" in s.site]
     assert [s.iterations for s in mine] == [2]
+
+
+async def another_coroutine_that_blocks() -> None:
+    time.sleep(BLOCK)
+
+
+async def a_framework_runs(handler: Callable[[], Awaitable[None]]) -> None:
+    await handler()
+
+
+@pytest.mark.timeout(30)
+def test_the_site_is_the_innermost_coroutine_not_the_framework_around_it(
+    watched: EventLoop,
+) -> None:
+    watched.run_until_complete(a_framework_runs(lambda: a_coroutine_that_blocks(1)))
+    watched.run_until_complete(a_framework_runs(another_coroutine_that_blocks))
+    sites = {s.site.split(" (")[0]: s.iterations for s in watched.slow_sites()}
+    assert sites.get("coroutine a_coroutine_that_blocks()") == 1, sites
+    assert sites.get("coroutine another_coroutine_that_blocks()") == 1, sites
+    assert not any("a_framework_runs" in site for site in sites)
 
 
 @pytest.mark.timeout(60)

@@ -119,16 +119,21 @@ def describe_frame_site(frame: FrameType | None, running: object = None) -> tupl
     A site leaves out what differs between two stalls of the same code (the
     task's name, the peer, the line the sample happened to land on) and
     names the coroutine or method by where it is defined, so one slow
-    handler is one site however many connections and tasks run it.
+    handler is one site however many connections and tasks run it.  It is
+    the innermost coroutine, where the description names the outermost (the
+    task's): under a framework every request's task runs the same outer one.
     """
     innermost = frame
     where = f"{innermost.f_code.co_filename}:{innermost.f_lineno}" if innermost else "?"
     outer_coroutine: FrameType | None = None
+    inner_coroutine: FrameType | None = None
     protocol_frame: FrameType | None = None
     while frame is not None:
         code = frame.f_code
         if code.co_flags & _CO_COROUTINE:
             outer_coroutine = frame
+            if inner_coroutine is None:
+                inner_coroutine = frame
         elif protocol_frame is None and outer_coroutine is None:
             owner = frame.f_locals.get("self")
             if owner is not None and hasattr(owner, "data_received"):
@@ -139,7 +144,9 @@ def describe_frame_site(frame: FrameType | None, running: object = None) -> tupl
     if outer_coroutine is not None:
         code = outer_coroutine.f_code
         name = getattr(code, "co_qualname", code.co_name)
-        site = f"coroutine {name}() ({_defined_at(code)})"
+        inner = inner_coroutine.f_code if inner_coroutine is not None else code
+        # the innermost coroutine: a framework's outer one (uvicorn's run_asgi) runs every request
+        site = f"coroutine {getattr(inner, 'co_qualname', inner.co_name)}() ({_defined_at(inner)})"
         if isinstance(task, asyncio.Task):
             return f"coroutine {name}() in task {task.get_name()!r} at {where}", site
         return f"coroutine {name}() at {where}", site
