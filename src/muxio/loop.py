@@ -58,7 +58,7 @@ from .pollers import READ, WRITE, Poller, new_poller
 from .server import Server
 from .sockops import SocketOps
 from .transports.stream import UncountedTransport
-from .watchdog import Running, Watchdog, describe_callback
+from .watchdog import NOT_RUNNING_SITE, Running, Watchdog, describe_callback
 
 if TYPE_CHECKING:
     import ssl as _ssl
@@ -1053,15 +1053,17 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         g = self._gc
         in_gc = g.iter_total if g.iter_start == started else 0.0
         if in_gc * 2 >= busy:
+            # the collector holds the GIL: a watchdog that missed its ticks is not a stopped process
+            running_in = f", in {what}" if site != NOT_RUNNING_SITE else ""
             site = f"{GC_SITE} (generation {g.last_generation})"
             log.warning(
                 "slow callback: the loop was blocked for %.0f ms, %.0f ms of it by the garbage "
-                "collector (generation %d), in %s (fewer long-lived objects, gc.freeze() "
-                "after startup, or gc.set_threshold())",
+                "collector (generation %d)%s (fewer long-lived objects, gc.freeze() after "
+                "startup, or gc.set_threshold())",
                 busy * 1000,
                 in_gc * 1000,
                 g.last_generation,
-                what,
+                running_in,
             )
         else:
             log.warning(

@@ -48,6 +48,7 @@ from typing import Protocol
 log = logging.getLogger("muxio")
 
 _CO_COROUTINE = 0x80 | 0x100 | 0x200  # coroutine, iterable coroutine, async generator
+NOT_RUNNING_SITE = "no callback: the process was not running"
 
 
 class Running:
@@ -271,7 +272,7 @@ class Watchdog:
             started,
             f"no callback: the process was not running for {missed:.1f} s of it "
             "(stopped, suspended or starved of CPU)",
-            "no callback: the process was not running",
+            NOT_RUNNING_SITE,
         )
         return True
 
