@@ -27,6 +27,8 @@ from muxio.loop import GC_SITE, EventLoop, _on_gc
 
 BLOCK = 0.1
 """How long a blocking step holds the loop, in seconds (the watchdog's threshold: 20 ms)."""
+SLOT = 0.99
+"""Histogram values are a slot's middle, within 0.8 % of what was recorded."""
 
 HEALTH_KEYS = {
     "iteration_p50_ms",
@@ -175,9 +177,9 @@ def test_a_timer_that_runs_late_is_in_the_delay_histogram(run_loop: RunLoop) -> 
         run_loop(lp)
         assert fired
         stats = lp.stats()
-        late_ms = (BLOCK - 0.01) * 1000
+        late_ms = (BLOCK - 0.01) * 1000 * SLOT
         assert stats["delay_max_ms"] >= late_ms
-        assert stats["delay_p99_ms"] >= late_ms * 0.99
+        assert stats["delay_p99_ms"] >= late_ms
         delays = lp.health().delay_ns
         assert sum(delays.values()) >= 1
         assert max(histogram.slot_range(s)[1] for s in delays) >= late_ms * 1e6
@@ -192,7 +194,7 @@ def test_a_due_timer_run_after_a_blocking_callback_counts_the_block(run_loop: Ru
         lp.call_at(lp.time(), lp.stop)  # due in the same iteration, run after the sleep
         run_loop(lp)
         assert lp.stats()["iterations"] == 1
-        assert lp.stats()["delay_max_ms"] >= BLOCK * 1000
+        assert lp.stats()["delay_max_ms"] >= BLOCK * 1000 * SLOT
     finally:
         lp.close()
 
@@ -207,7 +209,7 @@ def test_a_callback_queued_behind_a_blocking_one_is_delayed_by_it(run_loop: RunL
 
         lp.call_soon(block_then_queue)
         run_loop(lp)
-        assert lp.stats()["delay_max_ms"] >= BLOCK * 1000
+        assert lp.stats()["delay_max_ms"] >= BLOCK * 1000 * SLOT
     finally:
         lp.close()
 
