@@ -112,6 +112,25 @@ def test_the_site_is_the_innermost_coroutine_not_the_framework_around_it(
     assert not any("a_framework_runs" in site for site in sites)
 
 
+@pytest.mark.timeout(30)
+def test_sites_past_the_bound_are_counted_together(
+    watched: EventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(muxio.loop, "MAX_SITES", 2)
+
+    async def third_coroutine_that_blocks() -> None:
+        time.sleep(BLOCK)
+
+    for blocker in (another_coroutine_that_blocks, third_coroutine_that_blocks):
+        watched.run_until_complete(a_framework_runs(blocker))
+        watched.run_until_complete(a_framework_runs(blocker))
+    watched.run_until_complete(a_coroutine_that_blocks(1))
+    sites = {s.site.split(" (")[0]: s.iterations for s in watched.slow_sites()}
+    assert len(sites) <= 3, sites
+    assert sum(sites.values()) == watched.stats()["slow_iterations"]
+    assert sites.get(muxio.loop.OTHER_SITE, 0) >= 1, sites
+
+
 @pytest.mark.timeout(60)
 def test_gc_collect_on_the_loop_is_counted_apart_and_blamed_in_the_slow_report(
     watched: EventLoop, caplog: pytest.LogCaptureFixture

@@ -24,6 +24,9 @@ each iteration's busy time (from the poller's return to the next wait) feeds
 reported with what was running, sampled by the `Watchdog` thread.  The loop
 names what it is running in one slot, `_running.now` (a handle or an I/O
 callback), which the watchdog and debug mode's exception handler read.
+Health is always recorded too (`LoopCounters`: iteration and delay
+histograms; `GcPauses`; slow iterations by site), a few index ops per
+iteration, and read back only when asked (`stats()`, `health()`).
 """
 
 from __future__ import annotations
