@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
@@ -164,6 +166,38 @@ def test_the_gc_hook_is_installed_only_while_a_loop_runs(run_loop: RunLoop) -> N
         assert seen == [True]
         assert _on_gc not in gc.callbacks
     finally:
+        lp.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_keeps_only_the_loop_of_the_thread_that_forked(run_loop: RunLoop) -> None:
+    other = EventLoop(slow_callback_ms=None)
+    running = threading.Event()
+    other.call_soon(running.set)
+    elsewhere = threading.Thread(target=other.run_forever)
+    elsewhere.start()
+    lp = EventLoop(slow_callback_ms=None)
+    try:
+        assert running.wait(10)
+        codes: list[int] = []
+
+        def fork() -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # fork beside a thread
+                pid = os.fork()
+            if pid == 0:
+                ok = list(muxio.loop._gc_loops.values()) == [lp] and _on_gc in gc.callbacks
+                os._exit(0 if ok else 1)
+            codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+            lp.stop()
+
+        lp.call_soon(fork)
+        run_loop(lp)
+        assert codes == [0]
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        elsewhere.join(10)
+        other.close()
         lp.close()
 
 

@@ -276,6 +276,22 @@ def _unwatch_gc(thread_id: int) -> None:
             gc.callbacks.remove(_on_gc)
 
 
+def _gc_after_fork() -> None:
+    """A forked child has one thread: only a loop running on it is still running."""
+    global _gc_lock
+    _gc_lock = threading.Lock()  # another thread may have held it at the fork
+    mine = _gc_loops.get(threading.get_ident())
+    _gc_loops.clear()
+    if mine is not None:
+        _gc_loops[threading.get_ident()] = mine
+    elif _on_gc in gc.callbacks:
+        gc.callbacks.remove(_on_gc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_gc_after_fork)
+
+
 class SlowSite(NamedTuple):
     """Slow iterations the watchdog blamed on one site, summed."""
 
