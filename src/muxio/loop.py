@@ -930,7 +930,6 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         stats = self._counters
         stats.iterations += 1
         n = len(ready)
-        delay = stats.last_slot if n else -1
         due: list[Any] | None = None
         if timers:
             clock = self.time  # asyncio's timers follow `loop.time()`; `now` stays the real clock
@@ -939,6 +938,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 due = self._pop_due(end)
         if n:
             stats.callbacks += n
+            stats.delay[stats.last_slot] += 1  # they waited out the previous iteration
             popleft = ready.popleft
             for _ in range(n):
                 handle = popleft()
@@ -989,9 +989,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             if due:  # how late the first one runs: after this iteration's callbacks and I/O
                 late = max(int((self.time() - due[0]._when) * 1e9), 0)
                 e = late.bit_length() - 8
-                late = ((e << 7) + (late >> e)) if e > 0 else late
-                if late > delay:  # slots are ordered as the values are
-                    delay = late
+                stats.delay[((e << 7) + (late >> e)) if e > 0 else late] += 1
             stats.callbacks += len(due)
             for i in range(len(due)):
                 handle, due[i] = due[i], None  # a finished task must not outlive its step
@@ -1015,8 +1013,6 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         e = busy.bit_length() - 8
         stats.last_slot = slot = ((e << 7) + (busy >> e)) if e > 0 else busy
         stats.iteration[slot] += 1
-        if delay >= 0:
-            stats.delay[delay] += 1
         if busy >= self._slow_ns and self._watch:
             self._report_slow(now, busy / 1e9, len(events))
 
@@ -1165,10 +1161,10 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         Health, always recorded: ``iteration_p50_ms``/``iteration_p99_ms``:
         the busy part of an iteration (poller return to the next wait);
         ``delay_p50_ms``/``delay_p99_ms``/``delay_max_ms``: how late work
-        ran (one sample per iteration that had work waiting: how late the
-        first due timer ran past its deadline, or, for callbacks queued
-        before the wait, how long the previous iteration held the loop;
-        the larger if both); ``utilisation``: busy seconds / wall seconds
+        ran (per iteration, one sample for its due timers: how late the
+        first one ran past its deadline; and one for the callbacks queued
+        before the wait: how long the previous iteration held the loop);
+        ``utilisation``: busy seconds / wall seconds
         since the loop first ran (0-1); ``ready``, ``timers``: the ready
         queue and the live timers now; ``tasks``: tasks alive on this loop
         now; ``gc_pauses``, ``gc_pause_ms``, ``gc_pause_max_ms``: garbage
