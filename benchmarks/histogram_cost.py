@@ -18,7 +18,7 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from muxio.tools.bench.metrics import SLOTS, SUB_BITS, percentile, slot_of, sparse
+from muxio.histogram import SLOTS, SUB_BITS, percentile, slot_of, sparse
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import pytest
 from helpers import MUXIO_PATH, serve_process
 
 from muxio.errors import RuntimeFailure, UsageError
+from muxio.histogram import percentile, slot_of, slot_range
 from muxio.tools.bench import (
     BenchHooks,
     Progress,
@@ -33,7 +34,6 @@ from muxio.tools.bench import (
     run_bench,
 )
 from muxio.tools.bench.config import BadSetting
-from muxio.tools.bench.metrics import percentile, slot_of, slot_range
 
 SRC = MUXIO_PATH
 

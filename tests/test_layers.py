@@ -21,7 +21,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "muxio"
 
 LAYERS: list[list[str]] = [
-    ["_build", "errors", "validate"],
+    ["_build", "errors", "validate", "histogram"],
     ["pollers", "pollers.*"],
     ["listeners", "resolve"],
     ["protocol"],
@@ -30,7 +30,7 @@ LAYERS: list[list[str]] = [
     ["server"],
     ["watchdog", "profiler"],
     ["loop"],
-    ["offload", "policy", "loopenv"],
+    ["offload", "policy", "loopenv", "monitor"],
     ["services", "services.*"],
     ["runner"],
     ["serving"],

@@ -24,6 +24,7 @@ EXPECTED = {
     "serve": "drain: complete",
     "poller": "select -> select",
     "stats": "slow_iterations 0",
+    "monitor": "delay p99 over 30 ms: True",
 }
 
 
@@ -32,7 +33,9 @@ def examples() -> dict[str, str]:
 
 
 def test_guide_has_every_promised_example() -> None:
-    assert set(examples()) >= {"chat", "http", "client", "offload", "serve", "poller", "stats"}
+    assert set(examples()) >= {
+        "chat", "http", "client", "offload", "serve", "poller", "stats", "monitor"
+    }
 
 
 @pytest.mark.parametrize("name", sorted(examples()))

@@ -501,6 +501,18 @@ def test_stats_count_iterations_events_callbacks_and_lag(run_loop, socket_pair) 
             "callbacks": 0,
             "slow_iterations": 0,
             "max_lag_ms": 0.0,
+            "iteration_p50_ms": 0.0,
+            "iteration_p99_ms": 0.0,
+            "delay_p50_ms": 0.0,
+            "delay_p99_ms": 0.0,
+            "delay_max_ms": 0.0,
+            "utilisation": 0.0,
+            "ready": 1,
+            "timers": 2,
+            "tasks": 0,
+            "gc_pauses": 0,
+            "gc_pause_ms": 0.0,
+            "gc_pause_max_ms": 0.0,
         }
         run_loop(lp)
         stats = lp.stats()

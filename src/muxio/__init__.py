@@ -5,7 +5,8 @@ from __future__ import annotations
 from . import _build  # first: under MUXIO_PURE=1 every module below loads from its .py
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .listeners import bind_tcp, bind_unix
-from .loop import EventLoop, Handle, TimerHandle
+from .loop import EventLoop, Handle, LoopHealth, TimerHandle
+from .monitor import HealthSnapshot, Monitor, monitor
 from .offload import Offloader, OrderedReplies
 from .policy import EventLoopPolicy, new_event_loop, run
 from .pollers import Poller, available, get_poller_class, new_poller
@@ -26,6 +27,9 @@ __all__ = [
     "EventLoop",
     "EventLoopPolicy",
     "Handle",
+    "HealthSnapshot",
+    "LoopHealth",
+    "Monitor",
     "MuxioError",
     "Offloader",
     "OrderedReplies",
@@ -41,6 +45,7 @@ __all__ = [
     "bind_tcp",
     "bind_unix",
     "get_poller_class",
+    "monitor",
     "new_event_loop",
     "new_poller",
     "run",

@@ -299,6 +299,12 @@ def run_service(
 
     def log_statistics(signame: str) -> None:
         totals: dict[str, object] = {**server.stats(), **loop.stats()}
+        top = loop.slow_sites(1)
+        if top:
+            # last, because a site has spaces in it: everything after `slow_site=` is the site
+            totals["slow_site_count"] = top[0].iterations
+            totals["slow_site_ms"] = top[0].total_ms
+            totals["slow_site"] = top[0].site
         log.info("%s: statistics: %s", signame, " ".join(f"{k}={v}" for k, v in totals.items()))
 
     def ignore(signame: str) -> None:

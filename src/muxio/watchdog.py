@@ -50,6 +50,7 @@ log = logging.getLogger("muxio")
 _CO_COROUTINE = 0x80 | 0x100 | 0x200  # coroutine, iterable coroutine, async generator
 _PROFILER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiler.py")
 """The profiler's handler runs on the loop thread: this thread can sample it mid-handler."""
+NOT_RUNNING_SITE = "no callback: the process was not running"
 
 
 class Running:
@@ -108,16 +109,36 @@ def describe_frame(frame: FrameType | None, running: object = None) -> str:
     with the loop thread's stack; the stack says where in it the loop is, so
     nothing on the loop's own path pays for the description.
     """
+    return describe_frame_site(frame, running)[0]
+
+
+def _defined_at(code: CodeType) -> str:
+    return f"{code.co_filename}:{code.co_firstlineno}"
+
+
+def describe_frame_site(frame: FrameType | None, running: object = None) -> tuple[str, str]:
+    """`describe_frame`'s text and the *site* the loop aggregates slow iterations by.
+
+    A site leaves out what differs between two stalls of the same code (the
+    task's name, the peer, the line the sample happened to land on) and
+    names the coroutine or method by where it is defined, so one slow
+    handler is one site however many connections and tasks run it.  It is
+    the innermost coroutine, where the description names the outermost (the
+    task's): under a framework every request's task runs the same outer one.
+    """
     while frame is not None and frame.f_code.co_filename == _PROFILER_FILE:
         frame = frame.f_back  # caught in a profile's signal handler: the loop's frame is below
     innermost = frame
     where = f"{innermost.f_code.co_filename}:{innermost.f_lineno}" if innermost else "?"
     outer_coroutine: FrameType | None = None
+    inner_coroutine: FrameType | None = None
     protocol_frame: FrameType | None = None
     while frame is not None:
         code = frame.f_code
         if code.co_flags & _CO_COROUTINE:
             outer_coroutine = frame
+            if inner_coroutine is None:
+                inner_coroutine = frame
         elif protocol_frame is None and outer_coroutine is None:
             owner = frame.f_locals.get("self")
             if owner is not None and hasattr(owner, "data_received"):
@@ -128,9 +149,12 @@ def describe_frame(frame: FrameType | None, running: object = None) -> str:
     if outer_coroutine is not None:
         code = outer_coroutine.f_code
         name = getattr(code, "co_qualname", code.co_name)
+        inner = inner_coroutine.f_code if inner_coroutine is not None else code
+        # the innermost coroutine: a framework's outer one (uvicorn's run_asgi) runs every request
+        site = f"coroutine {getattr(inner, 'co_qualname', inner.co_name)}() ({_defined_at(inner)})"
         if isinstance(task, asyncio.Task):
-            return f"coroutine {name}() in task {task.get_name()!r} at {where}"
-        return f"coroutine {name}() at {where}"
+            return f"coroutine {name}() in task {task.get_name()!r} at {where}", site
+        return f"coroutine {name}() at {where}", site
     if protocol_frame is not None:
         owner = protocol_frame.f_locals.get("self")
         transport = getattr(owner, "transport", None)
@@ -138,13 +162,18 @@ def describe_frame(frame: FrameType | None, running: object = None) -> str:
         if transport is not None and hasattr(transport, "get_extra_info"):
             peer = transport.get_extra_info("peername")
         what = f"{type(owner).__name__}.{protocol_frame.f_code.co_name}"
-        return f"{what} (peer {peer!r}) at {where}"
+        return (
+            f"{what} (peer {peer!r}) at {where}",
+            f"{what} ({_defined_at(protocol_frame.f_code)})",
+        )
     if callback is not None and _python_code(callback) is None:
-        return f"callback {describe_callback(callback)} (not Python code) called from {where}"
+        what = f"callback {describe_callback(callback)} (not Python code)"
+        return f"{what} called from {where}", what
     if innermost is None:
-        return "unknown code"
+        return "unknown code", "unknown code"
     stack = traceback.format_stack(innermost, limit=3)
-    return "code at " + " <- ".join(s.strip().splitlines()[0] for s in reversed(stack))
+    text = "code at " + " <- ".join(s.strip().splitlines()[0] for s in reversed(stack))
+    return text, f"code in {innermost.f_code.co_name}() ({_defined_at(innermost.f_code)})"
 
 
 def _warn_unlisted(msg: str, *args: object) -> None:
@@ -188,8 +217,8 @@ class Watchdog:
         """(when, seconds): the last time the whole process was found not running."""
         self._interval = max(threshold / 2, 0.005)
         self._tick = (time.monotonic(), time.process_time())
-        self.sample: tuple[float, str] | None = None
-        """(iteration start, what held the loop in it): the latest stall described."""
+        self.sample: tuple[float, str, str] | None = None
+        """(iteration start, what held the loop in it, its site): the latest stall described."""
 
     def start(self) -> None:
         self._tick = (time.monotonic(), time.process_time())
@@ -216,8 +245,8 @@ class Watchdog:
         finally:
             self._alive.release()
 
-    def describe_stall(self, started: float, busy: float) -> str | None:
-        """What held the iteration that began at `started`, or None if it was not sampled.
+    def describe_stall(self, started: float, busy: float) -> tuple[str, str] | None:
+        """What held the iteration that began at `started` and its site; None if not sampled.
 
         Called on the loop thread as it reports the slow iteration: after a
         stop it often resumes before this thread does, so it checks for a
@@ -225,7 +254,7 @@ class Watchdog:
         """
         self._blame_nobody(started, busy)
         sample = self.sample
-        return sample[1] if sample is not None and sample[0] == started else None
+        return (sample[1], sample[2]) if sample is not None and sample[0] == started else None
 
     def _not_running(self, now: float, cpu: float) -> float:
         """Seconds the whole process lately spent not running (0 if it ran)."""
@@ -247,6 +276,7 @@ class Watchdog:
             started,
             f"no callback: the process was not running for {missed:.1f} s of it "
             "(stopped, suspended or starved of CPU)",
+            NOT_RUNNING_SITE,
         )
         return True
 
@@ -270,7 +300,7 @@ class Watchdog:
             sample = self.sample
             if not self._blame_nobody(started, busy) and (sample is None or sample[0] != started):
                 frame = sys._current_frames().get(thread_id)
-                self.sample = (started, describe_frame(frame, loop._running.now))
+                self.sample = (started, *describe_frame_site(frame, loop._running.now))
             if busy >= long_block and self._reported != started:
                 self._reported = started
                 _warn_unlisted(

@@ -1,9 +1,7 @@
 """What a run measured: an HDR-style latency histogram, error counts, the result.
 
-The histogram is our own, laid out like HdrHistogram with 128 sub-buckets
-per power of two: a value of ``b`` bits lands in slot
-``((b - 8) << 7) + (value >> (b - 8))``, so every slot is at most 1/128
-(0.8 %) wide and values under 256 ns are exact.  Why not the `hdrhistogram`
+The histogram is `muxio.histogram` (the loop records its own health into the
+same layout), in nanoseconds, so values under 256 ns are exact.  Why not the `hdrhistogram`
 package (0.10.8): the worker records one value per reply in pure Python,
 and a client that costs more per request than the server measures itself.
 `python benchmarks/histogram_cost.py` (200,000 log-normal latencies around
@@ -23,52 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-SUB_BITS = 7
-SLOTS = 64 << SUB_BITS
-"""Enough slots for any 64-bit nanosecond count."""
-
-
-def slot_of(ns: int) -> int:
-    """The histogram slot of a latency in nanoseconds; inlined in the worker's hot loop."""
-    e = ns.bit_length() - (SUB_BITS + 1)
-    return ((e << SUB_BITS) + (ns >> e)) if e > 0 else max(ns, 0)
-
-
-def slot_range(slot: int) -> tuple[int, int]:
-    """The nanoseconds [low, high) that land in `slot`."""
-    if slot < 2 << SUB_BITS:
-        return slot, slot + 1
-    e = (slot >> SUB_BITS) - 1
-    m = slot - (e << SUB_BITS)
-    return m << e, (m + 1) << e
-
-
-def merge(into: dict[int, int], counts: dict[int, int]) -> None:
-    for slot, n in counts.items():
-        into[slot] = into.get(slot, 0) + n
-
-
-def sparse(counts: list[int]) -> dict[int, int]:
-    """The non-zero slots: what crosses the pipe from a worker."""
-    return {i: n for i, n in enumerate(counts) if n}
-
-
-def percentile(hist: dict[int, int], total: int, q: float) -> float:
-    """The value at quantile `q` in nanoseconds: the middle of the slot holding that rank."""
-    if total == 0:
-        return 0.0
-    rank = max(1, math.ceil(total * q))
-    seen = 0
-    for slot in sorted(hist):
-        seen += hist[slot]
-        if seen >= rank:
-            low, high = slot_range(slot)
-            return (low + high - 1) / 2
-    return 0.0
+from ...histogram import percentile
 
 
 @dataclass

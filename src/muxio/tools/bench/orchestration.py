@@ -20,8 +20,9 @@ from typing import Any
 
 from muxio.errors import RuntimeFailure, UsageError
 
+from ...histogram import merge
 from .config import PROTOCOLS, BadSetting, Check, TLSOptions, WorkerConfig
-from .metrics import BenchResult, ErrorCounts, Progress, merge, summarize
+from .metrics import BenchResult, ErrorCounts, Progress, summarize
 from .worker import PROGRESS_EVERY, raise_fd_limit, run_worker
 
 _RESULT_GRACE = 15.0

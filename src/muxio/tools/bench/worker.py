@@ -22,8 +22,9 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ...histogram import SLOTS, SUB_BITS, sparse
 from .config import WorkerConfig
-from .metrics import SLOTS, SUB_BITS, ErrorCounts, sparse
+from .metrics import ErrorCounts
 from .workload import describe_mismatch, expect_upper, make_lines, make_payloads, show
 
 _IN, _OUT, _ERR, _HUP = 0x001, 0x004, 0x008, 0x010
