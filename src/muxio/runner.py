@@ -59,6 +59,7 @@ class ServeConfig:
         service_name: str = "upper",
         tls: Any = None,
         tls_client_certs: bool = False,
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self.host = host
         self.port = validate.port(port)
@@ -74,6 +75,8 @@ class ServeConfig:
         self.tls = tls
         """An `ssl.SSLContext` to serve TLS with, or None for plain TCP."""
         self.tls_client_certs = tls_client_certs
+        self.metrics = validate.metrics_address(metrics) if metrics is not None else None
+        """(host, port) of the Prometheus endpoint (`muxio.metrics`), or None for none."""
 
 
 def _is_wildcard(sock: socket.socket) -> bool:
@@ -89,6 +92,27 @@ class _Stopping:
         self.began = False
         self.drain = "complete"
         self.deadline = float("inf")
+
+
+def _start_metrics(config: ServeConfig, loop: EventLoop, server: Server, service: Service) -> Any:
+    if config.metrics is None:
+        return None
+    from .metrics import serve_metrics
+    from .offload import Offloader
+
+    sources: dict[str, Callable[[], dict[str, Any]]] = {"server": server.stats}
+    offloader = getattr(service.factory, "offloader", None)
+    if isinstance(offloader, Offloader):
+        pool = offloader
+
+        def offload_stats() -> dict[str, Any]:
+            return {**pool.stats(), "queued": pool.queued, "running": pool.running,
+                    "workers": pool.workers}
+
+        sources["offload"] = offload_stats
+    exporter = serve_metrics(loop, *config.metrics, sources=sources)
+    log.info("metrics on %s", exporter.url)
+    return exporter
 
 
 def run_service(
@@ -221,9 +245,12 @@ def run_service(
         config.service_name,
         os.getpid(),
     )
+    exporter = _start_metrics(config, loop, server, service)
     try:
         loop.run_forever()
     finally:
+        if exporter is not None:
+            exporter.close()
         server.close()
         for transport in list(server.connections):
             transport.abort()
