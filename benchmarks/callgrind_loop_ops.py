@@ -18,11 +18,13 @@ the n operations, says "done" and blocks again while the driver dumps
 the handshake, the coroutine around the operations and the control command
 itself cost the same in both dumps and cancel out.
 
+`muxio-compiled` and `muxio-pure` are the installed package's two builds
+(`MUXIO_PURE=0`/`1` in the child, which checks it runs the one named).
 `--compiled DIR` adds a `muxio-compiled` loop: muxio imported with DIR first
 on PYTHONPATH (a scratch tree where the modules were compiled in place); the
 child prints which `muxio/loop` file it runs so a stale path shows.
 
-    python benchmarks/callgrind_loop_ops.py [--loops asyncio,uvloop,muxio]
+    python benchmarks/callgrind_loop_ops.py [--loops asyncio,uvloop,muxio,muxio-compiled,muxio-pure]
         [--ops call_soon,sleep0,timer,future] [-n 10000] [--compiled DIR] [--json]
 """
 
@@ -47,7 +49,11 @@ LABELS = {
     "timer": "`call_later` + `cancel`, per timer",
     "future": "`create_future` + `call_soon(set_result)` + await",
 }
-LOOPS = ("asyncio", "uvloop", "muxio")
+LOOPS = ("asyncio", "uvloop", "muxio", "muxio-compiled", "muxio-pure")
+_BUILD_ENV = {
+    "muxio-compiled": {"MUXIO_PURE": "0", "MUXIO_EXPECT_BUILD": "compiled"},
+    "muxio-pure": {"MUXIO_PURE": "1", "MUXIO_EXPECT_BUILD": "pure"},
+}
 _TASKS_PER_GATHER = 1000
 _TIMERS_PER_ITERATION = 100
 
@@ -125,6 +131,12 @@ def child(name: str, ops: list[str], n: int) -> int:
     import gc
 
     loop = new_loop(name)
+    if name == "muxio":
+        from muxio import _build
+
+        if (wrong := _build.expectation_error()) is not None:
+            print(wrong, file=sys.stderr)
+            return 1
     mod = sys.modules.get(type(loop).__module__)
     print(
         f"loop {type(loop).__module__}.{type(loop).__qualname__} from "
@@ -167,7 +179,7 @@ def measure(name: str, ops: list[str], n: int, pythonpath: str | None) -> dict[s
     from callgrind_per_request import _newest_dump, callgrind_control, read_instructions
 
     out_dir = Path(tempfile.mkdtemp(prefix="muxio-loopops-"))
-    env = dict(os.environ)
+    env = {**os.environ, **_BUILD_ENV.get(name, {})}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH")]))
     loop_name = "muxio" if name.startswith("muxio") else name

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -81,10 +82,22 @@ def known_servers() -> dict[str, ServerSpec]:
             ("aiohttp-muxio", "aiohttp_hello"),
         )
     ]
-    native = next(s for s in all_servers() if s.name == "muxio-epoll")
-    quiet.append(
-        ServerSpec("muxio-epoll-nowatchdog", (*native.argv, "--slow-callback-ms", "0"))
-    )
+    for spec in all_servers():
+        if spec.name.endswith("epoll") and spec.name.startswith("muxio-"):
+            quiet.append(
+                dataclasses.replace(
+                    spec,
+                    name=f"{spec.name}-nowatchdog",
+                    argv=(*spec.argv, "--slow-callback-ms", "0"),
+                )
+            )
+        elif spec.name.startswith(("muxio-compiled-", "muxio-pure-")):
+            peer = spec.argv[-3].rpartition(".")[2]  # python -m muxio.tools.peers.X --loop muxio
+            quiet.append(
+                dataclasses.replace(
+                    spec, name=f"{spec.name}-nowatchdog", argv=(sys.executable, helper, peer)
+                )
+            )
     return {s.name: s for s in [*all_servers(), *http_servers(), *quiet]}
 
 
@@ -275,6 +288,7 @@ def measure(
             f"--callgrind-out-file={out_dir}/cg.%p",
             *spec.argv,
         ),
+        env=spec.env,
     )
     if load_cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, set(load_cpus))

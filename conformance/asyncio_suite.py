@@ -908,6 +908,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         for name in (args.loop, args.against):
             check_loop(resolve_loop(name))
+        if "muxio" in (args.loop, args.against):
+            from muxio import _build
+
+            print(f"muxio build: {_build.describe()} ({_build.PACKAGE_DIR})", flush=True)
+            if (wrong := _build.expectation_error()) is not None:
+                raise LoopBroken(wrong)
         if args.jobs < 1:
             raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
         runnable, skipped = available_modules()

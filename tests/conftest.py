@@ -21,9 +21,20 @@ from typing import Any
 
 import pytest
 
-from muxio import pollers
+from muxio import _build, pollers
 from muxio.loop import EventLoop
 from muxio.policy import new_event_loop
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which build the tests run on, so a log says what it tested."""
+    return f"muxio: {_build.describe()} build, from {_build.PACKAGE_DIR}"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if (wrong := _build.expectation_error()) is not None:
+        pytest.exit(wrong, returncode=1)
+
 
 BEST_POLLER = pollers.available()[0]
 """What `auto` picks here: the poller a test that does not care about pollers runs on."""

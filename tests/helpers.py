@@ -19,11 +19,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
+import muxio
 from muxio import EventLoop, Server, bind_tcp
 from muxio.services.upper import UpperEcho
 from muxio.tools.process import ServerProcess
+
+MUXIO_PATH = str(Path(muxio.__file__).resolve().parents[1])
+"""Where the tests' muxio is imported from: a subprocess given it runs the same build."""
 
 SUMMARY_RE = re.compile(r"shutdown complete: (?P<fields>.*)$")
 

@@ -19,10 +19,9 @@ import threading
 import time
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 
 import pytest
-from helpers import serve_process
+from helpers import MUXIO_PATH, serve_process
 
 from muxio.errors import RuntimeFailure, UsageError
 from muxio.histogram import percentile, slot_of, slot_range
@@ -36,7 +35,7 @@ from muxio.tools.bench import (
 )
 from muxio.tools.bench.config import BadSetting
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = MUXIO_PATH
 
 
 def _bench(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from helpers import MUXIO_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 HTTP_COMPARE = ROOT / "benchmarks" / "http_compare.py"
@@ -18,7 +19,7 @@ HTTP_COMPARE = ROOT / "benchmarks" / "http_compare.py"
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([MUXIO_PATH, env.get("PYTHONPATH", "")])
     return env
 
 

@@ -15,6 +15,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+from helpers import MUXIO_PATH
 
 from muxio.errors import UsageError
 from muxio.tools.compare import (
@@ -36,7 +37,7 @@ from muxio.tools.compare.chart import plot_png
 from muxio.tools.compare.cli import standalone
 from muxio.tools.compare.report import render_markdown
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = MUXIO_PATH
 
 _META = {
     "python": "3", "platform": "x", "server_cpu": None, "load_processes": 2, "load_cpus": [],

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from helpers import MUXIO_PATH as SRC
 
 
 def test_serving_path_does_not_import_dataclasses() -> None:

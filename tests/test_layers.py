@@ -21,7 +21,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "muxio"
 
 LAYERS: list[list[str]] = [
-    ["errors", "validate", "histogram"],
+    ["_build", "errors", "validate", "histogram"],
     ["pollers", "pollers.*"],
     ["listeners", "resolve"],
     ["protocol"],

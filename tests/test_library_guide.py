@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import MUXIO_PATH
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "library.md"
@@ -36,7 +37,7 @@ def test_guide_has_every_promised_example() -> None:
 
 @pytest.mark.parametrize("name", sorted(examples()))
 def test_guide_example_runs(name: str, tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=MUXIO_PATH)
     proc = subprocess.run(
         [sys.executable, "-c", examples()[name]],
         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import MUXIO_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +65,7 @@ def run_peer(tmp_path: Path, loop: str, source: str, expected: str) -> tuple[int
     (tmp_path / "test_peer.py").write_text(f"EXPECTED = {expected!r}\n" + source)
     report = tmp_path / "report.json"
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "conformance"), str(ROOT / "src")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "conformance"), MUXIO_PATH])
     env["MUXIO_PEER_LOOP"] = loop
     env["MUXIO_PEER_REPORT"] = str(report)
     proc = subprocess.run(

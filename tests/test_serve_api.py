@@ -11,10 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import MUXIO_PATH
 
 import muxio
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = MUXIO_PATH
 
 CHILD = textwrap.dedent(
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import _build  # first: under MUXIO_PURE=1 every module below loads from its .py
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .listeners import bind_tcp, bind_unix
 from .loop import EventLoop, Handle, LoopHealth, TimerHandle
@@ -17,7 +18,11 @@ from .transports.stream import Transport
 
 __version__ = "0.1.0"
 
+COMPILED: bool = bool(_build.compiled_modules())
+"""True when the compiled build runs (see `muxio --version`); False for pure Python."""
+
 __all__ = [
+    "COMPILED",
     "BaseProtocol",
     "EventLoop",
     "EventLoopPolicy",

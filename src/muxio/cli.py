@@ -12,10 +12,11 @@ import importlib
 import importlib.util
 import logging
 import os
+import platform
 import sys
 from typing import TYPE_CHECKING
 
-from . import __version__, validate
+from . import __version__, _build, validate
 from .cmdline import (
     Parser,
     add_address_arguments,
@@ -108,10 +109,17 @@ def add_scale_arguments(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def version_line() -> str:
+    """Which build runs, since the two differ only in speed and a bug report needs to say."""
+    impl = sys.implementation.name
+    name = {"cpython": "CPython", "pypy": "PyPy"}.get(impl, impl)
+    return f"muxio {__version__} ({_build.describe()}), {name} {platform.python_version()}"
+
+
 def build_parser(argv: list[str] | None = None) -> Parser:
     """The tools' own options are loaded only when that tool is asked for."""
     parser = Parser(prog="muxio", description="Event-driven TCP servers in pure Python.")
-    parser.add_argument("--version", action="version", version=f"muxio {__version__}")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import select
@@ -22,6 +23,8 @@ class ServerSpec:
     argv: tuple[str, ...]
     available: bool = True
     why_not: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+    """Variables set for this server only (`MUXIO_PURE=1` for the pure build)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,34 @@ def _muxio_command() -> tuple[tuple[str, ...], str]:
     except ImportError:
         pass
     return (), "muxio's command line is not importable"
+
+
+def _builds(specs: list[ServerSpec]) -> list[ServerSpec]:
+    """muxio's two builds of the native and the asyncio-Protocol server, as servers of their own.
+
+    The pure one is the installed package run with `MUXIO_PURE=1`; the
+    compiled one exists only where the installed package was compiled.
+    """
+    from muxio import _build
+
+    compiled = bool(_build.extensions_on_disk())
+    why = "" if compiled else "this muxio is not compiled (pip install . with a C compiler)"
+    out = []
+    for spec in specs:
+        if spec.name not in ("muxio-epoll", "muxio-asyncio-protocol"):
+            continue
+        rest = spec.name.removeprefix("muxio-")
+        out.append(
+            dataclasses.replace(
+                spec,
+                name=f"muxio-compiled-{rest}",
+                available=spec.available and compiled,
+                why_not=spec.why_not or why,
+                env=(("MUXIO_PURE", "0"), ("MUXIO_EXPECT_BUILD", "compiled")),
+            )
+        )
+        out.append(dataclasses.replace(spec, name=f"muxio-pure-{rest}", env=(("MUXIO_PURE", "1"),)))
+    return out
 
 
 def _with_tls(spec: ServerSpec, tls: TLSFiles | None) -> ServerSpec:
@@ -118,7 +149,7 @@ def _all_servers() -> list[ServerSpec]:
                 name, _peer(peer, "--loop", "uvloop"), available=has_uvloop, why_not=no_uvloop
             )
         )
-    return specs
+    return specs + _builds(specs)
 
 
 def all_servers(tls: TLSFiles | None = None) -> list[ServerSpec]:
@@ -163,7 +194,7 @@ class SpecProcess(process.ServerProcess):
         self.spec = spec
         super().__init__(
             [*spec.argv, "--host", host, "--port", "0"],
-            env=process.source_env(),
+            env={**process.source_env(), **dict(spec.env)},
             name=spec.name,
             cpu=cpu,
             log_file=True,
