@@ -6,6 +6,7 @@ from . import _build  # first: under MUXIO_PURE=1 every module below loads from 
 from .errors import MuxioError, RuntimeFailure, UsageError
 from .listeners import bind_tcp, bind_unix
 from .loop import EventLoop, Handle, LoopHealth, TimerHandle
+from .metrics import serve_metrics
 from .monitor import HealthSnapshot, Monitor, monitor
 from .offload import Offloader, OrderedReplies
 from .policy import EventLoopPolicy, new_event_loop, run
@@ -50,4 +51,5 @@ __all__ = [
     "new_poller",
     "run",
     "serve",
+    "serve_metrics",
 ]

@@ -1,4 +1,4 @@
-"""The `muxio` command: serve, connect, bench, compare.
+"""The `muxio` command: serve, connect, bench, compare, top.
 
 Every user mistake ends as one line on stderr and exit code 2; every runtime
 failure as one line and exit code 1.  Tracebacks are for muxio's own bugs.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import platform
@@ -30,6 +31,7 @@ from .cmdline import (
     positive_int,
     run_reporting,
     server_tls,
+    text_checked,
 )
 from .errors import RuntimeFailure, UsageError
 from .pollers import BACKENDS
@@ -170,6 +172,15 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         "default: $MUXIO_SLOW_CALLBACK_MS, else 100)",
     )
     serve.add_argument(
+        "--metrics",
+        type=text_checked(validate.metrics_address, "--metrics"),
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the loop's and the server's metrics for Prometheus at "
+        "http://HOST:PORT/metrics (needs: pip install 'muxio[metrics]'; with --workers, "
+        "worker N listens on PORT+N)",
+    )
+    serve.add_argument(
         "--shutdown-timeout",
         type=checked(validate.shutdown_timeout, "--shutdown-timeout"),
         default=10.0,
@@ -270,6 +281,7 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     for name, summary in (
         ("bench", "load-test a server (echo or line protocol, closed or open loop)"),
         ("compare", "measure muxio against asyncio, uvloop, threads and a naive select loop"),
+        ("top", "watch a running server's loop live, from its --metrics endpoint"),
     ):
         tool = sub.add_parser(name, help=summary, description=summary)
         if argv and name in argv[:1]:
@@ -395,6 +407,7 @@ def _serve(args: argparse.Namespace, worker: WorkerSpec | None) -> int:
         profile_out=args.profile_out or os.environ.get("MUXIO_PROFILE_OUT") or None,
         profile_clock=args.profile_clock,
         profile_tag=f".worker{worker.index}" if worker is not None else "",
+        metrics=_metrics_address(args.metrics, worker),
     )
     factory = service.factory
     if args.proxy_protocol:
@@ -416,6 +429,24 @@ def _serve(args: argparse.Namespace, worker: WorkerSpec | None) -> int:
         code = 1  # one more Ctrl-C after the loop had closed: the summary is out
     exit_despite_threads(code)
     return code
+
+
+def _metrics_address(
+    address: tuple[str, int] | None, worker: WorkerSpec | None
+) -> tuple[str, int] | None:
+    """Each worker its own port: PORT + its index (port 0 lets each pick one)."""
+    if address is None:
+        return None
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise UsageError(
+            "--metrics needs the prometheus-client package: pip install 'muxio[metrics]'"
+        )
+    host, port = address
+    if worker is not None and port:
+        port += worker.index
+        if port > 65535:
+            raise UsageError(f"--metrics port {address[1]} + worker {worker.index} is past 65535")
+    return host, port
 
 
 def exit_despite_threads(code: int) -> None:

@@ -86,6 +86,18 @@ def bounded_float(high: float, low: float = 0.0) -> Callable[[str], float]:
     return parse
 
 
+def text_checked(validator: Callable[[Any, str], object], flag: str) -> Callable[[str], Any]:
+    """As `checked`, for a value that stays text (an address): the check returns what it parsed."""
+
+    def parse(text: str) -> Any:
+        try:
+            return validator(text, flag)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def checked(validator: Callable[[Any, str], object], flag: str, *, whole: bool = False
             ) -> Callable[[str], Any]:
     """An argparse type that leaves the judging to the library's own check (`muxio.validate`).

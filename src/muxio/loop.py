@@ -58,6 +58,7 @@ from . import connect, listeners, resolve
 from . import profiler as _profiler
 from . import sendfile as _sendfile
 from .histogram import SLOTS, percentile, slot_range, sparse
+from .otel import record_stall
 from .pollers import READ, WRITE, Poller, new_poller
 from .server import Server
 from .sockops import SocketOps
@@ -1128,6 +1129,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         entry[1] += busy
         if busy > entry[2]:
             entry[2] = busy
+        record_stall(site, what, started, busy)
 
     def slow_sites(self, top: int = 10) -> list[SlowSite]:
         """The `top` sites by total blocked time, most first (see `_report_slow`)."""

@@ -74,6 +74,7 @@ class ServeConfig:
         profile_out: str | None = None,
         profile_clock: str = "cpu",
         profile_tag: str = "",
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self.host = host
         self.port = validate.port(port)
@@ -95,6 +96,8 @@ class ServeConfig:
         self.profile_clock = validate.profile_clock(profile_clock)
         self.profile_tag = profile_tag
         """Put before a profile file's extension: each worker of a supervisor writes its own."""
+        self.metrics = validate.metrics_address(metrics) if metrics is not None else None
+        """(host, port) of the Prometheus endpoint (`muxio.metrics`), or None for none."""
 
 
 def _tagged(path: str, tag: str) -> str:
@@ -212,6 +215,27 @@ def _end_tasks(loop: EventLoop, seconds_left: float) -> None:
                     "task": task,
                 }
             )
+
+
+def _start_metrics(config: ServeConfig, loop: EventLoop, server: Server, service: Service) -> Any:
+    if config.metrics is None:
+        return None
+    from .metrics import serve_metrics
+    from .offload import Offloader
+
+    sources: dict[str, Callable[[], dict[str, Any]]] = {"server": server.stats}
+    offloader = getattr(service.factory, "offloader", None)
+    if isinstance(offloader, Offloader):
+        pool = offloader
+
+        def offload_stats() -> dict[str, Any]:
+            return {**pool.stats(), "queued": pool.queued, "running": pool.running,
+                    "workers": pool.workers}
+
+        sources["offload"] = offload_stats
+    exporter = serve_metrics(loop, *config.metrics, sources=sources)
+    log.info("metrics on %s", exporter.url)
+    return exporter
 
 
 def run_service(
@@ -348,9 +372,12 @@ def run_service(
         config.service_name,
         os.getpid(),
     )
+    exporter = _start_metrics(config, loop, server, service)
     try:
         loop.run_forever()
     finally:
+        if exporter is not None:
+            exporter.close()
         profiling.finish()
         server.close()
         for transport in list(server.connections):

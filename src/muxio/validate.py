@@ -135,6 +135,27 @@ def port(value: Any, name: str = "port") -> int:
     return result
 
 
+def metrics_address(value: Any, name: str = "metrics") -> tuple[str, int]:
+    """HOST:PORT (``[::1]:9464`` for IPv6) where the Prometheus endpoint listens."""
+    if isinstance(value, tuple) and len(value) == 2:
+        host, number = value
+    elif isinstance(value, str) and ":" in value:
+        host, _, number = value.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+    else:
+        raise ValueError(f"{name} must be HOST:PORT, e.g. 127.0.0.1:9464, not {value!r}")
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"{name} needs a host before the port, e.g. 127.0.0.1:9464")
+    return host, port(number if not isinstance(number, str) else whole_text(number, name), name)
+
+
+def whole_text(text: str, name: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"{name} needs a port number after the colon, not {text!r}")
+    return int(text)
+
+
 def listening_problem(sock: socket.socket) -> str | None:
     """Why `sock` cannot be served (not a listening stream socket muxio serves), or None."""
     if sock.fileno() < 0:
