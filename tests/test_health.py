@@ -14,6 +14,8 @@ import gc
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -21,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from conftest import RunLoop
-from helpers import round_trip, serve_process
+from helpers import MUXIO_PATH, round_trip, serve_process
 
 import muxio
 from muxio import histogram
@@ -408,3 +410,38 @@ def test_sigusr1_line_carries_delay_utilisation_and_the_top_slow_site() -> None:
         assert line.group(5).strip()
         sp.signal(signal.SIGTERM)
         assert sp.wait() == 0
+
+
+def test_iterations_under_the_floor_are_counted_and_longer_ones_placed() -> None:
+    from muxio.histogram import slot_range
+    from muxio.loop import HEALTH_FLOOR
+
+    lp = EventLoop(slow_callback_ms=None)
+    try:
+        async def main() -> None:
+            for _ in range(50):
+                await asyncio.sleep(0)
+            asyncio.get_running_loop().call_soon(time.sleep, HEALTH_FLOOR * 40)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+
+        lp.run_until_complete(main())
+        h = lp.health()
+    finally:
+        lp.close()
+    assert sum(h.iteration_ns.values()) == h.iterations
+    placed = [s for s in h.iteration_ns if slot_range(s)[0] >= HEALTH_FLOOR * 1e9]
+    assert placed, h.iteration_ns  # the sleeping iteration, in its own slot
+    under = [n for s, n in h.iteration_ns.items() if slot_range(s)[1] <= HEALTH_FLOOR * 1e9]
+    assert sum(under) >= 40  # the quick ones, counted together under the floor
+
+
+def test_a_bad_health_floor_in_the_environment_is_one_warning_and_the_default() -> None:
+    code = "import muxio.loop as m; print(m.HEALTH_FLOOR)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "MUXIO_HEALTH_FLOOR_US": "fast", "PYTHONPATH": MUXIO_PATH},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "5e-05"
+    assert "MUXIO_HEALTH_FLOOR_US='fast' is not a number of microseconds" in out.stderr
