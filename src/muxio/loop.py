@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The event loop: one thread, one poller, a heap of timers and a ready queue.
 
 Shaped after Redis's `ae.c`, in asyncio's order: per iteration, wait in the
@@ -190,72 +191,49 @@ def _stop_on_done(fut: asyncio.Future[Any]) -> None:
         fut.get_loop().stop()
 
 
-class EventLoop(SocketOps, asyncio.AbstractEventLoop):
-    """A single-threaded loop over one `Poller`, and a drop-in asyncio event loop.
+class _LoopCore:
+    """The iteration's state and hot methods, apart from the asyncio API around them.
 
-    Only `call_soon_threadsafe` may be called from another thread; everything
-    else belongs to the thread that runs the loop.  `slow_callback_ms` (0 or
-    None: off) starts the watchdog thread on the first run; it names the
-    callback or coroutine that holds the loop longer than that.
+    `loop.pxd` declares this class a C extension type with typed fields, so
+    a compiled build (Cython, pure-Python mode) turns the iteration, the
+    `call_soon` path and the descriptor table into C: field access is a
+    struct load instead of a dict lookup, and calls between these methods
+    skip the Python call protocol.  `EventLoop` puts `asyncio.AbstractEventLoop`
+    on top, as uvloop puts its Python `Loop` over its C one.  Without the
+    compiler this is an ordinary base class and behaves the same.
     """
 
-    def __init__(
-        self,
-        poller: str | Poller = "auto",
-        *,
-        slow_callback_ms: float | None = 100.0,
-    ) -> None:
-        self.poller: Poller = new_poller(poller) if isinstance(poller, str) else poller
+    def __init__(self, poller: Poller, slow_callback_ms: float | None) -> None:
+        self._closed = False
+        self.poller = poller
         self._watch = bool(slow_callback_ms and slow_callback_ms > 0)
         self.slow_callback_duration = (slow_callback_ms or 100.0) / 1000
         self._watchdog: Watchdog | None = None
         self._readers: dict[int, IOCallback] = {}
         self._writers: dict[int, IOCallback] = {}
-        self._fileobjs: dict[int, Any] = {}
-        """fd → the object `add_reader`/`add_writer` got: it finds its fd once closed."""
-        if type(self).time is EventLoop.time:
-            # the clock itself, no Python frame: `mock.patch.object(loop, "time")` still works
-            self.time = monotonic  # type: ignore[method-assign]
         self._ready: deque[Any] = deque()  # asyncio.Handle: typeshed hides its fields
         self._timers: list[tuple[float, int, Any]] = []
         self._timers_cancelled = 0
         self._seq = itertools.count()
         self._clock_resolution = get_clock_info("monotonic").resolution
         self._stopping = False
-        self._closed = False
         self._thread_id: int | None = None
         self._busy_since = 0.0
         self._running = Running()
         """The handle or I/O callback being run; the watchdog thread reads it too."""
         self._counters = LoopCounters()
-        self._signal_handlers: dict[int, Any] = {}
-        self._old_wakeup_fd: int | None = None
         self._debug = False
-        self._coro_tracking: int | None = None
-        self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
-        self._task_factory: Any = None
-        self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._executor_shutdown_called = False
-        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._asyncgens_shutdown_called = False
-        self._ssock, self._csock = socket.socketpair()
-        self._ssock.setblocking(False)
-        self._csock.setblocking(False)
-        self._add_reader(self._ssock.fileno(), self._read_from_self)
-        self.set_debug(_debug_from_environment())
 
-    def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} poller={self.poller.name} running={self.is_running()} "
-            f"closed={self._closed} debug={self._debug}>"
-        )
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        """`EventLoop`'s, which is asyncio's API: declared here for the iteration's calls."""
+        raise NotImplementedError
 
     # -- time and scheduling -------------------------------------------------
 
     def time(self) -> float:
         return monotonic()
 
-    def call_soon(  # type: ignore[override]
+    def call_soon(
         self, callback: Callable[..., object], *args: Any, context: Context | None = None
     ) -> asyncio.Handle:
         if self._closed:
@@ -263,7 +241,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         if self._debug:
             self._check_thread()
             self._check_callback(callback, "call_soon")
-            handle: Any = asyncio.Handle(callback, args, self, context)
+            handle: Any = asyncio.Handle(callback, args, self, context)  # type: ignore[arg-type]
             if handle._source_traceback:
                 del handle._source_traceback[-1]
         else:
@@ -276,7 +254,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._ready.append(handle)
         return handle  # type: ignore[no-any-return]
 
-    def call_later(  # type: ignore[override]
+    def call_later(
         self,
         delay: float,
         callback: Callable[..., object],
@@ -290,7 +268,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             del timer._source_traceback[-1]
         return timer  # type: ignore[no-any-return]
 
-    def call_at(  # type: ignore[override]
+    def call_at(
         self,
         when: float,
         callback: Callable[..., object],
@@ -304,7 +282,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         if self._debug:
             self._check_thread()
             self._check_callback(callback, "call_at")
-            timer: Any = asyncio.TimerHandle(when, callback, args, self, context)
+            timer: Any = asyncio.TimerHandle(when, callback, args, self, context)  # type: ignore[arg-type]
             if timer._source_traceback:
                 del timer._source_traceback[-1]
         else:
@@ -319,24 +297,6 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         heapq.heappush(self._timers, (when, next(self._seq), timer))
         return timer  # type: ignore[no-any-return]
 
-    def call_soon_threadsafe(  # type: ignore[override]
-        self, callback: Callable[..., object], *args: Any, context: Context | None = None
-    ) -> asyncio.Handle:
-        """Schedule from any thread and wake the poller through the self-pipe."""
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        handle: Any
-        if self._debug:
-            self._check_callback(callback, "call_soon_threadsafe")
-            handle = asyncio.Handle(callback, args, self, context)
-            if handle._source_traceback:
-                del handle._source_traceback[-1]
-        else:
-            handle = Handle(callback, args, self, context)
-        self._ready.append(handle)
-        self._write_to_self()
-        return handle  # type: ignore[no-any-return]
-
     def _check_callback(self, callback: object, method: str) -> None:
         if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
             raise TypeError(f"coroutines cannot be used with {method}()")
@@ -349,56 +309,10 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 "Non-thread-safe operation invoked on an event loop other than the current one"
             )
 
-    def _write_to_self(self) -> None:
-        with contextlib.suppress(OSError):
-            self._csock.send(b"\0")
-
-    def _read_from_self(self) -> None:
-        while True:
-            try:
-                data = self._ssock.recv(4096)
-            except InterruptedError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            for signum in data:
-                if signum:
-                    handle = self._signal_handlers.get(signum)
-                    if handle is not None and not handle._cancelled:
-                        self._ready.append(handle)
-
     def _timer_handle_cancelled(self, handle: Any) -> None:
         """asyncio's `TimerHandle.cancel()` reports here; only timers still queued count."""
         if handle._scheduled:
             self._timers_cancelled += 1
-
-    # -- futures and tasks ---------------------------------------------------
-
-    def create_future(self) -> asyncio.Future[Any]:
-        return asyncio.Future(loop=self)
-
-    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        """`name=`, and `context=` from Python 3.11, as the running asyncio accepts."""
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        name = kwargs.pop("name", None)
-        if self._task_factory is None:
-            task = asyncio.Task(coro, loop=self, name=name, **kwargs)
-        else:
-            task = self._task_factory(self, coro, **kwargs)
-            if name is not None:
-                task.set_name(name)
-        return task
-
-    def set_task_factory(self, factory: Any) -> None:
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self) -> Any:
-        return self._task_factory
 
     # -- descriptors ---------------------------------------------------------
 
@@ -439,212 +353,6 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         r = READ if fd in self._readers else 0
         self._change(fd, WRITE | r, r)
         return True
-
-    def forget_fd(self, fd: int) -> None:
-        """Drop every interest in `fd` at once, before its owner closes it."""
-        had_reader = self._readers.pop(fd, None) is not None
-        if (self._writers.pop(fd, None) is not None) or had_reader:
-            self.poller.unregister(fd)
-
-    def _ensure_fd_no_transport(self, fd: int) -> None:
-        for table in (self._readers, self._writers):
-            owner = getattr(table.get(fd), "__self__", None)
-            if isinstance(owner, asyncio.BaseTransport):
-                raise RuntimeError(f"File descriptor {fd!r} is used by transport {owner!r}")
-
-    def _user_handle(self, callback: Callable[..., object], args: tuple[Any, ...]) -> IOCallback:
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        if self._debug:
-            self._check_callback(callback, "add_reader/add_writer")
-        handle = Handle(callback, args, self, None)
-        return handle._run
-
-    def _registered_fd(self, fileobj: Any) -> int:
-        """asyncio's selector lookup: a closed object still finds the fd it was added with.
-
-        anyio removes a socket's reader from a done-callback that runs after
-        the socket is closed; asyncio's selector searches its keys by object.
-        """
-        try:
-            return _fileno(fileobj)
-        except ValueError:
-            for fd, obj in self._fileobjs.items():
-                if obj is fileobj:
-                    for table in (self._readers, self._writers):
-                        if isinstance(getattr(table.get(fd), "__self__", None), asyncio.Handle):
-                            return fd
-                    del self._fileobjs[fd]  # stale: its number now serves someone else
-                    break
-            raise
-
-    def _forget_fileobj(self, fd: int) -> None:
-        if fd not in self._readers and fd not in self._writers:
-            self._fileobjs.pop(fd, None)
-
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
-        """Call `callback(*args)` whenever `fd` is readable (or has hung up / failed)."""
-        fileobj, fd = fd, _fileno(fd)
-        self._ensure_fd_no_transport(fd)
-        self._add_reader(fd, self._user_handle(callback, args))
-        if not isinstance(fileobj, int):
-            self._fileobjs[fd] = fileobj
-
-    def remove_reader(self, fd: Any) -> bool:
-        fd = self._registered_fd(fd)
-        self._ensure_fd_no_transport(fd)
-        if self._closed:
-            return False
-        removed = self._remove_reader(fd)
-        self._forget_fileobj(fd)
-        return removed
-
-    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
-        """Call `callback(*args)` whenever `fd` is writable (or has hung up / failed)."""
-        fileobj, fd = fd, _fileno(fd)
-        self._ensure_fd_no_transport(fd)
-        self._add_writer(fd, self._user_handle(callback, args))
-        if not isinstance(fileobj, int):
-            self._fileobjs[fd] = fileobj
-
-    def remove_writer(self, fd: Any) -> bool:
-        fd = self._registered_fd(fd)
-        self._ensure_fd_no_transport(fd)
-        if self._closed:
-            return False
-        removed = self._remove_writer(fd)
-        self._forget_fileobj(fd)
-        return removed
-
-    # -- signals -------------------------------------------------------------
-
-    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
-        """Run `callback` on the loop, never inside the signal handler itself.
-
-        The C-level handler writes the signal number to the self-pipe
-        (`signal.set_wakeup_fd`), which wakes the poller; the Python-level
-        handler does nothing.  Only the main thread may install handlers.
-        """
-        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
-            raise TypeError("coroutines cannot be used with add_signal_handler()")
-        self._check_signal(sig)
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        try:
-            # every time, as asyncio does: outside the main thread this raises
-            # ValueError, and a second handler must be refused there like the first
-            previous = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
-        except (ValueError, OSError) as exc:
-            raise RuntimeError(str(exc)) from None
-        if self._old_wakeup_fd is None:
-            self._old_wakeup_fd = previous
-        self._signal_handlers[sig] = Handle(callback, args, self, None)
-        try:
-            signal.signal(sig, _noop_signal_handler)
-            signal.siginterrupt(sig, False)
-        except OSError as exc:
-            del self._signal_handlers[sig]
-            self._restore_wakeup_fd()
-            if exc.errno == errno.EINVAL:
-                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
-            raise
-
-    def remove_signal_handler(self, sig: int) -> bool:
-        self._check_signal(sig)
-        if self._signal_handlers.pop(sig, None) is None:
-            return False
-        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
-        try:
-            signal.signal(sig, default)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL:
-                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
-            raise
-        if not self._signal_handlers:
-            self._restore_wakeup_fd()
-        return True
-
-    def _restore_wakeup_fd(self) -> None:
-        if self._old_wakeup_fd is not None and not self._signal_handlers:
-            with contextlib.suppress(ValueError, OSError):
-                signal.set_wakeup_fd(self._old_wakeup_fd)
-            self._old_wakeup_fd = None
-
-    @staticmethod
-    def _check_signal(sig: int) -> None:
-        if not isinstance(sig, int):
-            raise TypeError(f"sig must be an int, not {sig!r}")
-        if sig not in signal.valid_signals():
-            raise ValueError(f"invalid signal number {sig}")
-
-    # -- running -------------------------------------------------------------
-
-    def is_running(self) -> bool:
-        return self._thread_id is not None
-
-    def is_closed(self) -> bool:
-        return self._closed
-
-    def stop(self) -> None:
-        """Return from `run_forever` after the current iteration."""
-        self._stopping = True
-
-    def _check_running(self) -> None:
-        if self._thread_id is not None:
-            raise RuntimeError("This event loop is already running")
-        if _events._get_running_loop() is not None:
-            raise RuntimeError("Cannot run the event loop while another loop is running")
-
-    def run_forever(self) -> None:
-        """Run until `stop()`; a stop requested beforehand still runs one iteration."""
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        self._check_running()
-        if self._watch and self._watchdog is None:
-            self._watchdog = Watchdog(self, self.slow_callback_duration)
-            self._watchdog.start()
-        self._set_coroutine_origin_tracking(self._debug)
-        old_agen_hooks = sys.get_asyncgen_hooks()
-        self._thread_id = threading.get_ident()
-        try:
-            sys.set_asyncgen_hooks(
-                firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook
-            )
-            _events._set_running_loop(self)
-            run_once = self._run_once  # through the instance: asyncio's tests replace it
-            while True:
-                run_once()
-                if self._stopping:
-                    break
-        finally:
-            self._stopping = False
-            self._thread_id = None
-            self._busy_since = 0.0
-            self._running.now = None
-            _events._set_running_loop(None)
-            self._set_coroutine_origin_tracking(False)
-            sys.set_asyncgen_hooks(*old_agen_hooks)
-
-    def run_until_complete(self, future: Any) -> Any:
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        self._check_running()
-        new_task = not asyncio.isfuture(future)
-        future = asyncio.ensure_future(future, loop=self)
-        if new_task:
-            future._log_destroy_pending = False
-        future.add_done_callback(_stop_on_done)
-        try:
-            self.run_forever()
-        except BaseException:
-            if new_task and future.done() and not future.cancelled():
-                future.exception()
-            raise
-        finally:
-            future.remove_done_callback(_stop_on_done)
-        if not future.done():
-            raise RuntimeError("Event loop stopped before Future completed.")
-        return future.result()
 
     def _compact_timers(self) -> None:
         """Drop cancelled timers once they are half the heap: O(1) amortised per cancel.
@@ -879,6 +587,321 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             context["source_traceback"] = handle._source_traceback
         self.call_exception_handler(context)
 
+
+class EventLoop(_LoopCore, SocketOps, asyncio.AbstractEventLoop):  # type: ignore[misc]
+    """A single-threaded loop over one `Poller`, and a drop-in asyncio event loop.
+
+    Only `call_soon_threadsafe` may be called from another thread; everything
+    else belongs to the thread that runs the loop.  `slow_callback_ms` (0 or
+    None: off) starts the watchdog thread on the first run; it names the
+    callback or coroutine that holds the loop longer than that.
+    """
+
+    def __init__(
+        self,
+        poller: str | Poller = "auto",
+        *,
+        slow_callback_ms: float | None = 100.0,
+    ) -> None:
+        super().__init__(
+            new_poller(poller) if isinstance(poller, str) else poller, slow_callback_ms
+        )
+        self._fileobjs: dict[int, Any] = {}
+        """fd → the object `add_reader`/`add_writer` got: it finds its fd once closed."""
+        if type(self).time is EventLoop.time:
+            # the clock itself, no Python frame: `mock.patch.object(loop, "time")` still works
+            self.time = monotonic  # type: ignore[method-assign]
+        self._signal_handlers: dict[int, Any] = {}
+        self._old_wakeup_fd: int | None = None
+        self._coro_tracking: int | None = None
+        self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
+        self._task_factory: Any = None
+        self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_shutdown_called = False
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._ssock, self._csock = socket.socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._add_reader(self._ssock.fileno(), self._read_from_self)
+        self.set_debug(_debug_from_environment())
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} poller={self.poller.name} running={self.is_running()} "
+            f"closed={self._closed} debug={self._debug}>"
+        )
+
+    def call_soon_threadsafe(  # type: ignore[override]
+        self, callback: Callable[..., object], *args: Any, context: Context | None = None
+    ) -> asyncio.Handle:
+        """Schedule from any thread and wake the poller through the self-pipe."""
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        handle: Any
+        if self._debug:
+            self._check_callback(callback, "call_soon_threadsafe")
+            handle = asyncio.Handle(callback, args, self, context)
+            if handle._source_traceback:
+                del handle._source_traceback[-1]
+        else:
+            handle = Handle(callback, args, self, context)
+        self._ready.append(handle)
+        self._write_to_self()
+        return handle  # type: ignore[no-any-return]
+
+    def _write_to_self(self) -> None:
+        with contextlib.suppress(OSError):
+            self._csock.send(b"\0")
+
+    def _read_from_self(self) -> None:
+        while True:
+            try:
+                data = self._ssock.recv(4096)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum:
+                    handle = self._signal_handlers.get(signum)
+                    if handle is not None and not handle._cancelled:
+                        self._ready.append(handle)
+
+    # -- futures and tasks ---------------------------------------------------
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        """`name=`, and `context=` from Python 3.11, as the running asyncio accepts."""
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        name = kwargs.pop("name", None)
+        if self._task_factory is None:
+            task = asyncio.Task(coro, loop=self, name=name, **kwargs)
+        else:
+            task = self._task_factory(self, coro, **kwargs)
+            if name is not None:
+                task.set_name(name)
+        return task
+
+    def set_task_factory(self, factory: Any) -> None:
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self) -> Any:
+        return self._task_factory
+
+    def forget_fd(self, fd: int) -> None:
+        """Drop every interest in `fd` at once, before its owner closes it."""
+        had_reader = self._readers.pop(fd, None) is not None
+        if (self._writers.pop(fd, None) is not None) or had_reader:
+            self.poller.unregister(fd)
+
+    def _ensure_fd_no_transport(self, fd: int) -> None:
+        for table in (self._readers, self._writers):
+            owner = getattr(table.get(fd), "__self__", None)
+            if isinstance(owner, asyncio.BaseTransport):
+                raise RuntimeError(f"File descriptor {fd!r} is used by transport {owner!r}")
+
+    def _user_handle(self, callback: Callable[..., object], args: tuple[Any, ...]) -> IOCallback:
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        if self._debug:
+            self._check_callback(callback, "add_reader/add_writer")
+        handle = Handle(callback, args, self, None)
+        return handle._run
+
+    def _registered_fd(self, fileobj: Any) -> int:
+        """asyncio's selector lookup: a closed object still finds the fd it was added with.
+
+        anyio removes a socket's reader from a done-callback that runs after
+        the socket is closed; asyncio's selector searches its keys by object.
+        """
+        try:
+            return _fileno(fileobj)
+        except ValueError:
+            for fd, obj in self._fileobjs.items():
+                if obj is fileobj:
+                    for table in (self._readers, self._writers):
+                        if isinstance(getattr(table.get(fd), "__self__", None), asyncio.Handle):
+                            return fd
+                    del self._fileobjs[fd]  # stale: its number now serves someone else
+                    break
+            raise
+
+    def _forget_fileobj(self, fd: int) -> None:
+        if fd not in self._readers and fd not in self._writers:
+            self._fileobjs.pop(fd, None)
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
+        """Call `callback(*args)` whenever `fd` is readable (or has hung up / failed)."""
+        fileobj, fd = fd, _fileno(fd)
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, self._user_handle(callback, args))
+        if not isinstance(fileobj, int):
+            self._fileobjs[fd] = fileobj
+
+    def remove_reader(self, fd: Any) -> bool:
+        fd = self._registered_fd(fd)
+        self._ensure_fd_no_transport(fd)
+        if self._closed:
+            return False
+        removed = self._remove_reader(fd)
+        self._forget_fileobj(fd)
+        return removed
+
+    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
+        """Call `callback(*args)` whenever `fd` is writable (or has hung up / failed)."""
+        fileobj, fd = fd, _fileno(fd)
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, self._user_handle(callback, args))
+        if not isinstance(fileobj, int):
+            self._fileobjs[fd] = fileobj
+
+    def remove_writer(self, fd: Any) -> bool:
+        fd = self._registered_fd(fd)
+        self._ensure_fd_no_transport(fd)
+        if self._closed:
+            return False
+        removed = self._remove_writer(fd)
+        self._forget_fileobj(fd)
+        return removed
+
+    # -- signals -------------------------------------------------------------
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:  # type: ignore[override]
+        """Run `callback` on the loop, never inside the signal handler itself.
+
+        The C-level handler writes the signal number to the self-pipe
+        (`signal.set_wakeup_fd`), which wakes the poller; the Python-level
+        handler does nothing.  Only the main thread may install handlers.
+        """
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        try:
+            # every time, as asyncio does: outside the main thread this raises
+            # ValueError, and a second handler must be refused there like the first
+            previous = signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc)) from None
+        if self._old_wakeup_fd is None:
+            self._old_wakeup_fd = previous
+        self._signal_handlers[sig] = Handle(callback, args, self, None)
+        try:
+            signal.signal(sig, _noop_signal_handler)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            self._restore_wakeup_fd()
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        self._check_signal(sig)
+        if self._signal_handlers.pop(sig, None) is None:
+            return False
+        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, default)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
+            raise
+        if not self._signal_handlers:
+            self._restore_wakeup_fd()
+        return True
+
+    def _restore_wakeup_fd(self) -> None:
+        if self._old_wakeup_fd is not None and not self._signal_handlers:
+            with contextlib.suppress(ValueError, OSError):
+                signal.set_wakeup_fd(self._old_wakeup_fd)
+            self._old_wakeup_fd = None
+
+    @staticmethod
+    def _check_signal(sig: int) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    # -- running -------------------------------------------------------------
+
+    def is_running(self) -> bool:
+        return self._thread_id is not None
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def stop(self) -> None:
+        """Return from `run_forever` after the current iteration."""
+        self._stopping = True
+
+    def _check_running(self) -> None:
+        if self._thread_id is not None:
+            raise RuntimeError("This event loop is already running")
+        if _events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    def run_forever(self) -> None:
+        """Run until `stop()`; a stop requested beforehand still runs one iteration."""
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        self._check_running()
+        if self._watch and self._watchdog is None:
+            self._watchdog = Watchdog(self, self.slow_callback_duration)
+            self._watchdog.start()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        try:
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook, finalizer=self._asyncgen_finalizer_hook
+            )
+            _events._set_running_loop(self)
+            run_once = self._run_once  # through the instance: asyncio's tests replace it
+            while True:
+                run_once()
+                if self._stopping:
+                    break
+        finally:
+            self._stopping = False
+            self._thread_id = None
+            self._busy_since = 0.0
+            self._running.now = None
+            _events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def run_until_complete(self, future: Any) -> Any:
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        self._check_running()
+        new_task = not asyncio.isfuture(future)
+        future = asyncio.ensure_future(future, loop=self)
+        if new_task:
+            future._log_destroy_pending = False
+        future.add_done_callback(_stop_on_done)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                future.exception()
+            raise
+        finally:
+            future.remove_done_callback(_stop_on_done)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
     def stats(self) -> dict[str, float]:
         """A snapshot of what the loop did, as `Server.stats()` and `Offloader.stats()`.
 
@@ -935,7 +958,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             executor.shutdown(wait=False)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        if not getattr(self, "_closed", True):
+        if getattr(self, "_csock", None) is not None and not self._closed:
             _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
             if not self.is_running():
                 self.close()
