@@ -54,14 +54,25 @@ from typing import TYPE_CHECKING
 from . import connect, listeners, resolve
 from . import sendfile as _sendfile
 from .pollers import READ, WRITE, Poller, new_poller
+from .pollers.epoll import EpollPoller
 from .server import Server
 from .sockops import SocketOps
 from .transports.stream import UncountedTransport
 from .watchdog import Running, Watchdog, describe_callback
 
+try:
+    import cython
+except ImportError:  # the pure build: Cython is a build tool, never a run-time dependency
+    COMPILED = False
+else:
+    COMPILED = cython.compiled
+
 if TYPE_CHECKING:
     import ssl as _ssl
     from typing import Any
+
+    _epoll_wait: Callable[[int, float | None], list[tuple[int, int]]]
+    """The compiled build's `select.epoll.poll` (loop.pxd); the pure build never calls it."""
 
 log = logging.getLogger("muxio")
 aio_log = logging.getLogger("asyncio")
@@ -206,6 +217,9 @@ class _LoopCore:
     def __init__(self, poller: Poller, slow_callback_ms: float | None) -> None:
         self._closed = False
         self.poller = poller
+        self._epoll = poller if type(poller) is EpollPoller else None
+        """The compiled iteration calls `epoll_wait` itself on this poller's descriptor."""
+        self._epfd = poller.fileno() if self._epoll is not None else -1
         self._watch = bool(slow_callback_ms and slow_callback_ms > 0)
         self.slow_callback_duration = (slow_callback_ms or 100.0) / 1000
         self._watchdog: Watchdog | None = None
@@ -415,7 +429,11 @@ class _LoopCore:
         else:
             timeout = None
         self._busy_since = 0.0
-        events = self.poller.poll(timeout)
+        poller = self.poller
+        if COMPILED and poller is self._epoll:
+            events = _epoll_wait(self._epfd, timeout)  # noqa: F821 (loop.pxd)
+        else:
+            events = poller.poll(timeout)
         now = monotonic()
         self._busy_since = now
         debug = self._debug
@@ -452,8 +470,8 @@ class _LoopCore:
             if debug:
                 self._run_io_timed(events)
             else:
-                readable = self.poller.READABLE
-                writable = self.poller.WRITABLE
+                readable = poller.READABLE
+                writable = poller.WRITABLE
                 readers = self._readers
                 writers = self._writers
                 for fd, bits in events:
