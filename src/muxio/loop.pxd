@@ -1,6 +1,7 @@
 # The compiled build's types for loop.py (Cython pure-Python mode): the .py stays the source.
 cimport cython
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
+from cpython.object cimport PyObject
 from libc.errno cimport EINTR
 from libc.errno cimport errno as c_errno
 from libc.math cimport ceil
@@ -51,6 +52,109 @@ cdef inline list _epoll_wait(int epfd, object timeout):
     for i in range(n):
         events.append((_epoll_events[i].data.fd, _epoll_events[i].events))
     return events
+
+
+cdef bint _COMPILED
+
+
+# asyncio's Handle keeps its fields in __slots__: for the loop's own Handle and TimerHandle
+# (which add none), the compiled loop reads and writes them at their offsets, as a C type's
+# fields, instead of through the attribute protocol (~100 instructions per access).
+cdef extern from *:
+    """
+    #include "structmember.h"
+    #define __mx_SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+    static Py_ssize_t __mx_member_offset(PyObject *d) {
+        if (Py_TYPE(d) != &PyMemberDescr_Type
+                || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
+            PyErr_SetString(PyExc_TypeError, "expected an object slot");
+            return -1;
+        }
+        return ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+    static void __mx_SLOT_SET(PyObject *o, Py_ssize_t off, PyObject *v) {
+        PyObject *old = __mx_SLOT(o, off);
+        Py_INCREF(v);
+        __mx_SLOT(o, off) = v;
+        Py_XDECREF(old);
+    }
+    static PyObject *__mx_run_in(PyObject *name, PyObject *ctx, PyObject *cb, PyObject *args) {
+        PyObject *stack[10];
+        Py_ssize_t n = PyTuple_GET_SIZE(args), i;
+        if (n > 8) {
+            PyObject *run = PyObject_GetAttr(ctx, name), *all, *res;
+            if (run == NULL) return NULL;
+            all = PyTuple_New(n + 1);
+            if (all == NULL) { Py_DECREF(run); return NULL; }
+            Py_INCREF(cb);
+            PyTuple_SET_ITEM(all, 0, cb);
+            for (i = 0; i < n; i++) {
+                PyObject *a = PyTuple_GET_ITEM(args, i);
+                Py_INCREF(a);
+                PyTuple_SET_ITEM(all, i + 1, a);
+            }
+            res = PyObject_Call(run, all, NULL);
+            Py_DECREF(all);
+            Py_DECREF(run);
+            return res;
+        }
+        stack[0] = ctx;
+        stack[1] = cb;
+        for (i = 0; i < n; i++) stack[i + 2] = PyTuple_GET_ITEM(args, i);
+        return PyObject_VectorcallMethod(name, stack, (size_t)(n + 2), NULL);
+    }
+    """
+    Py_ssize_t _member_offset "__mx_member_offset"(object d) except -1
+    PyObject *_SLOT "__mx_SLOT"(object o, Py_ssize_t off)
+    void _slot_set "__mx_SLOT_SET"(object o, Py_ssize_t off, object v)
+    object _run_in "__mx_run_in"(object name, object ctx, object cb, tuple args)
+
+
+cdef Py_ssize_t _off_callback, _off_args, _off_loop, _off_context, _off_cancelled
+cdef object _own_handle, _own_timer
+
+
+cdef inline _handle_slots(object aio_timer, object handle, object timer):
+    global _off_callback, _off_args, _off_loop, _off_context, _off_cancelled
+    global _own_handle, _own_timer
+    slots = aio_timer.__mro__[1].__dict__
+    _off_callback = _member_offset(slots["_callback"])
+    _off_args = _member_offset(slots["_args"])
+    _off_loop = _member_offset(slots["_loop"])
+    _off_context = _member_offset(slots["_context"])
+    _off_cancelled = _member_offset(slots["_cancelled"])
+    _own_handle = handle
+    _own_timer = timer
+
+
+cdef inline _fill_handle(object h, object callback, object args, object loop, object context):
+    _slot_set(h, _off_callback, callback)
+    _slot_set(h, _off_args, args)
+    _slot_set(h, _off_loop, loop)
+    _slot_set(h, _off_context, context)
+    _slot_set(h, _off_cancelled, False)
+
+
+cdef inline bint _cancelled(object h) except -1:
+    cdef PyObject *v
+    if type(h) is _own_handle or type(h) is _own_timer:
+        v = _SLOT(h, _off_cancelled)
+        if v is not NULL:
+            return v == <PyObject *>True
+    return bool(h._cancelled)
+
+
+cdef inline object _run_handle(object h):
+    cdef PyObject *ctx
+    cdef PyObject *cb
+    cdef PyObject *args
+    if type(h) is _own_handle or type(h) is _own_timer:
+        ctx = _SLOT(h, _off_context)
+        cb = _SLOT(h, _off_callback)
+        args = _SLOT(h, _off_args)
+        if ctx is not NULL and cb is not NULL and args is not NULL and type(<object>args) is tuple:
+            return _run_in("run", <object>ctx, <object>cb, <tuple>args)
+    return h._context.run(h._callback, *h._args)
 
 
 cdef class LoopCounters:

@@ -63,16 +63,21 @@ from .watchdog import Running, Watchdog, describe_callback
 try:
     import cython
 except ImportError:  # the pure build: Cython is a build tool, never a run-time dependency
-    COMPILED = False
+    _COMPILED = False
 else:
-    COMPILED = cython.compiled
+    _COMPILED = cython.compiled
 
 if TYPE_CHECKING:
     import ssl as _ssl
     from typing import Any
 
     _epoll_wait: Callable[[int, float | None], list[tuple[int, int]]]
-    """The compiled build's `select.epoll.poll` (loop.pxd); the pure build never calls it."""
+    _handle_slots: Callable[[type, type, type], None]
+    _fill_handle: Callable[[Any, Any, Any, Any, Any], None]
+    _cancelled: Callable[[Any], bool]
+    _run_handle: Callable[[Any], object]
+    """The compiled build's (loop.pxd): `select.epoll.poll` without its costs, and asyncio's
+    handle slots read and written at their offsets; the pure build never calls them."""
 
 log = logging.getLogger("muxio")
 aio_log = logging.getLogger("asyncio")
@@ -157,6 +162,8 @@ class TimerHandle(asyncio.TimerHandle):
 
 
 _new_handle = object.__new__
+if _COMPILED:
+    _handle_slots(asyncio.TimerHandle, Handle, TimerHandle)  # noqa: F821 (loop.pxd)
 
 
 class LoopCounters:
@@ -260,11 +267,15 @@ class _LoopCore:
                 del handle._source_traceback[-1]
         else:
             handle = _new_handle(Handle)
-            handle._callback = callback
-            handle._args = args
-            handle._loop = self
-            handle._context = copy_context() if context is None else context
-            handle._cancelled = False
+            if _COMPILED:
+                ctx = copy_context() if context is None else context
+                _fill_handle(handle, callback, args, self, ctx)  # noqa: F821 (loop.pxd)
+            else:
+                handle._callback = callback
+                handle._args = args
+                handle._loop = self
+                handle._context = copy_context() if context is None else context
+                handle._cancelled = False
         self._ready.append(handle)
         return handle  # type: ignore[no-any-return]
 
@@ -430,7 +441,7 @@ class _LoopCore:
             timeout = None
         self._busy_since = 0.0
         poller = self.poller
-        if COMPILED and poller is self._epoll:
+        if _COMPILED and poller is self._epoll:
             events = _epoll_wait(self._epfd, timeout)  # noqa: F821 (loop.pxd)
         else:
             events = poller.poll(timeout)
@@ -452,14 +463,17 @@ class _LoopCore:
             popleft = ready.popleft
             for _ in range(n):
                 handle = popleft()
-                if handle._cancelled:
+                if (_cancelled(handle) if _COMPILED else handle._cancelled):  # noqa: F821
                     continue
                 running.now = handle
                 if debug:
                     self._run_timed(handle)
                     continue
                 try:
-                    handle._context.run(handle._callback, *handle._args)
+                    if _COMPILED:
+                        _run_handle(handle)  # noqa: F821 (loop.pxd)
+                    else:
+                        handle._context.run(handle._callback, *handle._args)
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
@@ -499,14 +513,17 @@ class _LoopCore:
             stats.callbacks += len(due)
             for i in range(len(due)):
                 handle, due[i] = due[i], None  # a finished task must not outlive its step
-                if handle._cancelled:
+                if (_cancelled(handle) if _COMPILED else handle._cancelled):  # noqa: F821
                     continue
                 running.now = handle
                 if debug:
                     self._run_timed(handle)
                     continue
                 try:
-                    handle._context.run(handle._callback, *handle._args)
+                    if _COMPILED:
+                        _run_handle(handle)  # noqa: F821 (loop.pxd)
+                    else:
+                        handle._context.run(handle._callback, *handle._args)
                 except (SystemExit, KeyboardInterrupt):
                     raise
                 except BaseException as exc:
