@@ -111,11 +111,13 @@ cdef extern from *:
 
 
 cdef Py_ssize_t _off_callback, _off_args, _off_loop, _off_context, _off_cancelled
+cdef Py_ssize_t _off_when, _off_scheduled
 cdef object _own_handle, _own_timer
 
 
 cdef inline _handle_slots(object aio_timer, object handle, object timer):
     global _off_callback, _off_args, _off_loop, _off_context, _off_cancelled
+    global _off_when, _off_scheduled
     global _own_handle, _own_timer
     slots = aio_timer.__mro__[1].__dict__
     _off_callback = _member_offset(slots["_callback"])
@@ -123,6 +125,8 @@ cdef inline _handle_slots(object aio_timer, object handle, object timer):
     _off_loop = _member_offset(slots["_loop"])
     _off_context = _member_offset(slots["_context"])
     _off_cancelled = _member_offset(slots["_cancelled"])
+    _off_when = _member_offset(aio_timer.__dict__["_when"])
+    _off_scheduled = _member_offset(aio_timer.__dict__["_scheduled"])
     _own_handle = handle
     _own_timer = timer
 
@@ -133,6 +137,11 @@ cdef inline _fill_handle(object h, object callback, object args, object loop, ob
     _slot_set(h, _off_loop, loop)
     _slot_set(h, _off_context, context)
     _slot_set(h, _off_cancelled, False)
+
+
+cdef inline _fill_timer(object t, object when):
+    _slot_set(t, _off_when, when)
+    _slot_set(t, _off_scheduled, True)
 
 
 cdef inline bint _cancelled(object h) except -1:

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
     _epoll_wait: Callable[[int, float | None], list[tuple[int, int]]]
     _handle_slots: Callable[[type, type, type], None]
     _fill_handle: Callable[[Any, Any, Any, Any, Any], None]
+    _fill_timer: Callable[[Any, float], None]
     _cancelled: Callable[[Any], bool]
     _run_handle: Callable[[Any], object]
     """The compiled build's (loop.pxd): `select.epoll.poll` without its costs, and asyncio's
@@ -310,15 +311,21 @@ class _LoopCore:
             timer: Any = asyncio.TimerHandle(when, callback, args, self, context)  # type: ignore[arg-type]
             if timer._source_traceback:
                 del timer._source_traceback[-1]
+            timer._scheduled = True
         else:
             timer = _new_handle(TimerHandle)
-            timer._callback = callback
-            timer._args = args
-            timer._loop = self
-            timer._context = copy_context() if context is None else context
-            timer._cancelled = False
-            timer._when = when
-        timer._scheduled = True
+            if _COMPILED:
+                ctx = copy_context() if context is None else context
+                _fill_handle(timer, callback, args, self, ctx)  # noqa: F821 (loop.pxd)
+                _fill_timer(timer, when)  # noqa: F821 (loop.pxd)
+            else:
+                timer._callback = callback
+                timer._args = args
+                timer._loop = self
+                timer._context = copy_context() if context is None else context
+                timer._cancelled = False
+                timer._when = when
+                timer._scheduled = True
         heapq.heappush(self._timers, (when, next(self._seq), timer))
         return timer  # type: ignore[no-any-return]
 
