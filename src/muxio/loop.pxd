@@ -26,6 +26,27 @@ cdef extern from "<sys/epoll.h>" nogil:
 cdef epoll_event _epoll_events[1023]
 
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec *tp)
+    int CLOCK_MONOTONIC
+
+
+cdef inline double _c_monotonic() noexcept:
+    # time.monotonic() without its float object, to the same bit (CPython's
+    # _PyTime_AsSecondsDouble: whole seconds exactly, else nanoseconds / 1e9)
+    cdef timespec ts
+    cdef long long ns
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    ns = <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+    if ns % 1000000000 == 0:
+        return <double>(ns // 1000000000)
+    return <double>ns / 1e9
+
+
 cdef inline list _epoll_wait(int epfd, object timeout):
     # select.epoll.poll(timeout) for EpollPoller, minus its costs: no GIL hand-off when
     # the wait cannot block, no argument parsing; EINTR returns no events after the

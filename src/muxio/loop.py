@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     _handle_slots: Callable[[type, type, type], None]
     _fill_handle: Callable[[Any, Any, Any, Any, Any], None]
     _fill_timer: Callable[[Any, float], None]
+    _c_monotonic: Callable[[], float]
     _cancelled: Callable[[Any], bool]
     _run_handle: Callable[[Any], object]
     """The compiled build's (loop.pxd): `select.epoll.poll` without its costs, and asyncio's
@@ -452,7 +453,7 @@ class _LoopCore:
             events = _epoll_wait(self._epfd, timeout)  # noqa: F821 (loop.pxd)
         else:
             events = poller.poll(timeout)
-        now = monotonic()
+        now = _c_monotonic() if _COMPILED else monotonic()  # noqa: F821 (loop.pxd)
         self._busy_since = now
         debug = self._debug
         running = self._running
@@ -537,7 +538,7 @@ class _LoopCore:
                     self._handle_failed(handle, exc)
             handle = None
         running.now = None
-        busy = monotonic() - now
+        busy = (_c_monotonic() if _COMPILED else monotonic()) - now  # noqa: F821
         if busy > stats.max_lag:
             stats.max_lag = busy
         if busy >= self.slow_callback_duration and self._watch:
