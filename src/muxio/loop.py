@@ -265,7 +265,7 @@ class _LoopCore:
             self._check_thread()
             self._check_callback(callback, "call_soon")
             handle: Any = asyncio.Handle(callback, args, self, context)  # type: ignore[arg-type]
-            if handle._source_traceback:
+            if handle._source_traceback and not _COMPILED:  # compiled: no frame of ours
                 del handle._source_traceback[-1]
         else:
             handle = _new_handle(Handle)
@@ -291,7 +291,7 @@ class _LoopCore:
         if delay is None:
             raise TypeError("delay must not be None")
         timer: Any = self.call_at(self.time() + delay, callback, *args, context=context)
-        if timer._source_traceback:
+        if timer._source_traceback and not _COMPILED:  # compiled: no frame of ours
             del timer._source_traceback[-1]
         return timer  # type: ignore[no-any-return]
 
@@ -310,7 +310,7 @@ class _LoopCore:
             self._check_thread()
             self._check_callback(callback, "call_at")
             timer: Any = asyncio.TimerHandle(when, callback, args, self, context)  # type: ignore[arg-type]
-            if timer._source_traceback:
+            if timer._source_traceback and not _COMPILED:  # compiled: no frame of ours
                 del timer._source_traceback[-1]
             timer._scheduled = True
         else:
@@ -685,7 +685,7 @@ class EventLoop(_LoopCore, SocketOps, asyncio.AbstractEventLoop):  # type: ignor
         if self._debug:
             self._check_callback(callback, "call_soon_threadsafe")
             handle = asyncio.Handle(callback, args, self, context)
-            if handle._source_traceback:
+            if handle._source_traceback and not _COMPILED:  # compiled: no frame of ours
                 del handle._source_traceback[-1]
         else:
             handle = Handle(callback, args, self, context)
