@@ -226,7 +226,7 @@ cdef class _LoopCore:
     cpdef _next_timeout(self)
 
     @cython.locals(
-        ready=object, poller=object, timers=list, events=list, due=list, debug=bint, running=Running,
+        ready=object, compiled=bint, timers=list, events=list, due=list, debug=bint, running=Running,
         stats=LoopCounters, n=Py_ssize_t, i=Py_ssize_t, now=double, end=double, busy=double,
         readable=long, writable=long, bits=long, readers=dict, writers=dict,
     )

@@ -224,11 +224,11 @@ class _LoopCore:
     """
 
     def __init__(self, poller: Poller, slow_callback_ms: float | None) -> None:
-        self._closed = False
         self.poller = poller
-        self._epoll = poller if type(poller) is EpollPoller else None
-        """The compiled iteration calls `epoll_wait` itself on this poller's descriptor."""
-        self._epfd = poller.fileno() if self._epoll is not None else -1
+        if _COMPILED:  # C fields: the pure build's instance dict stays as it was
+            self._epoll = poller if type(poller) is EpollPoller else None
+            """The compiled iteration calls `epoll_wait` itself on this poller's descriptor."""
+            self._epfd = poller.fileno() if self._epoll is not None else -1
         self._watch = bool(slow_callback_ms and slow_callback_ms > 0)
         self.slow_callback_duration = (slow_callback_ms or 100.0) / 1000
         self._watchdog: Watchdog | None = None
@@ -240,6 +240,7 @@ class _LoopCore:
         self._seq = itertools.count()
         self._clock_resolution = get_clock_info("monotonic").resolution
         self._stopping = False
+        self._closed = False
         self._thread_id: int | None = None
         self._busy_since = 0.0
         self._running = Running()
@@ -448,12 +449,12 @@ class _LoopCore:
         else:
             timeout = None
         self._busy_since = 0.0
-        poller = self.poller
-        if _COMPILED and poller is self._epoll:
+        compiled = _COMPILED
+        if compiled and self.poller is self._epoll:
             events = _epoll_wait(self._epfd, timeout)  # noqa: F821 (loop.pxd)
         else:
-            events = poller.poll(timeout)
-        now = _c_monotonic() if _COMPILED else monotonic()  # noqa: F821 (loop.pxd)
+            events = self.poller.poll(timeout)
+        now = _c_monotonic() if compiled else monotonic()  # noqa: F821 (loop.pxd)
         self._busy_since = now
         debug = self._debug
         running = self._running
@@ -471,14 +472,14 @@ class _LoopCore:
             popleft = ready.popleft
             for _ in range(n):
                 handle = popleft()
-                if (_cancelled(handle) if _COMPILED else handle._cancelled):  # noqa: F821
+                if (_cancelled(handle) if compiled else handle._cancelled):  # noqa: F821
                     continue
                 running.now = handle
                 if debug:
                     self._run_timed(handle)
                     continue
                 try:
-                    if _COMPILED:
+                    if compiled:
                         _run_handle(handle)  # noqa: F821 (loop.pxd)
                     else:
                         handle._context.run(handle._callback, *handle._args)
@@ -492,8 +493,8 @@ class _LoopCore:
             if debug:
                 self._run_io_timed(events)
             else:
-                readable = poller.READABLE
-                writable = poller.WRITABLE
+                readable = self.poller.READABLE
+                writable = self.poller.WRITABLE
                 readers = self._readers
                 writers = self._writers
                 for fd, bits in events:
@@ -521,14 +522,14 @@ class _LoopCore:
             stats.callbacks += len(due)
             for i in range(len(due)):
                 handle, due[i] = due[i], None  # a finished task must not outlive its step
-                if (_cancelled(handle) if _COMPILED else handle._cancelled):  # noqa: F821
+                if (_cancelled(handle) if compiled else handle._cancelled):  # noqa: F821
                     continue
                 running.now = handle
                 if debug:
                     self._run_timed(handle)
                     continue
                 try:
-                    if _COMPILED:
+                    if compiled:
                         _run_handle(handle)  # noqa: F821 (loop.pxd)
                     else:
                         handle._context.run(handle._callback, *handle._args)
@@ -538,7 +539,7 @@ class _LoopCore:
                     self._handle_failed(handle, exc)
             handle = None
         running.now = None
-        busy = (_c_monotonic() if _COMPILED else monotonic()) - now  # noqa: F821
+        busy = (_c_monotonic() if compiled else monotonic()) - now  # noqa: F821
         if busy > stats.max_lag:
             stats.max_lag = busy
         if busy >= self.slow_callback_duration and self._watch:
