@@ -23,7 +23,6 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
 
 
-cdef epoll_event _epoll_events[1023]
 
 
 cdef extern from "<time.h>" nogil:
@@ -51,6 +50,7 @@ cdef inline list _epoll_wait(int epfd, object timeout):
     # select.epoll.poll(timeout) for EpollPoller, minus its costs: no GIL hand-off when
     # the wait cannot block, no argument parsing; EINTR returns no events after the
     # signal handlers ran (the iteration then recomputes its wait), as a spurious wake-up.
+    cdef epoll_event ready[1023]  # on the stack: loops in other threads wait at the same time
     cdef int ms, n, i
     cdef double t
     cdef list events
@@ -60,10 +60,10 @@ cdef inline list _epoll_wait(int epfd, object timeout):
         t = timeout
         ms = <int>ceil(t * 1000.0) if t > 0 else 0
     if ms == 0:
-        n = epoll_wait(epfd, _epoll_events, 1023, 0)
+        n = epoll_wait(epfd, ready, 1023, 0)
     else:
         with nogil:
-            n = epoll_wait(epfd, _epoll_events, 1023, ms)
+            n = epoll_wait(epfd, ready, 1023, ms)
     if n < 0:
         if c_errno == EINTR:
             PyErr_CheckSignals()
@@ -71,7 +71,7 @@ cdef inline list _epoll_wait(int epfd, object timeout):
         PyErr_SetFromErrno(OSError)
     events = []
     for i in range(n):
-        events.append((_epoll_events[i].data.fd, _epoll_events[i].events))
+        events.append((ready[i].data.fd, ready[i].events))
     return events
 
 
