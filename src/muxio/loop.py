@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """The event loop: one thread, one poller, a heap of timers and a ready queue.
 
 Shaped after Redis's `ae.c`, in asyncio's order: per iteration, wait in the
@@ -60,14 +61,33 @@ from . import sendfile as _sendfile
 from .histogram import SLOTS, percentile, slot_of, slot_range, sparse
 from .otel import record_stall
 from .pollers import READ, WRITE, Poller, new_poller
+from .pollers.epoll import EpollPoller
 from .server import Server
 from .sockops import SocketOps
 from .transports.stream import UncountedTransport
 from .watchdog import NOT_RUNNING_SITE, Running, Watchdog, describe_callback
 
+try:
+    import cython
+except ImportError:  # the pure build: Cython is a build tool, never a run-time dependency
+    _COMPILED = False
+else:
+    _COMPILED = cython.compiled
+
 if TYPE_CHECKING:
     import ssl as _ssl
     from typing import Any
+
+    _epoll_wait: Callable[[int, float | None], list[tuple[int, int]]]
+    _handle_slots: Callable[[type, type, type], None]
+    _fill_handle: Callable[[Any, Any, Any, Any, Any], None]
+    _fill_timer: Callable[[Any, float], None]
+    _c_monotonic: Callable[[], float]
+    _check_signals: Callable[[], int]
+    _cancelled: Callable[[Any], bool]
+    _run_handle: Callable[[Any], object]
+    """The compiled build's (loop.pxd): `select.epoll.poll` without its costs, and asyncio's
+    handle slots read and written at their offsets; the pure build never calls them."""
 
 log = logging.getLogger("muxio")
 aio_log = logging.getLogger("asyncio")
@@ -156,6 +176,8 @@ class TimerHandle(asyncio.TimerHandle):
 
 
 _new_handle = object.__new__
+if _COMPILED:
+    _handle_slots(asyncio.TimerHandle, Handle, TimerHandle)  # noqa: F821 (loop.pxd)
 
 
 class LoopCounters:
@@ -421,32 +443,29 @@ def _stop_on_done(fut: asyncio.Future[Any]) -> None:
         fut.get_loop().stop()
 
 
-class EventLoop(SocketOps, asyncio.AbstractEventLoop):
-    """A single-threaded loop over one `Poller`, and a drop-in asyncio event loop.
+class _LoopCore:
+    """The iteration's state and hot methods, apart from the asyncio API around them.
 
-    Only `call_soon_threadsafe` may be called from another thread; everything
-    else belongs to the thread that runs the loop.  `slow_callback_ms` (0 or
-    None: off) starts the watchdog thread on the first run; it names the
-    callback or coroutine that holds the loop longer than that.
+    `loop.pxd` declares this class a C extension type with typed fields, so
+    a compiled build (Cython, pure-Python mode) turns the iteration, the
+    `call_soon` path and the descriptor table into C: field access is a
+    struct load instead of a dict lookup, and calls between these methods
+    skip the Python call protocol.  `EventLoop` puts `asyncio.AbstractEventLoop`
+    on top, as uvloop puts its Python `Loop` over its C one.  Without the
+    compiler this is an ordinary base class and behaves the same.
     """
 
-    def __init__(
-        self,
-        poller: str | Poller = "auto",
-        *,
-        slow_callback_ms: float | None = 100.0,
-    ) -> None:
-        self.poller: Poller = new_poller(poller) if isinstance(poller, str) else poller
+    def __init__(self, poller: Poller, slow_callback_ms: float | None) -> None:
+        self.poller = poller
+        if _COMPILED:  # C fields: the pure build's instance dict stays as it was
+            self._epoll = poller if type(poller) is EpollPoller else None
+            """The compiled iteration calls `epoll_wait` itself on this poller's descriptor."""
+            self._epfd = poller.fileno() if self._epoll is not None else -1
         self._watch = bool(slow_callback_ms and slow_callback_ms > 0)
         self.slow_callback_duration = (slow_callback_ms or 100.0) / 1000
         self._watchdog: Watchdog | None = None
         self._readers: dict[int, IOCallback] = {}
         self._writers: dict[int, IOCallback] = {}
-        self._fileobjs: dict[int, Any] = {}
-        """fd → the object `add_reader`/`add_writer` got: it finds its fd once closed."""
-        if type(self).time is EventLoop.time:
-            # the clock itself, no Python frame: `mock.patch.object(loop, "time")` still works
-            self.time = monotonic  # type: ignore[method-assign]
         self._ready: deque[Any] = deque()  # asyncio.Handle: typeshed hides its fields
         self._timers: list[tuple[float, int, Any]] = []
         self._timers_cancelled = 0
@@ -464,44 +483,21 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         self._gc = GcPauses()
         self._sites: dict[str, list[float]] = {}
         """Site → [count, total s, max s] of the slow iterations blamed on it."""
-        self._signal_handlers: dict[int, Any] = {}
-        self._old_wakeup_fd: int | None = None
+        self._floor = min(HEALTH_FLOOR, self.slow_callback_duration)
+        """Iterations and delays shorter are counted, not placed (`LoopCounters`); an
+        iteration under it is never reported slow, so it is at most the slow threshold."""
         self._debug = False
-        self._coro_tracking: int | None = None
-        self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
-        self._task_factory: Any = None
-        self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._executor_shutdown_called = False
-        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._asyncgens_shutdown_called = False
-        self._ssock, self._csock = socket.socketpair()
-        self._ssock.setblocking(False)
-        self._csock.setblocking(False)
-        self._add_reader(self._ssock.fileno(), self._read_from_self)
-        self.set_debug(_debug_from_environment())
 
-    @property
-    def slow_callback_duration(self) -> float:
-        """asyncio's knob, in seconds; kept in nanoseconds too, as each iteration compares."""
-        return self._slow_s
-
-    @slow_callback_duration.setter
-    def slow_callback_duration(self, seconds: float) -> None:
-        self._slow_s = seconds
-        self._floor = min(HEALTH_FLOOR, seconds)  # a slow iteration is never under the floor
-
-    def __repr__(self) -> str:
-        return (
-            f"<{type(self).__name__} poller={self.poller.name} running={self.is_running()} "
-            f"closed={self._closed} debug={self._debug}>"
-        )
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        """`EventLoop`'s, which is asyncio's API: declared here for the iteration's calls."""
+        raise NotImplementedError
 
     # -- time and scheduling -------------------------------------------------
 
     def time(self) -> float:
         return monotonic()
 
-    def call_soon(  # type: ignore[override]
+    def call_soon(
         self, callback: Callable[..., object], *args: Any, context: Context | None = None
     ) -> asyncio.Handle:
         if self._closed:
@@ -509,20 +505,24 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         if self._debug:
             self._check_thread()
             self._check_callback(callback, "call_soon")
-            handle: Any = asyncio.Handle(callback, args, self, context)
-            if handle._source_traceback:
+            handle: Any = asyncio.Handle(callback, args, self, context)  # type: ignore[arg-type]
+            if handle._source_traceback and not _COMPILED:  # compiled: no frame of ours
                 del handle._source_traceback[-1]
         else:
             handle = _new_handle(Handle)
-            handle._callback = callback
-            handle._args = args
-            handle._loop = self
-            handle._context = copy_context() if context is None else context
-            handle._cancelled = False
+            if _COMPILED:
+                ctx = copy_context() if context is None else context
+                _fill_handle(handle, callback, args, self, ctx)  # noqa: F821 (loop.pxd)
+            else:
+                handle._callback = callback
+                handle._args = args
+                handle._loop = self
+                handle._context = copy_context() if context is None else context
+                handle._cancelled = False
         self._ready.append(handle)
         return handle  # type: ignore[no-any-return]
 
-    def call_later(  # type: ignore[override]
+    def call_later(
         self,
         delay: float,
         callback: Callable[..., object],
@@ -532,11 +532,11 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         if delay is None:
             raise TypeError("delay must not be None")
         timer: Any = self.call_at(self.time() + delay, callback, *args, context=context)
-        if timer._source_traceback:
+        if timer._source_traceback and not _COMPILED:  # compiled: no frame of ours
             del timer._source_traceback[-1]
         return timer  # type: ignore[no-any-return]
 
-    def call_at(  # type: ignore[override]
+    def call_at(
         self,
         when: float,
         callback: Callable[..., object],
@@ -550,38 +550,26 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         if self._debug:
             self._check_thread()
             self._check_callback(callback, "call_at")
-            timer: Any = asyncio.TimerHandle(when, callback, args, self, context)
-            if timer._source_traceback:
+            timer: Any = asyncio.TimerHandle(when, callback, args, self, context)  # type: ignore[arg-type]
+            if timer._source_traceback and not _COMPILED:  # compiled: no frame of ours
                 del timer._source_traceback[-1]
+            timer._scheduled = True
         else:
             timer = _new_handle(TimerHandle)
-            timer._callback = callback
-            timer._args = args
-            timer._loop = self
-            timer._context = copy_context() if context is None else context
-            timer._cancelled = False
-            timer._when = when
-        timer._scheduled = True
+            if _COMPILED:
+                ctx = copy_context() if context is None else context
+                _fill_handle(timer, callback, args, self, ctx)  # noqa: F821 (loop.pxd)
+                _fill_timer(timer, when)  # noqa: F821 (loop.pxd)
+            else:
+                timer._callback = callback
+                timer._args = args
+                timer._loop = self
+                timer._context = copy_context() if context is None else context
+                timer._cancelled = False
+                timer._when = when
+                timer._scheduled = True
         heapq.heappush(self._timers, (when, next(self._seq), timer))
         return timer  # type: ignore[no-any-return]
-
-    def call_soon_threadsafe(  # type: ignore[override]
-        self, callback: Callable[..., object], *args: Any, context: Context | None = None
-    ) -> asyncio.Handle:
-        """Schedule from any thread and wake the poller through the self-pipe."""
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        handle: Any
-        if self._debug:
-            self._check_callback(callback, "call_soon_threadsafe")
-            handle = asyncio.Handle(callback, args, self, context)
-            if handle._source_traceback:
-                del handle._source_traceback[-1]
-        else:
-            handle = Handle(callback, args, self, context)
-        self._ready.append(handle)
-        self._write_to_self()
-        return handle  # type: ignore[no-any-return]
 
     def _check_callback(self, callback: object, method: str) -> None:
         if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
@@ -595,56 +583,10 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
                 "Non-thread-safe operation invoked on an event loop other than the current one"
             )
 
-    def _write_to_self(self) -> None:
-        with contextlib.suppress(OSError):
-            self._csock.send(b"\0")
-
-    def _read_from_self(self) -> None:
-        while True:
-            try:
-                data = self._ssock.recv(4096)
-            except InterruptedError:
-                continue
-            except OSError:
-                return
-            if not data:
-                return
-            for signum in data:
-                if signum:
-                    handle = self._signal_handlers.get(signum)
-                    if handle is not None and not handle._cancelled:
-                        self._ready.append(handle)
-
     def _timer_handle_cancelled(self, handle: Any) -> None:
         """asyncio's `TimerHandle.cancel()` reports here; only timers still queued count."""
         if handle._scheduled:
             self._timers_cancelled += 1
-
-    # -- futures and tasks ---------------------------------------------------
-
-    def create_future(self) -> asyncio.Future[Any]:
-        return asyncio.Future(loop=self)
-
-    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        """`name=`, and `context=` from Python 3.11, as the running asyncio accepts."""
-        if self._closed:
-            raise RuntimeError("Event loop is closed")
-        name = kwargs.pop("name", None)
-        if self._task_factory is None:
-            task = asyncio.Task(coro, loop=self, name=name, **kwargs)
-        else:
-            task = self._task_factory(self, coro, **kwargs)
-            if name is not None:
-                task.set_name(name)
-        return task
-
-    def set_task_factory(self, factory: Any) -> None:
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self) -> Any:
-        return self._task_factory
 
     # -- descriptors ---------------------------------------------------------
 
@@ -685,6 +627,430 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
         r = READ if fd in self._readers else 0
         self._change(fd, WRITE | r, r)
         return True
+
+    def _compact_timers(self) -> None:
+        """Drop cancelled timers once they are half the heap: O(1) amortised per cancel.
+
+        Cancelled timers that reach the head are popped anyway; a rebuild is
+        for those buried behind later ones.  Its fixed cost (a frame, a list,
+        a heapify) is spread over at least `_COMPACT_AFTER` cancellations: a
+        request that arms and cancels one timeout (aiohttp's) would otherwise
+        rebuild a three-entry heap every other request.
+        """
+        timers = self._timers
+        kept = []
+        for entry in timers:
+            if entry[2]._cancelled:
+                entry[2]._scheduled = False
+            else:
+                kept.append(entry)
+        heapq.heapify(kept)
+        timers[:] = kept
+        self._timers_cancelled = 0
+
+    def _next_timeout(self) -> float | None:
+        timers = self._timers
+        while timers and timers[0][2]._cancelled:
+            heapq.heappop(timers)[2]._scheduled = False
+            self._timers_cancelled -= 1
+        if self._ready or self._stopping:
+            return 0.0
+        if timers:
+            # Capped: poll/epoll take an int of ms, so > ~24.8 days overflows.
+            return min(max(timers[0][0] - self.time(), 0.0), MAX_WAIT)
+        return None
+
+    def _run_once(self) -> None:
+        """One iteration, in asyncio's order with no handle per I/O event.
+
+        asyncio queues a handle per ready descriptor and runs, in order: what
+        was ready before the wait, the I/O callbacks, the timers due when the
+        wait returned; anything those schedule waits for the next iteration.
+        This loop keeps that order (so cancellations and wake-ups interleave
+        exactly as on asyncio) but calls the I/O callbacks directly.
+
+        Debug mode is a branch in this function, as in asyncio's `_run_once`
+        (per handle, and once for the whole I/O block so the per-event loop
+        carries no check), not a second iteration function: the order, the
+        stats and the slow-iteration report are the same code in both modes,
+        and `set_debug()` takes effect from the next iteration even while the
+        loop runs.  `_running.now` is one store per callback; it is cleared once
+        per iteration, after the last callback, so a finished handle (and its
+        task) does not outlive the iteration that ran it.
+        """
+        ready = self._ready
+        timers = self._timers
+        if self._timers_cancelled > _COMPACT_AFTER and self._timers_cancelled * 2 > len(timers):
+            self._compact_timers()
+        if ready or self._stopping:
+            timeout: float | None = 0.0
+        elif timers:
+            timeout = self._next_timeout()
+        else:
+            timeout = None
+        self._busy_since = 0.0
+        compiled = _COMPILED
+        if compiled and self.poller is self._epoll:
+            events = _epoll_wait(self._epfd, timeout)  # noqa: F821 (loop.pxd)
+        else:
+            events = self.poller.poll(timeout)
+        now = _c_monotonic() if compiled else monotonic()  # noqa: F821 (loop.pxd)
+        if compiled:
+            # Compiled code has no eval breaker: run pending Python signal handlers here
+            # (SIGINT's KeyboardInterrupt, a profiler's SIGALRM), as the interpreter would.
+            _check_signals()  # noqa: F821 (loop.pxd)
+        self._busy_since = now
+        debug = self._debug
+        running = self._running
+        stats = self._counters
+        stats.iterations += 1
+        n = len(ready)
+        due: list[Any] | None = None
+        if timers:
+            clock = self.time  # asyncio's timers follow `loop.time()`; `now` stays the real clock
+            end = (now if clock is monotonic else clock()) + self._clock_resolution
+            if timers[0][0] <= end:
+                due = self._pop_due(end)
+        if n:
+            stats.callbacks += n
+            popleft = ready.popleft
+            for _ in range(n):
+                handle = popleft()
+                if (_cancelled(handle) if compiled else handle._cancelled):  # noqa: F821
+                    continue
+                running.now = handle
+                if debug:
+                    self._run_timed(handle)
+                    continue
+                try:
+                    if compiled:
+                        _run_handle(handle)  # noqa: F821 (loop.pxd)
+                    else:
+                        handle._context.run(handle._callback, *handle._args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._handle_failed(handle, exc)
+            handle = None
+        if events:
+            stats.events += len(events)
+            if debug:
+                self._run_io_timed(events)
+            else:
+                readable = self.poller.READABLE
+                writable = self.poller.WRITABLE
+                readers = self._readers
+                writers = self._writers
+                for fd, bits in events:
+                    if bits & readable:
+                        cb = readers.get(fd)
+                        if cb is not None:
+                            running.now = cb
+                            try:
+                                cb()
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                self._callback_failed(cb, exc)
+                    if bits & writable:
+                        cb = writers.get(fd)
+                        if cb is not None:
+                            running.now = cb
+                            try:
+                                cb()
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                self._callback_failed(cb, exc)
+        if due is not None:
+            if due:  # how late the first one runs: after this iteration's callbacks and I/O
+                stats.timer_delays += 1
+                late = self.time() - due[0]._when
+                if late >= self._floor:
+                    stats.delay[slot_of(int(late * 1e9))] += 1
+            stats.timer_callbacks += len(due)
+            for i in range(len(due)):
+                handle, due[i] = due[i], None  # a finished task must not outlive its step
+                if (_cancelled(handle) if compiled else handle._cancelled):  # noqa: F821
+                    continue
+                running.now = handle
+                if debug:
+                    self._run_timed(handle)
+                    continue
+                try:
+                    if compiled:
+                        _run_handle(handle)  # noqa: F821 (loop.pxd)
+                    else:
+                        handle._context.run(handle._callback, *handle._args)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._handle_failed(handle, exc)
+            handle = None
+        running.now = None
+        busy = (_c_monotonic() if compiled else monotonic()) - now  # noqa: F821
+        stats.busy += busy
+        if busy > stats.max_lag:
+            stats.max_lag = busy
+        if busy >= self._floor:
+            self._record_busy(now, busy, events)
+
+    def _record_busy(self, started: float, busy: float, events: list[tuple[int, int]]) -> None:
+        """An iteration of at least the floor: its slot, and the report if it was slow.
+
+        The callbacks it leaves queued wait it out: each is a delay sample of
+        `busy` (the ones a short iteration leaves are counted under the floor).
+        """
+        stats = self._counters
+        slot = slot_of(int(busy * 1e9))
+        stats.iteration[slot] += 1
+        if self._ready:
+            stats.delay[slot] += len(self._ready)
+        if busy >= self.slow_callback_duration and self._watch:
+            self._report_slow(started, busy, len(events))
+
+    def _pop_due(self, end: float) -> list[Any]:
+        timers = self._timers
+        pop = heapq.heappop
+        due = []
+        while timers and timers[0][0] <= end:
+            timer = pop(timers)[2]
+            timer._scheduled = False
+            if timer._cancelled:
+                self._timers_cancelled -= 1
+            else:
+                due.append(timer)
+        return due
+
+    def _run_timed(self, handle: Any) -> None:
+        """Debug mode's callback: asyncio's `Handle._run` (its messages), timed and logged."""
+        t0 = self.time()
+        try:
+            handle._run()
+        finally:
+            self._running.now = None  # the exception handler names only the handle it is in
+        dt = self.time() - t0
+        if dt >= self.slow_callback_duration:
+            aio_log.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
+        # A failed task's traceback keeps this frame (through f_back); it must
+        # not keep the handle, and through it the task, alive too.
+        handle = None
+
+    def _run_io_timed(self, events: list[tuple[int, int]]) -> None:
+        """Debug mode's I/O callbacks, in the same order, each timed as asyncio times handles.
+
+        The fast path's loop over `events` stays free of a per-event debug check.
+        """
+        masks = ((self._readers, self.poller.READABLE), (self._writers, self.poller.WRITABLE))
+        for fd, bits in events:
+            for table, mask in masks:
+                cb = table.get(fd) if bits & mask else None
+                if cb is None:
+                    continue
+                self._running.now = cb
+                t0 = self.time()
+                try:
+                    cb()
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._callback_failed(cb, exc)
+                finally:
+                    self._running.now = None
+                dt = self.time() - t0
+                if dt >= self.slow_callback_duration:
+                    owner = getattr(cb, "__self__", None)
+                    what = (
+                        _format_handle(owner)
+                        if isinstance(owner, asyncio.Handle)
+                        else describe_callback(cb)
+                    )
+                    aio_log.warning("Executing %s took %.3f seconds", what, dt)
+
+    def _report_slow(self, started: float, busy: float, n_events: int) -> None:
+        """Log a slow iteration and count it under its site.
+
+        When the collector ran for at least half of the stall (`GcPauses`),
+        the collector is the site and the warning says so: a gen-2
+        collection over a large heap is not the code it happened to
+        interrupt, and the fix (fewer long-lived objects, `gc.freeze()`,
+        thresholds) is not the offload the usual warning suggests.
+        """
+        self._counters.slow_iterations += 1
+        watchdog = self._watchdog
+        described = watchdog.describe_stall(started, busy) if watchdog is not None else None
+        if described is None:
+            what = f"{n_events} I/O events and the due callbacks (not sampled)"
+            site = "I/O events and due callbacks (not sampled)"
+        else:
+            what, site = described
+        g = self._gc
+        in_gc = g.iter_total if g.iter_start == started else 0.0
+        if in_gc * 2 >= busy:
+            # the collector holds the GIL: a watchdog that missed its ticks is not a stopped process
+            running_in = f", in {what}" if site != NOT_RUNNING_SITE else ""
+            site = f"{GC_SITE} (generation {g.last_generation})"
+            log.warning(
+                "slow callback: the loop was blocked for %.0f ms, %.0f ms of it by the garbage "
+                "collector (generation %d)%s (fewer long-lived objects, gc.freeze() after "
+                "startup, or gc.set_threshold())",
+                busy * 1000,
+                in_gc * 1000,
+                g.last_generation,
+                running_in,
+            )
+        else:
+            log.warning(
+                "slow callback: the loop was blocked for %.0f ms by %s "
+                "(move blocking or CPU-heavy work off the loop: see muxio.offload)",
+                busy * 1000,
+                what,
+            )
+        sites = self._sites
+        entry = sites.get(site)
+        if entry is None:
+            if len(sites) >= MAX_SITES:
+                site = OTHER_SITE
+                entry = sites.get(site)
+            if entry is None:
+                entry = sites[site] = [0, 0.0, 0.0]
+        entry[0] += 1
+        entry[1] += busy
+        if busy > entry[2]:
+            entry[2] = busy
+        record_stall(site, what, started, busy)
+
+    def slow_sites(self, top: int = 10) -> list[SlowSite]:
+        """The `top` sites by total blocked time, most first (see `_report_slow`)."""
+        ranked = sorted(self._sites.items(), key=lambda item: item[1][1], reverse=True)
+        return [
+            SlowSite(site, int(n), round(total * 1000, 3), round(longest * 1000, 3))
+            for site, (n, total, longest) in ranked[:top]
+        ]
+
+    def _callback_failed(self, callback: object, exc: BaseException) -> None:
+        self.call_exception_handler(
+            {"message": f"Exception in callback {describe_callback(callback)}", "exception": exc}
+        )
+
+    def _handle_failed(self, handle: Any, exc: BaseException) -> None:
+        context: dict[str, Any] = {
+            "message": f"Exception in callback {describe_callback(handle._callback)}",
+            "exception": exc,
+            "handle": handle,
+        }
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
+
+
+class EventLoop(_LoopCore, SocketOps, asyncio.AbstractEventLoop):  # type: ignore[misc]
+    """A single-threaded loop over one `Poller`, and a drop-in asyncio event loop.
+
+    Only `call_soon_threadsafe` may be called from another thread; everything
+    else belongs to the thread that runs the loop.  `slow_callback_ms` (0 or
+    None: off) starts the watchdog thread on the first run; it names the
+    callback or coroutine that holds the loop longer than that.
+    """
+
+    def __init__(
+        self,
+        poller: str | Poller = "auto",
+        *,
+        slow_callback_ms: float | None = 100.0,
+    ) -> None:
+        super().__init__(
+            new_poller(poller) if isinstance(poller, str) else poller, slow_callback_ms
+        )
+        self._fileobjs: dict[int, Any] = {}
+        """fd → the object `add_reader`/`add_writer` got: it finds its fd once closed."""
+        if type(self).time is EventLoop.time:
+            # the clock itself, no Python frame: `mock.patch.object(loop, "time")` still works
+            self.time = monotonic  # type: ignore[method-assign]
+        self._signal_handlers: dict[int, Any] = {}
+        self._old_wakeup_fd: int | None = None
+        self._coro_tracking: int | None = None
+        self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
+        self._task_factory: Any = None
+        self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_shutdown_called = False
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._ssock, self._csock = socket.socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._add_reader(self._ssock.fileno(), self._read_from_self)
+        self.set_debug(_debug_from_environment())
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} poller={self.poller.name} running={self.is_running()} "
+            f"closed={self._closed} debug={self._debug}>"
+        )
+
+    def call_soon_threadsafe(  # type: ignore[override]
+        self, callback: Callable[..., object], *args: Any, context: Context | None = None
+    ) -> asyncio.Handle:
+        """Schedule from any thread and wake the poller through the self-pipe."""
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        handle: Any
+        if self._debug:
+            self._check_callback(callback, "call_soon_threadsafe")
+            handle = asyncio.Handle(callback, args, self, context)
+            if handle._source_traceback and not _COMPILED:  # compiled: no frame of ours
+                del handle._source_traceback[-1]
+        else:
+            handle = Handle(callback, args, self, context)
+        self._ready.append(handle)
+        self._write_to_self()
+        return handle  # type: ignore[no-any-return]
+
+    def _write_to_self(self) -> None:
+        with contextlib.suppress(OSError):
+            self._csock.send(b"\0")
+
+    def _read_from_self(self) -> None:
+        while True:
+            try:
+                data = self._ssock.recv(4096)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum:
+                    handle = self._signal_handlers.get(signum)
+                    if handle is not None and not handle._cancelled:
+                        self._ready.append(handle)
+
+    # -- futures and tasks ---------------------------------------------------
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        """`name=`, and `context=` from Python 3.11, as the running asyncio accepts."""
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+        name = kwargs.pop("name", None)
+        if self._task_factory is None:
+            task = asyncio.Task(coro, loop=self, name=name, **kwargs)
+        else:
+            task = self._task_factory(self, coro, **kwargs)
+            if name is not None:
+                task.set_name(name)
+        return task
+
+    def set_task_factory(self, factory: Any) -> None:
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self) -> Any:
+        return self._task_factory
 
     def forget_fd(self, fd: int) -> None:
         """Drop every interest in `fd` at once, before its owner closes it."""
@@ -896,307 +1262,6 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             raise RuntimeError("Event loop stopped before Future completed.")
         return future.result()
 
-    def _compact_timers(self) -> None:
-        """Drop cancelled timers once they are half the heap: O(1) amortised per cancel.
-
-        Cancelled timers that reach the head are popped anyway; a rebuild is
-        for those buried behind later ones.  Its fixed cost (a frame, a list,
-        a heapify) is spread over at least `_COMPACT_AFTER` cancellations: a
-        request that arms and cancels one timeout (aiohttp's) would otherwise
-        rebuild a three-entry heap every other request.
-        """
-        timers = self._timers
-        kept = []
-        for entry in timers:
-            if entry[2]._cancelled:
-                entry[2]._scheduled = False
-            else:
-                kept.append(entry)
-        heapq.heapify(kept)
-        timers[:] = kept
-        self._timers_cancelled = 0
-
-    def _next_timeout(self) -> float | None:
-        timers = self._timers
-        while timers and timers[0][2]._cancelled:
-            heapq.heappop(timers)[2]._scheduled = False
-            self._timers_cancelled -= 1
-        if self._ready or self._stopping:
-            return 0.0
-        if timers:
-            # Capped: poll/epoll take an int of ms, so > ~24.8 days overflows.
-            return min(max(timers[0][0] - self.time(), 0.0), MAX_WAIT)
-        return None
-
-    def _run_once(self) -> None:
-        """One iteration, in asyncio's order with no handle per I/O event.
-
-        asyncio queues a handle per ready descriptor and runs, in order: what
-        was ready before the wait, the I/O callbacks, the timers due when the
-        wait returned; anything those schedule waits for the next iteration.
-        This loop keeps that order (so cancellations and wake-ups interleave
-        exactly as on asyncio) but calls the I/O callbacks directly.
-
-        Debug mode is a branch in this function, as in asyncio's `_run_once`
-        (per handle, and once for the whole I/O block so the per-event loop
-        carries no check), not a second iteration function: the order, the
-        stats and the slow-iteration report are the same code in both modes,
-        and `set_debug()` takes effect from the next iteration even while the
-        loop runs.  `_running.now` is one store per callback; it is cleared once
-        per iteration, after the last callback, so a finished handle (and its
-        task) does not outlive the iteration that ran it.
-        """
-        ready = self._ready
-        timers = self._timers
-        if self._timers_cancelled > _COMPACT_AFTER and self._timers_cancelled * 2 > len(timers):
-            self._compact_timers()
-        if ready or self._stopping:
-            timeout: float | None = 0.0
-        elif timers:
-            timeout = self._next_timeout()
-        else:
-            timeout = None
-        self._busy_since = 0.0
-        events = self.poller.poll(timeout)
-        now = monotonic()
-        self._busy_since = now
-        debug = self._debug
-        running = self._running
-        stats = self._counters
-        stats.iterations += 1
-        n = len(ready)
-        due: list[Any] | None = None
-        if timers:
-            clock = self.time  # asyncio's timers follow `loop.time()`; `now` stays the real clock
-            end = (now if clock is monotonic else clock()) + self._clock_resolution
-            if timers[0][0] <= end:
-                due = self._pop_due(end)
-        if n:
-            stats.callbacks += n
-            popleft = ready.popleft
-            for _ in range(n):
-                handle = popleft()
-                if handle._cancelled:
-                    continue
-                running.now = handle
-                if debug:
-                    self._run_timed(handle)
-                    continue
-                try:
-                    handle._context.run(handle._callback, *handle._args)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._handle_failed(handle, exc)
-            handle = None
-        if events:
-            stats.events += len(events)
-            if debug:
-                self._run_io_timed(events)
-            else:
-                readable = self.poller.READABLE
-                writable = self.poller.WRITABLE
-                readers = self._readers
-                writers = self._writers
-                for fd, bits in events:
-                    if bits & readable:
-                        cb = readers.get(fd)
-                        if cb is not None:
-                            running.now = cb
-                            try:
-                                cb()
-                            except (SystemExit, KeyboardInterrupt):
-                                raise
-                            except BaseException as exc:
-                                self._callback_failed(cb, exc)
-                    if bits & writable:
-                        cb = writers.get(fd)
-                        if cb is not None:
-                            running.now = cb
-                            try:
-                                cb()
-                            except (SystemExit, KeyboardInterrupt):
-                                raise
-                            except BaseException as exc:
-                                self._callback_failed(cb, exc)
-        if due is not None:
-            if due:  # how late the first one runs: after this iteration's callbacks and I/O
-                stats.timer_delays += 1
-                late = self.time() - due[0]._when
-                if late >= self._floor:
-                    stats.delay[slot_of(int(late * 1e9))] += 1
-            stats.timer_callbacks += len(due)
-            for i in range(len(due)):
-                handle, due[i] = due[i], None  # a finished task must not outlive its step
-                if handle._cancelled:
-                    continue
-                running.now = handle
-                if debug:
-                    self._run_timed(handle)
-                    continue
-                try:
-                    handle._context.run(handle._callback, *handle._args)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._handle_failed(handle, exc)
-            handle = None
-        running.now = None
-        busy = monotonic() - now
-        stats.busy += busy
-        if busy > stats.max_lag:
-            stats.max_lag = busy
-        if busy >= self._floor:
-            self._record_busy(now, busy, events)
-
-    def _record_busy(self, started: float, busy: float, events: list[tuple[int, int]]) -> None:
-        """An iteration of at least the floor: its slot, and the report if it was slow.
-
-        The callbacks it leaves queued wait it out: each is a delay sample of
-        `busy` (the ones a short iteration leaves are counted under the floor).
-        """
-        stats = self._counters
-        slot = slot_of(int(busy * 1e9))
-        stats.iteration[slot] += 1
-        if self._ready:
-            stats.delay[slot] += len(self._ready)
-        if busy >= self._slow_s and self._watch:
-            self._report_slow(started, busy, len(events))
-
-    def _pop_due(self, end: float) -> list[Any]:
-        timers = self._timers
-        pop = heapq.heappop
-        due = []
-        while timers and timers[0][0] <= end:
-            timer = pop(timers)[2]
-            timer._scheduled = False
-            if timer._cancelled:
-                self._timers_cancelled -= 1
-            else:
-                due.append(timer)
-        return due
-
-    def _run_timed(self, handle: Any) -> None:
-        """Debug mode's callback: asyncio's `Handle._run` (its messages), timed and logged."""
-        t0 = self.time()
-        try:
-            handle._run()
-        finally:
-            self._running.now = None  # the exception handler names only the handle it is in
-        dt = self.time() - t0
-        if dt >= self.slow_callback_duration:
-            aio_log.warning("Executing %s took %.3f seconds", _format_handle(handle), dt)
-        # A failed task's traceback keeps this frame (through f_back); it must
-        # not keep the handle, and through it the task, alive too.
-        handle = None
-
-    def _run_io_timed(self, events: list[tuple[int, int]]) -> None:
-        """Debug mode's I/O callbacks, in the same order, each timed as asyncio times handles.
-
-        The fast path's loop over `events` stays free of a per-event debug check.
-        """
-        masks = ((self._readers, self.poller.READABLE), (self._writers, self.poller.WRITABLE))
-        for fd, bits in events:
-            for table, mask in masks:
-                cb = table.get(fd) if bits & mask else None
-                if cb is None:
-                    continue
-                self._running.now = cb
-                t0 = self.time()
-                try:
-                    cb()
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._callback_failed(cb, exc)
-                finally:
-                    self._running.now = None
-                dt = self.time() - t0
-                if dt >= self.slow_callback_duration:
-                    owner = getattr(cb, "__self__", None)
-                    what = (
-                        _format_handle(owner)
-                        if isinstance(owner, asyncio.Handle)
-                        else describe_callback(cb)
-                    )
-                    aio_log.warning("Executing %s took %.3f seconds", what, dt)
-
-    def _report_slow(self, started: float, busy: float, n_events: int) -> None:
-        """Log a slow iteration and count it under its site.
-
-        When the collector ran for at least half of the stall (`GcPauses`),
-        the collector is the site and the warning says so: a gen-2
-        collection over a large heap is not the code it happened to
-        interrupt, and the fix (fewer long-lived objects, `gc.freeze()`,
-        thresholds) is not the offload the usual warning suggests.
-        """
-        self._counters.slow_iterations += 1
-        watchdog = self._watchdog
-        described = watchdog.describe_stall(started, busy) if watchdog is not None else None
-        if described is None:
-            what = f"{n_events} I/O events and the due callbacks (not sampled)"
-            site = "I/O events and due callbacks (not sampled)"
-        else:
-            what, site = described
-        g = self._gc
-        in_gc = g.iter_total if g.iter_start == started else 0.0
-        if in_gc * 2 >= busy:
-            # the collector holds the GIL: a watchdog that missed its ticks is not a stopped process
-            running_in = f", in {what}" if site != NOT_RUNNING_SITE else ""
-            site = f"{GC_SITE} (generation {g.last_generation})"
-            log.warning(
-                "slow callback: the loop was blocked for %.0f ms, %.0f ms of it by the garbage "
-                "collector (generation %d)%s (fewer long-lived objects, gc.freeze() after "
-                "startup, or gc.set_threshold())",
-                busy * 1000,
-                in_gc * 1000,
-                g.last_generation,
-                running_in,
-            )
-        else:
-            log.warning(
-                "slow callback: the loop was blocked for %.0f ms by %s "
-                "(move blocking or CPU-heavy work off the loop: see muxio.offload)",
-                busy * 1000,
-                what,
-            )
-        sites = self._sites
-        entry = sites.get(site)
-        if entry is None:
-            if len(sites) >= MAX_SITES:
-                site = OTHER_SITE
-                entry = sites.get(site)
-            if entry is None:
-                entry = sites[site] = [0, 0.0, 0.0]
-        entry[0] += 1
-        entry[1] += busy
-        if busy > entry[2]:
-            entry[2] = busy
-        record_stall(site, what, started, busy)
-
-    def slow_sites(self, top: int = 10) -> list[SlowSite]:
-        """The `top` sites by total blocked time, most first (see `_report_slow`)."""
-        ranked = sorted(self._sites.items(), key=lambda item: item[1][1], reverse=True)
-        return [
-            SlowSite(site, int(n), round(total * 1000, 3), round(longest * 1000, 3))
-            for site, (n, total, longest) in ranked[:top]
-        ]
-
-    def _callback_failed(self, callback: object, exc: BaseException) -> None:
-        self.call_exception_handler(
-            {"message": f"Exception in callback {describe_callback(callback)}", "exception": exc}
-        )
-
-    def _handle_failed(self, handle: Any, exc: BaseException) -> None:
-        context: dict[str, Any] = {
-            "message": f"Exception in callback {describe_callback(handle._callback)}",
-            "exception": exc,
-            "handle": handle,
-        }
-        if handle._source_traceback:
-            context["source_traceback"] = handle._source_traceback
-        self.call_exception_handler(context)
-
     def stats(self) -> dict[str, float]:
         """A snapshot of what the loop did, as `Server.stats()` and `Offloader.stats()`.
 
@@ -1327,7 +1392,7 @@ class EventLoop(SocketOps, asyncio.AbstractEventLoop):
             executor.shutdown(wait=False)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        if not getattr(self, "_closed", True):
+        if getattr(self, "_csock", None) is not None and not self._closed:
             _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
             if not self.is_running():
                 self.close()

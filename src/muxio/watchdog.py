@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Name what blocks the loop, at next to no cost to the loop itself.
 
 Timing each callback would put two clock reads on every event.  Instead the

@@ -34,6 +34,7 @@ from contextvars import Context, copy_context
 from typing import TYPE_CHECKING
 
 from ..protocol import protocol_busy, says_if_busy
+from . import fdio
 from .base import FlowControlTransport, InContext
 
 if TYPE_CHECKING:
@@ -44,14 +45,15 @@ if TYPE_CHECKING:
 
 
 _HAS_WRITEV = hasattr(os, "writev")
-_read = os.read
+_read = fdio.read
 _readv = os.readv
-_write = os.write
+_write = fdio.write
 _writev = os.writev if _HAS_WRITEV else None
-"""The descriptor, not the socket object, on the hot paths: `os.read`/`os.write` skip
-the socket module's timeout and argument handling, 930 instructions per echo request
-under callgrind (15,853 -> 14,928, 100 x 1 KiB).  Module names, so a test can inject
-faults (partial writes, EAGAIN, EINTR) where the transport really calls."""
+"""The descriptor, not the socket object, on the hot paths: `os.read`/`os.write` (or the
+compiled build's libc calls, `fdio`) skip the socket module's timeout and argument
+handling, 930 instructions per echo request under callgrind (15,853 -> 14,928, 100 x
+1 KiB).  Module names, so a test can inject faults (partial writes, EAGAIN, EINTR) where
+the transport really calls."""
 _IOV_MAX = 64
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
