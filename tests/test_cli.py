@@ -387,7 +387,7 @@ def test_connect_interactive_server_killed() -> None:
         sp.proc.kill()
         sp.proc.wait(10)
         term.type(b"anyone there?\n")
-        assert term.proc.wait(30) == 1  # 10 s ran out twice on a machine at load 5
+        assert term.proc.wait(10) == 1
         out = term.read_to_end(2).decode("utf-8", "replace")
     assert "Traceback" not in out
     after = out.split("anyone there?", 1)[1]

@@ -202,6 +202,16 @@ class _Session:
                 )
                 if self._wake_r in readable and b"q" in os.read(self._wake_r, 512):
                     return
+                # Read first: a server killed while a line was typed has sent its FIN, and
+                # writing the line first would succeed (the kernel takes it), report it
+                # delivered, and leave the prompt waiting for input that nobody answers.
+                if buffered or fd in readable:
+                    got = self._read()
+                    if got == b"":
+                        return
+                    view = memoryview(got or b"")
+                    while view:
+                        view = view[os.write(out, view) :]
                 while True:
                     if current is None:
                         with self._lock:
@@ -211,13 +221,6 @@ class _Session:
                     if not self._write(current):
                         break
                     current = None
-                if buffered or fd in readable:
-                    got = self._read()
-                    if got == b"":
-                        return
-                    view = memoryview(got or b"")
-                    while view:
-                        view = view[os.write(out, view) :]
         except OSError as exc:
             self.problem = exc.strerror or str(exc)
         finally:
