@@ -66,3 +66,8 @@ def percentile(hist: dict[int, int], total: int, q: float) -> float:
             low, high = slot_range(slot)
             return (low + high - 1) / 2
     return 0.0
+
+
+def quantile_ms(hist: dict[int, int], q: float, highest_ns: float) -> float:
+    """`percentile` in ms, at most `highest_ns`: a slot's middle may lie past the largest value."""
+    return round(min(percentile(hist, sum(hist.values()), q), highest_ns) / 1e6, 3)

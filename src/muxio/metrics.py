@@ -99,7 +99,7 @@ class LoopCollector:
     def collect(self) -> Iterator[Metric]:
         core = _prometheus().core
         answered, extra = self._from_loop_thread()
-        health = answered or _read_health(self.loop)
+        health = answered or self.loop.health()  # read whole under the GIL; all_tasks retries
         yield from _loop_families(core, self.loop, health)
         responding = core.GaugeMetricFamily(
             "muxio_loop_responding",
@@ -130,16 +130,6 @@ class LoopCollector:
         if not done.wait(LOOP_ANSWER_TIMEOUT) or "sources" not in box:
             return None, {}
         return box["health"], box["sources"]
-
-
-def _read_health(loop: EventLoop) -> LoopHealth:
-    """From the exporter's thread while the loop is blocked: `all_tasks` retries on its own."""
-    for _ in range(5):
-        try:
-            return loop.health()
-        except RuntimeError:
-            continue
-    return loop.health()
 
 
 def _loop_families(core: Any, loop: EventLoop, h: LoopHealth) -> Iterator[Metric]:
@@ -187,7 +177,7 @@ def _loop_families(core: Any, loop: EventLoop, h: LoopHealth) -> Iterator[Metric
     for generation, n in enumerate(h.gc_generations):
         gc.add_metric([str(generation)], float(n))
     yield gc
-    busy_since = getattr(loop, "_busy_since", 0.0)
+    busy_since = loop._busy_since
     blocked = time.monotonic() - busy_since if busy_since else 0.0
     gauges = (
         ("muxio_loop_utilisation", "Busy seconds over wall seconds since the loop first ran",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import NamedTuple
 
-from .histogram import percentile, subtract
+from .histogram import quantile_ms, subtract
 from .loop import EventLoop, LoopHealth
 
 
@@ -36,11 +36,6 @@ class HealthSnapshot(NamedTuple):
     gc_pause_ms: float
 
 
-def _ms(hist: dict[int, int], q: float, highest_ms: float) -> float:
-    """The quantile in ms, at most the largest value yet: a slot's middle may lie past it."""
-    return round(min(percentile(hist, sum(hist.values()), q) / 1e6, highest_ms), 3)
-
-
 def between(earlier: LoopHealth, later: LoopHealth) -> HealthSnapshot:
     """What the loop did from `earlier` to `later` (two `health()` of one loop)."""
     seconds = later.time - earlier.time
@@ -54,11 +49,13 @@ def between(earlier: LoopHealth, later: LoopHealth) -> HealthSnapshot:
         iterations=iterations,
         iterations_per_s=round(iterations / seconds, 1) if seconds > 0 else 0.0,
         utilisation=round(min(max(busy / wall, 0.0), 1.0), 4) if wall > 0 else 0.0,
-        iteration_p99_ms=_ms(
-            subtract(later.iteration_ns, earlier.iteration_ns), 0.99, later.stats["max_lag_ms"]
+        iteration_p99_ms=quantile_ms(
+            subtract(later.iteration_ns, earlier.iteration_ns),
+            0.99,
+            later.stats["max_lag_ms"] * 1e6,
         ),
-        delay_p50_ms=_ms(delay, 0.5, later.delay_max_ms),
-        delay_p99_ms=_ms(delay, 0.99, later.delay_max_ms),
+        delay_p50_ms=quantile_ms(delay, 0.5, later.delay_max_ms * 1e6),
+        delay_p99_ms=quantile_ms(delay, 0.99, later.delay_max_ms * 1e6),
         delays=sum(delay.values()),
         gc_pauses=later.gc_pauses - earlier.gc_pauses,
         gc_pause_ms=round(later.gc_pause_ms - earlier.gc_pause_ms, 3),

@@ -229,7 +229,6 @@ class Server(asyncio.AbstractServer):
         self._fd_warning = RateLimitedWarning()
         self._shutdown_deadline = 0.0
         self._first_request_deadline = 0.0
-
         self.drain_cut_short = False
         """True once `shutdown()` had to abort connections that did not finish in time."""
         self._on_closed: Callable[[], object] | None = None
