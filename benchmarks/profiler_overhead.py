@@ -14,7 +14,11 @@ them alike:
             SIGPROF a handler before muxio starts, as a program using it would)
 
     python benchmarks/profiler_overhead.py [--repeat 6] [--duration 3]
-        [--connections 20] [--rate 250] [--modes off,cpu,wall,thread]
+        [--connections 20] [--rate 250] [--modes off,cpu,wall,thread] [--paired]
+
+`--paired` serves each mode beside an unprofiled server at the same time on
+the same CPU instead, and takes the ratio within each pair: the machine's
+drift, which one run after another cannot cancel, hits both alike.
 
 It prints each run, then per mode the median CPU per request and its ratio to
 `off` (the median of the per-repeat ratios), and the samples/s the profile took.
@@ -31,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from muxio.tools.process import source_env, start_server
 
@@ -55,42 +60,84 @@ def cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def run_once(mode: str, args: argparse.Namespace, workdir: str) -> tuple[float, float | None]:
-    """(CPU µs per request, samples per second or None) for one server under the load."""
+def _server(mode: str, workdir: str, tag: str = "") -> Any:
     serve = ["serve", "--host", "127.0.0.1", "--port", "0", "--slow-callback-ms", "100"]
-    out = os.path.join(workdir, f"{mode}.json")
     if mode != "off":
         clock = "wall" if mode == "wall" else "cpu"
+        out = os.path.join(workdir, f"{mode}{tag}.json")
         serve += ["--profile", "3600", "--profile-out", out, "--profile-clock", clock]
     if mode == "thread":
         argv = [sys.executable, "-c", THREAD_WRAPPER, *serve]
     else:
         argv = [sys.executable, "-m", "muxio", *serve]
-    env = source_env()
-    server = start_server(argv, env=env, name=f"muxio serve ({mode})", cpu=0)
+    server = start_server(argv, env=source_env(), name=f"muxio serve ({mode})", cpu=0)
+    if mode != "off":
+        server.wait_line("profiling the loop")
+    return server
+
+
+def _bench(server: Any, args: argparse.Namespace) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "muxio", "bench", "--host", server.host,
+         "--port", str(server.port), "--connections", str(args.connections),
+         "--rate", str(args.rate), "--duration", str(args.duration), "--warmup", "0",
+         "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=source_env(),
+    )
+
+
+def _requests(bench: subprocess.Popen[str], mode: str, args: argparse.Namespace) -> int:
+    out, err = bench.communicate(timeout=args.duration * 4 + 60)
+    if bench.returncode != 0:
+        raise SystemExit(f"bench failed ({mode}): {err.strip()[-300:]}")
+    return int(json.loads(out)["requests"])
+
+
+def _samples_per_second(server: Any, mode: str) -> float | None:
+    server.proc.send_signal(signal.SIGTERM)
+    if mode == "off":
+        return None
+    m = server.wait_line(WRITTEN)
+    return int(m.group(1)) / float(m.group(2))
+
+
+def run_once(mode: str, args: argparse.Namespace, workdir: str) -> tuple[float, float | None]:
+    """(CPU µs per request, samples per second or None) for one server under the load."""
+    server = _server(mode, workdir)
     try:
-        if mode != "off":
-            server.wait_line("profiling the loop")
         before = cpu_seconds(server.pid)
-        done = subprocess.run(
-            [sys.executable, "-m", "muxio", "bench", "--host", server.host,
-             "--port", str(server.port), "--connections", str(args.connections),
-             "--rate", str(args.rate), "--duration", str(args.duration), "--warmup", "0",
-             "--json"],
-            capture_output=True, text=True, env=env, timeout=args.duration * 4 + 60,
-        )
+        bench = _bench(server, args)
+        requests = _requests(bench, mode, args)
         used = cpu_seconds(server.pid) - before
-        if done.returncode != 0:
-            raise SystemExit(f"bench failed ({mode}): {done.stderr.strip()[-300:]}")
-        requests = json.loads(done.stdout)["requests"]
-        server.proc.send_signal(signal.SIGTERM)
-        rate = None
-        if mode != "off":
-            m = server.wait_line(WRITTEN)
-            rate = int(m.group(1)) / float(m.group(2))
+        rate = _samples_per_second(server, mode)
     finally:
         server.stop()
     return used / requests * 1e6, rate
+
+
+def run_pair(
+    mode: str, args: argparse.Namespace, workdir: str, first: bool
+) -> tuple[float, float, float | None]:
+    """`mode` and `off` served at once, on one CPU, under the same load at the same time.
+
+    This machine's speed drifts by up to 2x over seconds, which no ordering
+    of runs one after the other cancels; two servers sharing a CPU through
+    the same seconds see the same drift.  (µs per request off, on, samples/s.)
+    """
+    order = [mode, "off"] if first else ["off", mode]
+    servers = {m: _server(m, workdir, tag=f"-{i}") for i, m in enumerate(order)}
+    try:
+        before = {m: cpu_seconds(s.pid) for m, s in servers.items()}
+        benches = {m: _bench(s, args) for m, s in servers.items()}
+        requests = {m: _requests(b, m, args) for m, b in benches.items()}
+        used = {m: cpu_seconds(s.pid) - before[m] for m, s in servers.items()}
+        rate = _samples_per_second(servers[mode], mode)
+        servers["off"].proc.send_signal(signal.SIGTERM)
+    finally:
+        for s in servers.values():
+            s.stop()
+    per = {m: used[m] / requests[m] * 1e6 for m in order}
+    return per["off"], per[mode], rate
 
 
 def main() -> None:
@@ -100,8 +147,16 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--rate", type=float, default=2000.0, help="requests/s per connection")
     parser.add_argument("--modes", default="off,cpu,wall,thread")
+    parser.add_argument(
+        "--paired", action="store_true",
+        help="serve each mode beside an unprofiled server at the same time, on one CPU, "
+        "and take the ratio within each pair",
+    )
     args = parser.parse_args()
     modes = args.modes.split(",")
+    if args.paired:
+        paired(args, [m for m in modes if m != "off"])
+        return
     per_request: dict[str, list[float]] = {m: [] for m in modes}
     rates: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="muxio-profiler-overhead-") as workdir:
@@ -125,6 +180,29 @@ def main() -> None:
             ratios = [on / off for on, off in zip(per_request[mode], base, strict=True)]
             line += f"  ratio {statistics.median(ratios):.3f} (runs: "
             line += ", ".join(f"{r:.3f}" for r in ratios) + ")"
+        if rates[mode]:
+            line += f"  {statistics.median(rates[mode]):.0f} samples/s"
+        print(line)
+
+
+def paired(args: argparse.Namespace, modes: list[str]) -> None:
+    ratios: dict[str, list[float]] = {m: [] for m in modes}
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(prefix="muxio-profiler-overhead-") as workdir:
+        for repeat in range(args.repeat):
+            for mode in modes:
+                off, on, rate = run_pair(mode, args, workdir, first=repeat % 2 == 0)
+                ratios[mode].append(on / off)
+                if rate is not None:
+                    rates[mode].append(rate)
+                print(f"repeat {repeat + 1} {mode:6}: {on:6.2f} µs CPU per request against "
+                      f"{off:6.2f} off beside it: {on / off:.3f}, {rate or 0:.0f} samples/s",
+                      flush=True)
+    print(f"\n{args.connections} connections x {args.rate:g} requests/s per server, two servers "
+          f"on one CPU at a time, {args.duration:g} s, {args.repeat} repeats (medians):")
+    for mode in modes:
+        line = f"  {mode:6}  ratio {statistics.median(ratios[mode]):.3f} (runs: "
+        line += ", ".join(f"{r:.3f}" for r in ratios[mode]) + ")"
         if rates[mode]:
             line += f"  {statistics.median(rates[mode]):.0f} samples/s"
         print(line)

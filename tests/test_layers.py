@@ -28,7 +28,8 @@ LAYERS: list[list[str]] = [
     ["transports", "transports.*"],
     ["readiness", "sendfile", "sockops", "connect"],
     ["server"],
-    ["watchdog", "profiler", "otel"],
+    # _sampler (compiled) takes the loop's C type at import: profiler imports it only late
+    ["watchdog", "profiler", "_sampler", "otel"],
     ["loop"],
     ["offload", "policy", "loopenv", "monitor", "metrics"],
     ["services", "services.*"],

@@ -23,11 +23,19 @@ from typing import Any
 
 import pytest
 
+import muxio as muxio_package
 from muxio import EventLoop
 from muxio.profiler import IDLE, Profile, ProfileError
-from tests.helpers import ServeProcess, one_line, round_trip
+from tests.helpers import MUXIO_PATH, ServeProcess, one_line, round_trip
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = MUXIO_PATH
+"""The tests' own muxio for a child process: the same build (compiled or pure) as here."""
+ROOT = str(Path(__file__).resolve().parents[1])
+WALL_SAMPLER = "c-thread" if muxio_package.COMPILED else "signal"
+"""The compiled build samples wall time from a GIL-free thread (`muxio._sampler`)."""
+compiled_only = pytest.mark.skipif(
+    not muxio_package.COMPILED, reason="the GIL-free sampler thread is the compiled build's"
+)
 
 
 def burn(seconds: float) -> None:
@@ -154,13 +162,102 @@ def test_wall_clock_blames_a_blocking_sleep_on_its_coroutine_and_waiting_on_no_o
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert (result["sampler"], result["clock"]) == ("signal", "wall")
+    assert (result["sampler"], result["clock"]) == (WALL_SAMPLER, "wall")
     assert result["restored"]  # SIGALRM's handler and timer are as they were
     assert result["tasks"].get("blocker", 0) >= 0.9, result["tasks"]
     assert result["blocker"] >= 0.9
     # about half the time waits in the poller: idle, and in no stack
     assert 0.2 <= result["idle"] <= 0.8, result["idle"]
     assert all(IDLE not in stack for stack in result["stacks"])
+
+
+def _in_child(script: str) -> Any:
+    """Run `script` in a process of its own (pytest-timeout holds this one's SIGALRM); its JSON."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, ROOT])),
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+WALL_THREE_SCRIPT = """
+import json
+from tests.test_profiler import BURNT, IDLE, profile_three, run
+profile = run(profile_three("wall", rounds=600))
+print(json.dumps({"sampler": profile.sampler, "samples": profile.samples,
+                  "seconds": profile.seconds, "tasks": dict(profile.tasks()),
+                  "own": {c: profile.share(c + " (") for c in ("sixty", "thirty", "ten")},
+                  "burnt": {str(k): v for k, v in BURNT.items()},
+                  "idle_in_a_stack": any(IDLE in s for s in profile.stacks)}))
+"""
+
+
+def test_the_wall_clock_attributes_60_30_10_percent_within_5_points() -> None:
+    result = _in_child(WALL_THREE_SCRIPT)
+    assert result["sampler"] == WALL_SAMPLER
+    burnt = result["burnt"]
+    total = sum(burnt.values())
+    for task, seed in (("sixty", "1"), ("thirty", "2"), ("ten", "3")):
+        expected = burnt[seed] / total
+        assert abs(result["tasks"][task] - expected) <= 0.05, (task, expected, result)
+        assert abs(result["own"][task] - expected) <= 0.05, (task, expected, result)
+    assert not result["idle_in_a_stack"]
+
+
+IDLE_LOOP_SCRIPT = """
+import asyncio, json
+from muxio import EventLoop, profiler
+
+async def main():
+    loop = asyncio.get_running_loop()
+    before = loop.stats()["iterations"]
+    sampler = profiler.start(loop, rate=1000, clock="wall")
+    await asyncio.sleep(1.0)
+    profile = sampler.stop()
+    return {"sampler": profile.sampler, "samples": profile.samples,
+            "idle": profile.idle_share, "iterations": loop.stats()["iterations"] - before}
+
+loop = EventLoop()
+print(json.dumps(loop.run_until_complete(main())))
+"""
+
+
+@compiled_only
+def test_the_sampler_thread_counts_an_idle_loop_without_waking_it() -> None:
+    result = _in_child(IDLE_LOOP_SCRIPT)
+    assert result["sampler"] == "c-thread"
+    assert result["samples"] >= 300  # asked 1,000 in the second: ticks late on a busy machine
+    assert result["idle"] > 0.95
+    # SIGALRM every tick woke the poller (the pure build: one iteration per sample)
+    assert result["iterations"] < 50, result
+
+
+SIGNALS_WHILE_SAMPLING_SCRIPT = """
+import asyncio, json, os, signal, threading
+from muxio import EventLoop, profiler
+
+async def main():
+    loop = asyncio.get_running_loop()
+    got = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, got.set)
+    sampler = profiler.start(loop, rate=1000, clock="wall")
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+    try:
+        await asyncio.wait_for(got.wait(), 10)
+    finally:
+        profile = sampler.stop()
+    return {"sampler": profile.sampler, "handled": got.is_set(),
+            "alarm": signal.getsignal(signal.SIGALRM) == signal.SIG_DFL}
+
+loop = EventLoop()
+print(json.dumps(loop.run_until_complete(main())))
+"""
+
+
+def test_a_signal_the_loop_handles_arrives_while_the_wall_clock_samples() -> None:
+    result = _in_child(SIGNALS_WHILE_SAMPLING_SCRIPT)
+    assert result == {"sampler": WALL_SAMPLER, "handled": True, "alarm": True}
 
 
 async def _profile_until(loop: Any, task: asyncio.Task[Any], clock: str) -> Profile:
@@ -328,7 +425,7 @@ def test_a_wall_clock_profile_borrows_the_servers_sigalrm_and_gives_it_back(
         sp.signal(signal.SIGTERM)
         assert sp.wait() == 0
     profile = Profile.load(out)
-    assert (profile.clock, profile.sampler) == ("wall", "signal")
+    assert (profile.clock, profile.sampler) == ("wall", WALL_SAMPLER)
     assert profile.samples > 0 and profile.idle_share > 0.5  # a server with nothing to do
 
 
@@ -392,6 +489,43 @@ def test_profile_report_prints_the_top_sites_with_shares_and_the_idle_share(
     assert re.search(r"60\.0%\s+60\.0%\s+render \(app\.py:30\)", site_lines[0]), done.stdout
     assert re.search(r"25\.0%\s+85\.0%\s+handler \(app\.py:10\)", done.stdout), done.stdout
     assert "Transport._on_read" not in "".join(site_lines[:2])  # --top 2
+
+
+def test_profile_report_draws_a_flame_graph_whose_boxes_are_as_wide_as_their_time(
+    tmp_path: Path,
+) -> None:
+    import xml.etree.ElementTree as ET
+
+    profile = Profile(
+        {
+            ("Task-N", "handler (app.py:10)", "render <1> (app.py:30)"): 600_000,
+            ("Task-N", "handler (app.py:10)"): 250_000,
+            ("(no task)", "Transport._on_read (stream.py:203)"): 150_000,
+        },
+        1_000_000,
+        seconds=2.0, clock="wall", rate=1000, samples=2000, sampler="c-thread",
+    )
+    profile.write(tmp_path / "p.json")
+    done = muxio("profile-report", str(tmp_path / "p.json"), "--flamegraph",
+                 str(tmp_path / "p.svg"))
+    assert done.returncode == 0, done.stderr
+    assert f"flame graph written to {tmp_path / 'p.svg'}" in done.stdout
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    root = ET.parse(tmp_path / "p.svg").getroot()  # well-formed: the '<1>' is escaped
+    boxes = {
+        g.find("s:title", ns).text.split(": ")[0]: float(g.find("s:rect", ns).get("width"))
+        for g in root.findall("s:g", ns)
+    }
+    assert set(boxes) == {"Task-N", "handler (app.py:10)", "render <1> (app.py:30)", "(no task)",
+                          "Transport._on_read (stream.py:203)", IDLE}
+    whole = sum(boxes[b] for b in ("Task-N", "(no task)", IDLE))  # the roots span the width
+    assert boxes[IDLE] / whole == pytest.approx(0.5, abs=0.01)
+    assert boxes["render <1> (app.py:30)"] / whole == pytest.approx(0.3, abs=0.01)
+    assert boxes["handler (app.py:10)"] == pytest.approx(boxes["Task-N"])
+    unwritable = muxio("profile-report", str(tmp_path / "p.json"), "--flamegraph",
+                       str(tmp_path / "no" / "p.svg"))
+    assert unwritable.returncode == 1
+    assert "cannot write the flame graph" in one_line(unwritable.stderr.encode())
 
 
 def test_profile_report_errs_in_one_line_on_a_missing_file_or_one_that_is_no_profile(

@@ -236,7 +236,8 @@ def build_parser(argv: list[str] | None = None) -> Parser:
         default=None,
         metavar="FILE",
         help="where --profile and SIGUSR2 write the profile: speedscope JSON for a .json "
-        "FILE, flame-graph lines (collapsed stacks) otherwise (default: $MUXIO_PROFILE_OUT, "
+        "FILE, a flame graph for .svg, flame-graph lines (collapsed stacks) otherwise "
+        "(default: $MUXIO_PROFILE_OUT, "
         "else a file in the temporary directory; the path is logged)",
     )
     serve.add_argument(
@@ -270,6 +271,9 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     report.add_argument("file", metavar="FILE", help="a .json (speedscope) or collapsed profile")
     report.add_argument(
         "--top", type=bounded_int(1, 1000), default=15, metavar="N", help="sites to list (15)"
+    )
+    report.add_argument(
+        "--flamegraph", metavar="SVG", help="also draw the profile as a flame graph to SVG"
     )
 
     sub.add_parser(
@@ -495,6 +499,15 @@ def cmd_profile_report(args: argparse.Namespace) -> int:
             "'profile written to' log line names)"
         ) from None
     sys.stdout.write(profile.report(args.top))
+    if args.flamegraph:
+        try:
+            profile.write_flamegraph(args.flamegraph, title=os.path.basename(args.file))
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"cannot write the flame graph {args.flamegraph}: {exc.strerror or exc} "
+                "(give a path in a directory you can write)"
+            ) from None
+        sys.stdout.write(f"flame graph written to {args.flamegraph}\n")
     return 0
 
 

@@ -1021,6 +1021,8 @@ class EventLoop(_LoopCore, SocketOps, asyncio.AbstractEventLoop):  # type: ignor
                     handle = self._signal_handlers.get(signum)
                     if handle is not None and not handle._cancelled:
                         self._ready.append(handle)
+            if len(data) < 4096:
+                return  # drained: a byte written since wakes the (level-triggered) poller again
 
     # -- futures and tasks ---------------------------------------------------
 
@@ -1356,8 +1358,9 @@ class EventLoop(_LoopCore, SocketOps, asyncio.AbstractEventLoop):  # type: ignor
         """Sample what this loop runs for `seconds`: loop time by task and coroutine chain.
 
         `clock="cpu"` counts CPU time, sampled by the loop thread itself
-        (cheap enough to run on a loaded server); `"wall"` also counts
-        blocking calls (`time.sleep`, synchronous I/O), sampled by a thread.
+        (cheap enough to run on a loaded server, but at most one sample per
+        kernel tick); `"wall"` also counts blocking calls (`time.sleep`,
+        synchronous I/O), at `rate` on the compiled build (a GIL-free thread).
         See `muxio.profiler`.
         """
         return await _profiler.profile(self, seconds, rate, clock)

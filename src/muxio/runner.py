@@ -106,7 +106,7 @@ def _tagged(path: str, tag: str) -> str:
 
 
 class _Profiling:
-    """At most one profile at a time, ended by a timer on the loop, or by the shutdown."""
+    """One profile at a time, ended after its seconds (`profiler.call_after`) or by the shutdown."""
 
     def __init__(self, loop: EventLoop, config: ServeConfig) -> None:
         self.loop = loop
@@ -132,14 +132,14 @@ class _Profiling:
             "%s: profiling the loop (%s time) for %g s, to %s",
             why, self.config.profile_clock, seconds, self.out,
         )
-        self.timer = self.loop.call_later(seconds, self.finish)
+        self.timer = profiler.call_after(self.loop, seconds, self.finish)
 
     def finish(self) -> None:
         sampler, self.sampler = self.sampler, None
         if sampler is None:
             return
         if self.timer is not None:
-            self.timer.cancel()
+            self.timer()
         result = sampler.stop()
         try:
             result.write(self.out)
