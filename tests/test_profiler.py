@@ -189,7 +189,9 @@ print(json.dumps({"sampler": profile.sampler, "samples": profile.samples,
                   "seconds": profile.seconds, "tasks": dict(profile.tasks()),
                   "own": {c: profile.share(c + " (") for c in ("sixty", "thirty", "ten")},
                   "burnt": {str(k): v for k, v in BURNT.items()},
-                  "idle_in_a_stack": any(IDLE in s for s in profile.stacks)}))
+                  "idle_in_a_stack": any(IDLE in s for s in profile.stacks),
+                  "outside_the_loop": [f for s in profile.stacks for f in s
+                                       if f.startswith(("run (", "<module>"))]}))
 """
 
 
@@ -203,6 +205,7 @@ def test_the_wall_clock_attributes_60_30_10_percent_within_5_points() -> None:
         assert abs(result["tasks"][task] - expected) <= 0.05, (task, expected, result)
         assert abs(result["own"][task] - expected) <= 0.05, (task, expected, result)
     assert not result["idle_in_a_stack"]
+    assert result["outside_the_loop"] == []  # the frames that run the loop are no one's time
 
 
 IDLE_LOOP_SCRIPT = """
@@ -286,6 +289,8 @@ def test_collapsed_lines_go_from_the_task_through_the_await_chain_to_the_innermo
 
     text = run(main()).collapsed()
     lines = text.splitlines()
+    # a stack ends at the loop: `run()` here, which runs it, is no one's time
+    assert not re.search(r"(^|;)run \(", text), text
     assert lines and all(re.fullmatch(r"[^;]+(;[^;]+)* \d+", line) for line in lines), text
     chain = [line for line in lines if line.startswith("chain;")]
     assert any(

@@ -1,7 +1,7 @@
 """A small ASGI app with one slow handler, for docs/observability.md.
 
 `/` answers at once; `/report` renders a report in pure Python on the loop
-(over 100 ms of CPU: the blocking handler to find); `/debug/profile?seconds=N`
+(over 100 ms of CPU: the blocking handler to find); `/debug/profile?seconds=N[&clock=wall]`
 profiles the loop for N seconds and answers with `muxio profile-report`'s text,
 also writing the profile to `slowapp-profile.json` for speedscope.
 
@@ -39,7 +39,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/debug/profile":
         query = urllib.parse.parse_qs(scope["query_string"].decode())
         seconds = float(query.get("seconds", ["5"])[0])
-        profile = await asyncio.get_running_loop().profile(seconds)  # type: ignore[attr-defined]
+        clock = query.get("clock", ["cpu"])[0]
+        loop = asyncio.get_running_loop()
+        profile = await loop.profile(seconds, clock=clock)  # type: ignore[attr-defined]
         profile.write_speedscope("slowapp-profile.json")
         body = profile.report(8).encode()
     else:

@@ -87,19 +87,21 @@ cdef dict _codes
 cdef frozenset _stop_ids
 cdef frozenset _own_ids
 cdef object _task_of
+cdef object _entry
 
 
 cdef inline int _c_prepare(
     _LoopCore loop, double rate, int signum, unsigned long thread, dict counts, dict codes,
-    frozenset stop_ids, frozenset own_ids, object task_of,
+    frozenset stop_ids, frozenset own_ids, object task_of, object entry,
 ) except -1:
-    global _loop, _counts, _codes, _stop_ids, _own_ids, _task_of
+    global _loop, _counts, _codes, _stop_ids, _own_ids, _task_of, _entry
     _loop = loop
     _counts = counts
     _codes = codes
     _stop_ids = stop_ids
     _own_ids = own_ids
     _task_of = task_of
+    _entry = entry
     _state.busy_since = &loop._busy_since
     _state.period_ns = <long long>(1e9 / rate)
     _state.busy_ns = 0
@@ -116,7 +118,8 @@ cdef inline int _c_prepare(
 
 
 cdef inline void _c_forget() noexcept:
-    global _loop, _counts, _codes, _task_of
+    global _loop, _counts, _codes, _task_of, _entry
+    _entry = None
     _counts = None
     _codes = None
     _task_of = None
@@ -139,7 +142,7 @@ cdef inline int _c_sample(object frame) except -1:
         stack = (None,)  # the tick came in the loop's own code, after its last callback
     else:
         key = [_task_of(_loop._running.now)]
-        while frame is not None:
+        while frame is not None and frame is not _entry:
             code = muxio_frame_code(<PyObject *>frame)
             ident = PyLong_FromVoidPtr(code)
             if leading and ident in _own_ids:

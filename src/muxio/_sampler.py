@@ -65,19 +65,21 @@ def start(
     stop_ids: frozenset[int],
     own_ids: frozenset[int],
     task_of: Any,
+    entry: Any = None,
 ) -> None:
     """Sample `loop` (a compiled `_LoopCore`): busy ticks send `signum` to `thread_id`.
 
     `on_signal`, installed for `signum` by the caller, adds each sample to
     `counts` as `muxio.profiler.Sampler._record` would: keyed by the task's
     name (`task_of`) and the `id()` of each code object, outermost first,
-    cut at the loop's own frames (`stop_ids`); `codes` keeps the code objects.
+    cut at the loop's own frames (`stop_ids`) or at `entry`, the frame running
+    the loop; `codes` keeps the code objects.
     """
     global _running
     if _running:
         raise RuntimeError("one loop at a time is sampled by the thread")
     _c_prepare(  # noqa: F821 (_sampler.pxd)
-        loop, rate, signum, thread_id, counts, codes, stop_ids, own_ids, task_of
+        loop, rate, signum, thread_id, counts, codes, stop_ids, own_ids, task_of, entry
     )
     _done.acquire()
     try:

@@ -77,6 +77,7 @@ else:
 
 if TYPE_CHECKING:
     import ssl as _ssl
+    from types import FrameType
     from typing import Any
 
     _epoll_wait: Callable[[int, float | None], list[tuple[int, int]]]
@@ -965,6 +966,8 @@ class EventLoop(_LoopCore, SocketOps, asyncio.AbstractEventLoop):  # type: ignor
             self.time = monotonic  # type: ignore[method-assign]
         self._signal_handlers: dict[int, Any] = {}
         self._old_wakeup_fd: int | None = None
+        self._entry_frame: FrameType | None = None
+        """The frame that runs the loop (compiled: its caller's): where a profile's stacks end."""
         self._coro_tracking: int | None = None
         self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
         self._task_factory: Any = None
@@ -1216,6 +1219,7 @@ class EventLoop(_LoopCore, SocketOps, asyncio.AbstractEventLoop):  # type: ignor
         self._set_coroutine_origin_tracking(self._debug)
         old_agen_hooks = sys.get_asyncgen_hooks()
         self._thread_id = thread_id = threading.get_ident()
+        self._entry_frame = sys._getframe()
         if not self._counters.started:
             self._counters.started = monotonic()
         _watch_gc(self, thread_id)
@@ -1233,6 +1237,7 @@ class EventLoop(_LoopCore, SocketOps, asyncio.AbstractEventLoop):  # type: ignor
             _unwatch_gc(thread_id)
             self._stopping = False
             self._thread_id = None
+            self._entry_frame = None
             self._busy_since = 0.0
             self._running.now = None
             _events._set_running_loop(None)

@@ -449,6 +449,9 @@ class Sampler:
         self.samples = 0
         self.kind = "?"
         self._stop_ids = frozenset(id(code) for code in _loop_codes(loop))
+        self._entry: FrameType | None = getattr(loop, "_entry_frame", None)
+        """The frame running the loop: a stack ends below it (the compiled loop has no frames
+        of its own to stop at, and the program's `main`, `asyncio.run`... are no one's time)."""
         self._codes: dict[int, CodeType] = {}
         """id() → code object of every frame in a sample: the keys of `counts` hold ids."""
         self._last = 0.0
@@ -489,6 +492,7 @@ class Sampler:
                     _sampler.start(
                         self.loop, self.rate, signum, threading.get_ident(),
                         self.counts, self._codes, self._stop_ids, _OWN_IDS, _task_of,
+                        self._entry,
                     )
                 except BaseException:
                     self._restore_signal()
@@ -604,10 +608,11 @@ class Sampler:
         """
         stop = self._stop_ids
         codes = self._codes
+        entry = self._entry
         key: list[object] = [_task_of(self.loop._running.now)]
         while frame is not None and id(frame.f_code) in _OWN_IDS:
             frame = frame.f_back  # a tick that came while the handler ran: the loop's frame
-        while frame is not None:
+        while frame is not None and frame is not entry:
             code = frame.f_code
             ident = id(code)
             if ident in stop:
