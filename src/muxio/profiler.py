@@ -688,10 +688,10 @@ def call_after(loop: Any, seconds: float, callback: Callable[[], object]) -> Cal
     """Run `callback` on `loop` after `seconds`, timed by a thread; returns what cancels it.
 
     Not `loop.call_later`: on a server with no timer of its own, one timer
-    in the heap makes every poller wait a timed one, which cost this kind of
-    virtual machine 5.5 % CPU per request (paired runs of
-    `benchmarks/profiler_overhead.py`, the instructions unchanged): the
-    kernel's, not the profiler's, and a profile should cost only its samples.
+    in the heap makes every poller wait a timed one, a kernel timer armed
+    per wait.  Paired runs of `benchmarks/profiler_overhead.py` put that at
+    1 to 5.5 % CPU per request on this kind of virtual machine (the user-space
+    instructions unchanged), and a profile should cost only its samples.
     """
     cancelled = threading.Event()
 
