@@ -54,6 +54,13 @@ def one_line(stderr: bytes) -> str:
     return lines[0]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago (for a peer's config)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def has_ipv6_loopback() -> bool:
     if not socket.has_ipv6:
         return False

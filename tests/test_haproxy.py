@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ServeProcess, round_trip
+from helpers import ServeProcess, free_port, round_trip
 from test_workers import established
 
 HAPROXY = shutil.which("haproxy") or (
@@ -53,12 +53,6 @@ backend muxio
     default-server send-proxy-v2 check inter 200ms fall 1 rise 1
 {servers}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class HAProxy:

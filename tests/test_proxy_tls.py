@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import pytest
 import trustme
-from helpers import ServeProcess, ServerThread, recv_exactly, sees_close
-from test_haproxy import HAPROXY, HAProxy, free_port
+from helpers import ServeProcess, ServerThread, free_port, recv_exactly, sees_close
+from test_haproxy import HAPROXY, HAProxy
 
 from muxio.proxy_protocol import ProxyProtocolGate, v1_header, v2_header
 

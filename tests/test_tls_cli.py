@@ -13,7 +13,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from helpers import ServeProcess, one_line, sees_close, serve_process
+from helpers import ServeProcess, free_port, one_line, sees_close, serve_process
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -324,16 +323,10 @@ def test_openssl_s_client_talks_to_muxio_serve(files: Files, poller: str) -> Non
         assert sp.summary()["tls_handshakes_failed"] == "0"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @needs_openssl
 def test_muxio_connect_tls_talks_to_openssl_s_server(files: Files) -> None:
     assert OPENSSL is not None
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [OPENSSL, "s_server", "-accept", f"127.0.0.1:{port}", "-cert", files.cert,
          "-key", files.key, "-rev", "-naccept", "1"],

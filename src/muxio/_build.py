@@ -10,6 +10,7 @@ compiler's bug from ours.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -46,18 +47,23 @@ class PureFinder:
 
 def compiled_modules() -> list[str]:
     """muxio's modules that run compiled here: none under MUXIO_PURE=1."""
-    return [] if PURE else extensions_on_disk()
+    return [] if PURE else list(extensions_on_disk())
 
 
+@functools.cache
 def extensions_on_disk() -> list[str]:
-    """muxio's modules with an extension beside their `.py`, whether or not they run."""
+    """muxio's modules with an extension beside their `.py`, whether or not they run.
+
+    Walked once a process: `import muxio` (`COMPILED`), `--version` and the
+    test suite's build check all ask.
+    """
     found = []
-    for folder, _dirs, files in os.walk(PACKAGE_DIR):
+    for folder, dirs, files in os.walk(PACKAGE_DIR):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
         for file in files:
             for suffix in EXTENSION_SUFFIXES:
-                stem = file[: -len(suffix)]
-                if file.endswith(suffix) and stem + ".py" in files:
-                    rel = os.path.relpath(os.path.join(folder, stem), PACKAGE_DIR)
+                if file.endswith(suffix) and file[: -len(suffix)] + ".py" in files:
+                    rel = os.path.relpath(os.path.join(folder, file[: -len(suffix)]), PACKAGE_DIR)
                     found.append("muxio." + rel.replace(os.sep, "."))
                     break
     return sorted(found)

@@ -4,7 +4,6 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
 
 from muxio.loop cimport _LoopCore
-from muxio.watchdog cimport Running
 
 
 cdef extern from *:

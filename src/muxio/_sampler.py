@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     """The compiled build's (_sampler.pxd); the pure build never calls them."""
 
 _done = _thread.allocate_lock()
-_running = False
+"""Held while the thread samples: one loop at a time."""
 
 
 def start(
@@ -75,8 +75,7 @@ def start(
     cut at the loop's own frames (`stop_ids`) or at `entry`, the frame running
     the loop; `codes` keeps the code objects.
     """
-    global _running
-    if _running:
+    if _done.locked():
         raise RuntimeError("one loop at a time is sampled by the thread")
     _c_prepare(  # noqa: F821 (_sampler.pxd)
         loop, rate, signum, thread_id, counts, codes, stop_ids, own_ids, task_of, entry
@@ -88,7 +87,6 @@ def start(
         _done.release()
         _c_forget()  # noqa: F821 (_sampler.pxd)
         raise
-    _running = True
 
 
 def on_signal(signum: int, frame: Any) -> None:
@@ -106,11 +104,9 @@ def on_signal(signum: int, frame: Any) -> None:
 
 def stop() -> tuple[int, float]:
     """End the sampling: (ticks taken, seconds the ticks found the loop idle)."""
-    global _running
     _c_request_stop()  # noqa: F821 (_sampler.pxd)
     with _done:
         pass
-    _running = False
     _c_forget()  # noqa: F821 (_sampler.pxd)
     return _c_ticks(), _c_idle_seconds()  # noqa: F821 (_sampler.pxd)
 

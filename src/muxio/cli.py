@@ -408,7 +408,7 @@ def _serve(args: argparse.Namespace, worker: WorkerSpec | None) -> int:
         tls=tls,
         tls_client_certs=args.tls_client_ca is not None,
         profile_seconds=args.profile,
-        profile_out=args.profile_out or os.environ.get("MUXIO_PROFILE_OUT") or None,
+        profile_out=args.profile_out,
         profile_clock=args.profile_clock,
         profile_tag=f".worker{worker.index}" if worker is not None else "",
         metrics=_metrics_address(args.metrics, worker),

@@ -20,6 +20,7 @@ that scrape, and ``muxio_loop_responding`` is 0.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,10 +75,7 @@ def histogram_buckets(sparse: dict[int, int], bounds: tuple[float, ...] = BUCKET
         low, high = slot_range(slot)
         mid = (low + high - 1) / 2
         total += mid * n
-        i = 0
-        while i < len(edges) and mid > edges[i]:
-            i += 1
-        counts[i] += n
+        counts[bisect.bisect_left(edges, mid)] += n
     out: list[tuple[str, float]] = []
     running = 0
     for bound, n in zip((*map(repr, bounds), "+Inf"), counts, strict=True):

@@ -460,6 +460,8 @@ class Sampler:
         self._started = 0.0
         self._signal: tuple[int, int, object, object] | None = None
         """(signal, timer, the handler replaced, the loop's own handle suspended)."""
+        self._gil_free: Any = None
+        """`muxio._sampler` while its thread samples (the compiled build's wall clock)."""
         self._random = random.Random()
         self._thread_stop = threading.Event()
         self._thread_done = _thread.allocate_lock()
@@ -475,22 +477,21 @@ class Sampler:
             signum, timer, handler = signal.SIGALRM, signal.ITIMER_REAL, self._on_alarm
         self._started = time.monotonic()
         if self._signal_is_ours(signum, timer):
-            gil_free = self.clock == "wall" and self._gil_free_thread_can_sample()
-            self.kind = "c-thread" if gil_free else "signal"
+            gil_free = _gil_free_sampler(self.loop) if self.clock == "wall" else None
+            self._gil_free = gil_free
+            self.kind = "signal" if gil_free is None else "c-thread"
             self._cpu_started = time.thread_time()
             self._last = time.monotonic()
-            if gil_free:
-                from . import _sampler
-
-                handler = _sampler.on_signal
+            if gil_free is not None:
+                handler = gil_free.on_signal
             previous = signal.signal(signum, handler)
             signal.siginterrupt(signum, False)
             suspended = self.loop._signal_handlers.pop(signum, None)
             self._signal = (signum, timer, previous, suspended)
             interval = 1.0 / self.rate
-            if gil_free:
+            if gil_free is not None:
                 try:
-                    _sampler.start(
+                    gil_free.start(
                         self.loop, self.rate, signum, threading.get_ident(),
                         self.counts, self._codes, self._stop_ids, _OWN_IDS, _task_of,
                         self._entry,
@@ -510,10 +511,6 @@ class Sampler:
             _thread.start_new_thread(self._thread_main, ())
         _active[id(self.loop)] = self
 
-    def _gil_free_thread_can_sample(self) -> bool:
-        """The compiled build's sampler thread (`muxio._sampler`) reads this loop's C fields."""
-        return _compiled_sampler() and isinstance(self.loop, sys.modules["muxio.loop"]._LoopCore)
-
     def _signal_is_ours(self, signum: int, timer: int) -> bool:
         """The signal can be taken: main thread, no timer armed, no handler but the loop's own."""
         if threading.current_thread() is not threading.main_thread():
@@ -531,12 +528,9 @@ class Sampler:
         """End the sampling (from the loop's thread) and name what was sampled."""
         if _active.get(id(self.loop)) is self:
             del _active[id(self.loop)]
-        if self.kind == "c-thread" and self._signal is not None:
-            from . import _sampler
-
-            self.samples, self.idle = _sampler.stop()
-            self._restore_signal()
-        elif self._signal is not None:
+        if self._signal is not None:
+            if self._gil_free is not None:
+                self.samples, self.idle = self._gil_free.stop()
             self._restore_signal()
         elif self.kind == "thread":
             self._thread_stop.set()
@@ -548,7 +542,7 @@ class Sampler:
         assert self._signal is not None
         signum, timer, previous, suspended = self._signal
         self._signal = None  # first: a tick handled from here on does not re-arm
-        if self.kind != "c-thread":
+        if self._gil_free is None:
             signal.setitimer(timer, 0.0)
         signal.signal(signum, signal.SIG_IGN)  # drops a tick already pending
         signal.signal(signum, previous)  # type: ignore[arg-type]
@@ -673,15 +667,19 @@ class Sampler:
         )
 
 
-def _compiled_sampler() -> bool:
-    """`muxio._sampler` runs compiled here (imported late: it takes the loop's C type)."""
-    if "muxio.loop" not in sys.modules:
-        return False
+def _gil_free_sampler(loop: Any) -> Any:
+    """`muxio._sampler` where it runs compiled and can read `loop`'s C fields, else None.
+
+    Imported late: the compiled module takes the loop's C type when imported.
+    """
+    loop_module = sys.modules.get("muxio.loop")
+    if loop_module is None or not isinstance(loop, loop_module._LoopCore):
+        return None
     try:
         from . import _sampler
     except ImportError:
-        return False
-    return _sampler.AVAILABLE
+        return None
+    return _sampler if _sampler.AVAILABLE else None
 
 
 def call_after(loop: Any, seconds: float, callback: Callable[[], object]) -> Callable[[], None]:

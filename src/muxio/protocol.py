@@ -12,6 +12,8 @@ asyncio's, whether it still owes a reply.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -78,17 +80,23 @@ def protocol_busy(protocol: object) -> bool | None:
     EOF the drain's close feeds it.  Any other protocol cannot say: None,
     and its transport judges by its traffic (see `Transport.judge_traffic`).
     """
-    own = getattr(protocol, "is_busy", None)
-    if own is not None:
-        return bool(own())
-    if isinstance(protocol, asyncio.StreamReaderProtocol):
-        return _stream_handler_busy(protocol)
-    return None
+    probe = _busy_probe(protocol)
+    return None if probe is None else bool(probe())
 
 
 def says_if_busy(protocol: object) -> bool:
     """Whether `protocol_busy()` can ask `protocol` itself, found without calling it."""
-    return hasattr(protocol, "is_busy") or isinstance(protocol, asyncio.StreamReaderProtocol)
+    return _busy_probe(protocol) is not None
+
+
+def _busy_probe(protocol: object) -> Callable[[], object] | None:
+    """What tells whether `protocol` is busy: its `is_busy`, a stream handler's task, or None."""
+    own: Callable[[], object] | None = getattr(protocol, "is_busy", None)
+    if own is not None:
+        return own
+    if isinstance(protocol, asyncio.StreamReaderProtocol):
+        return functools.partial(_stream_handler_busy, protocol)
+    return None
 
 
 def _stream_handler_busy(protocol: asyncio.StreamReaderProtocol) -> bool:

@@ -92,7 +92,7 @@ class ServeConfig:
         self.tls_client_certs = tls_client_certs
         self.profile_seconds = validate.profile_seconds(profile_seconds)
         """Profile the loop from the start for this long (None: only on SIGUSR2)."""
-        self.profile_out = profile_out
+        self.profile_out = profile_out or os.environ.get(PROFILE_OUT_VAR) or None
         self.profile_clock = validate.profile_clock(profile_clock)
         self.profile_tag = profile_tag
         """Put before a profile file's extension: each worker of a supervisor writes its own."""
@@ -169,8 +169,7 @@ class _Profiling:
                     "%s: %s=%r is not a number of seconds above 0; profiling for %g s",
                     signame, PROFILE_SECONDS_VAR, text, PROFILE_SECONDS,
                 )
-                seconds = PROFILE_SECONDS
-        self.begin(seconds, self.config.profile_out or os.environ.get(PROFILE_OUT_VAR), signame)
+        self.begin(seconds, self.config.profile_out, signame)
 
 
 def _is_wildcard(sock: socket.socket) -> bool:

@@ -647,9 +647,13 @@ class TrafficJudgedTransport(Transport):
 def _unread(sock: socket.socket) -> int:
     """Bytes the kernel has received on `sock` that nobody read yet (0 if unknown)."""
     try:
-        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+        return _ioctl_int(sock, termios.FIONREAD)
     except OSError:
         return 0
+
+
+def _ioctl_int(sock: socket.socket, request: int) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0])
 
 
 def _unacknowledged(sock: socket.socket) -> int:
@@ -663,8 +667,7 @@ def _unacknowledged(sock: socket.socket) -> int:
     nwrite = getattr(socket, "SO_NWRITE", None)
     try:
         if request is not None:
-            queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
-            return queued
+            return _ioctl_int(sock, request)
         if nwrite is not None:
             return sock.getsockopt(socket.SOL_SOCKET, nwrite)
     except OSError:
